@@ -1,0 +1,93 @@
+//! Number formatting for verdict reasons: short, unambiguous, and the same everywhere.
+
+/// A proportion as a percentage with three significant digits: `0.52%`, `12.3%`.
+#[must_use]
+pub fn pct(x: f64) -> String {
+    if x.is_nan() {
+        return "n/a".to_string();
+    }
+    let p = x * 100.0;
+    if p == 0.0 {
+        "0%".to_string()
+    } else if p.abs() >= 10.0 {
+        format!("{p:.1}%")
+    } else if p.abs() >= 1.0 {
+        format!("{p:.2}%")
+    } else {
+        format!("{p:.3}%")
+    }
+}
+
+/// A positive number with three significant digits, `∞` for infinity.
+#[must_use]
+pub fn num(x: f64) -> String {
+    if x.is_nan() {
+        "n/a".to_string()
+    } else if x.is_infinite() {
+        if x > 0.0 {
+            "∞".to_string()
+        } else {
+            "-∞".to_string()
+        }
+    } else if x == 0.0 {
+        "0".to_string()
+    } else if x.abs() >= 1e5 || x.abs() < 1e-3 {
+        format!("{x:.2e}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// An interval `[lo, hi]` with [`num`].
+#[must_use]
+pub fn interval(lo: f64, hi: f64) -> String {
+    format!("[{}, {}]", num(lo), num(hi))
+}
+
+/// Seconds as a human latency: `850µs`, `12.3ms`, `1.25s`.
+#[must_use]
+pub fn secs(s: f64) -> String {
+    if s.is_nan() {
+        "n/a".to_string()
+    } else if s.is_infinite() {
+        if s > 0.0 {
+            "∞".to_string()
+        } else {
+            "-∞".to_string()
+        }
+    } else if s < 1e-3 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.1}ms", s * 1e3)
+    } else {
+        format!("{s:.2}s")
+    }
+}
+
+/// An e-value from its natural log, e.g. `e=1.2e3`.
+#[must_use]
+pub fn evalue(log_e: f64) -> String {
+    num(log_e.exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(pct(0.0052), "0.520%");
+        assert_eq!(pct(0.0491), "4.91%");
+        assert_eq!(pct(0.123), "12.3%");
+        assert_eq!(num(2.7571), "2.757");
+        assert_eq!(num(f64::INFINITY), "∞");
+        assert_eq!(num(1234.0), "1234");
+        assert_eq!(secs(0.0123), "12.3ms");
+        assert_eq!(secs(0.000_85), "850µs");
+        assert_eq!(interval(0.5, 2.0), "[0.500, 2.000]");
+    }
+}

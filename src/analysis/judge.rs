@@ -1,0 +1,82 @@
+//! Judges: pure functions from observations to metric verdicts, kept as small incremental
+//! state machines so a tick costs O(new data), and dispatched by an enum (no boxing).
+
+use super::errors::{EventJudge, EventJudgeSpec};
+use super::latency::{LatencyJudge, LatencyJudgeSpec};
+use super::observation::{Segment, Shape};
+use super::threshold::{ThresholdJudge, ThresholdSpec};
+use super::verdict::MetricVerdict;
+
+/// A judge's settings, as validated from a policy.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JudgeSpec {
+    /// Sequential test on event counts (errors).
+    Events(EventJudgeSpec),
+    /// Sequential test on slow-request events (latency histograms).
+    Latency(LatencyJudgeSpec),
+    /// Absolute bound on the canary.
+    Threshold(ThresholdSpec),
+}
+
+impl JudgeSpec {
+    /// The policy name of the judge.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            JudgeSpec::Events(_) | JudgeSpec::Latency(_) => "sequential",
+            JudgeSpec::Threshold(_) => "threshold",
+        }
+    }
+
+    /// Whether the judge takes observations of this shape.
+    #[must_use]
+    pub fn accepts(&self, shape: Shape) -> bool {
+        match self {
+            JudgeSpec::Events(_) => shape == Shape::Counts,
+            JudgeSpec::Latency(_) => shape == Shape::Histogram,
+            JudgeSpec::Threshold(_) => true,
+        }
+    }
+
+    /// The α this judge spends, if it is a sequential test.
+    #[must_use]
+    pub fn alpha(&self) -> Option<f64> {
+        match self {
+            JudgeSpec::Events(s) => Some(s.alpha),
+            JudgeSpec::Latency(s) => Some(s.alpha),
+            JudgeSpec::Threshold(_) => None,
+        }
+    }
+}
+
+/// One metric's judge with its state so far.
+#[derive(Clone, Debug)]
+pub enum MetricJudge {
+    /// Sequential test on event counts.
+    Events(EventJudge),
+    /// Sequential test on latency.
+    Latency(LatencyJudge),
+    /// Absolute bound.
+    Threshold(ThresholdJudge),
+}
+
+impl MetricJudge {
+    /// A fresh judge for `spec`.
+    #[must_use]
+    pub fn new(spec: &JudgeSpec) -> Self {
+        match spec {
+            JudgeSpec::Events(s) => MetricJudge::Events(EventJudge::new(s.clone())),
+            JudgeSpec::Latency(s) => MetricJudge::Latency(LatencyJudge::new(s.clone())),
+            JudgeSpec::Threshold(s) => MetricJudge::Threshold(ThresholdJudge::new(s.clone())),
+        }
+    }
+
+    /// Adds one window and returns the verdict so far. Never panics, whatever the input.
+    pub fn observe(&mut self, metric: &str, seg: &Segment) -> MetricVerdict {
+        match self {
+            MetricJudge::Events(j) => j.observe(metric, seg),
+            MetricJudge::Latency(j) => j.observe(metric, seg),
+            MetricJudge::Threshold(j) => j.observe(metric, seg),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Analysis: pure, synchronous statistics and judges (no tokio, no I/O).
+//!
+//! Observations come in per window and per arm ([`observation`]); judges ([`judge`]) turn
+//! them into metric verdicts ([`verdict`]) with the numbers behind them. The default judge
+//! is sequential and anytime-valid ([`sequential`], [`errors`], [`latency`]): the controller
+//! may look at every tick without inflating the false-rollback rate.
+
+pub mod confseq;
+pub mod errors;
+pub mod fmt;
+pub mod histogram;
+pub mod judge;
+pub mod latency;
+pub mod observation;
+pub mod sequential;
+pub mod special;
+pub mod threshold;
+pub mod verdict;
+
+pub use histogram::Histogram;
+pub use judge::{JudgeSpec, MetricJudge};
+pub use observation::{Counts, Observation, Segment, Shape};
+pub use verdict::{MetricVerdict, Outcome, Stats};

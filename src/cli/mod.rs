@@ -1,0 +1,49 @@
+//! Command-line interface: clap definitions and the glue from commands to the library.
+//!
+//! Exit codes everywhere: 0 promoted (or success), 1 rolled back, 2 invalid input (policy,
+//! files or usage), 3 operational failure.
+
+use clap::{Parser, Subcommand};
+
+pub mod judge;
+
+/// Exit code: the canary was promoted (or the command succeeded).
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the canary was rolled back.
+pub const EXIT_ROLLED_BACK: u8 = 1;
+/// Exit code: invalid input (policy, file or usage).
+pub const EXIT_INVALID: u8 = 2;
+/// Exit code: operational failure (traffic could not be moved, a service was unreachable).
+pub const EXIT_FAILURE: u8 = 3;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  promoted (or the command succeeded)
+  1  rolled back
+  2  invalid input: policy, files or usage
+  3  operational failure: traffic could not be moved or a dependency failed";
+
+/// coalmine: canary analysis with metrics-driven auto-rollback.
+#[derive(Debug, Parser)]
+#[command(name = "coalmine", version, about, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Offline judging of two sample files or of event counts; prints JSON.
+    #[command(subcommand)]
+    Judge(judge::JudgeCommand),
+}
+
+/// Runs the parsed command and returns the process exit code.
+#[must_use]
+pub fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Judge(cmd) => judge::run(&cmd),
+    }
+}
