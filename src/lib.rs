@@ -7,4 +7,9 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod controller;
+pub mod demo;
+pub mod metrics;
 pub mod model;
+pub mod policy;
+pub mod traffic;

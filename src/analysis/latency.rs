@@ -363,7 +363,7 @@ impl LatencyJudge {
             .max_by(|a, b| a.log_e.total_cmp(&b.log_e));
         let slow = worst.map_or(String::new(), |t| {
             format!(
-                "; slowest evidence above {}: canary {} slow vs baseline {}, rate ratio {}",
+                "; strongest evidence above {}: canary {} slow vs baseline {}, slow-rate ratio {}",
                 fmt::secs(t.baseline_threshold),
                 t.canary_slow,
                 t.baseline_slow,

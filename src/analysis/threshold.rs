@@ -2,14 +2,14 @@
 //! `thresholdRange`, Argo's conditions). Cheap and blunt; a good critical guard next to a
 //! statistical judge ("error rate above 5 % → roll back now").
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fmt;
 use super::observation::{Observation, Segment};
 use super::verdict::{MetricVerdict, Outcome, Stats};
 
 /// How failing windows are counted toward the limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureCount {
     /// A passing window resets the count (protects against flaky metrics).
@@ -88,15 +88,11 @@ impl ThresholdJudge {
 
     fn value(&self, obs: &Observation) -> Option<(f64, String)> {
         match obs {
-            Observation::Counts(c) if c.trials >= self.spec.min_trials && c.trials > 0.0 => {
-                Some((c.rate(), "rate".to_string()))
-            }
-            Observation::Histogram(h) if h.total() >= self.spec.min_trials && h.total() > 0.0 => {
-                Some((
-                    h.quantile(self.spec.quantile),
-                    format!("p{}", self.spec.quantile * 100.0),
-                ))
-            }
+            Observation::Counts(c) if c.trials > 0.0 => Some((c.rate(), "rate".to_string())),
+            Observation::Histogram(h) if h.total() > 0.0 => Some((
+                h.quantile(self.spec.quantile),
+                format!("p{}", self.spec.quantile * 100.0),
+            )),
             Observation::Scalar(v) => Some((*v, "value".to_string())),
             Observation::Series(s) => s
                 .iter()
@@ -126,6 +122,27 @@ impl ThresholdJudge {
             reason,
             stats,
         };
+        let trials = seg.canary.trials();
+        if let Some(n) = trials
+            && n > 0.0
+            && n < self.spec.min_trials
+        {
+            // Some data, too little to judge this window: not a missing source.
+            let stats = self.last.clone().map_or(Stats::None, Stats::Threshold);
+            let outcome = if self.failed {
+                Outcome::Fail
+            } else {
+                Outcome::Inconclusive
+            };
+            return verdict(
+                outcome,
+                format!(
+                    "{n} canary requests in this window, fewer than min_trials {}",
+                    self.spec.min_trials
+                ),
+                stats,
+            );
+        }
         let Some((value, measure)) = self.value(&seg.canary) else {
             let stats = self.last.clone().map_or(Stats::None, Stats::Threshold);
             if self.failed {
@@ -224,6 +241,20 @@ mod tests {
         j.observe("e", &seg(10.0, 100.0));
         j.observe("e", &seg(1.0, 100.0));
         assert_eq!(j.observe("e", &seg(10.0, 100.0)).outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn too_few_trials_is_inconclusive() {
+        let mut j = ThresholdJudge::new(ThresholdSpec {
+            max: Some(0.05),
+            min_trials: 20.0,
+            ..ThresholdSpec::default()
+        });
+        assert_eq!(
+            j.observe("e", &seg(5.0, 10.0)).outcome,
+            Outcome::Inconclusive
+        );
+        assert_eq!(j.observe("e", &seg(5.0, 20.0)).outcome, Outcome::Fail);
     }
 
     #[test]

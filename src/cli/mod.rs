@@ -5,7 +5,11 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod demo;
 pub mod judge;
+pub mod progress;
+pub mod run;
+pub mod validate;
 
 /// Exit code: the canary was promoted (or the command succeeded).
 pub const EXIT_OK: u8 = 0;
@@ -35,6 +39,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the embedded default: in-process services, the built-in proxy, load, one rollout.
+    Demo(demo::DemoArgs),
+    /// Run one rollout of a policy in the foreground.
+    Run(run::RunArgs),
+    /// Check policies; print `path:line:col: message` for every problem.
+    Validate(validate::ValidateArgs),
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]
     Judge(judge::JudgeCommand),
@@ -43,7 +53,25 @@ pub enum Command {
 /// Runs the parsed command and returns the process exit code.
 #[must_use]
 pub fn run(cli: Cli) -> u8 {
-    match cli.command {
-        Command::Judge(cmd) => judge::run(&cmd),
+    if let Command::Judge(cmd) = &cli.command {
+        return judge::run(cmd);
     }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(a) => demo::main(a).await,
+            Command::Run(a) => run::main(a).await,
+            Command::Validate(a) => validate::main(a).await,
+            Command::Judge(_) => EXIT_OK,
+        }
+    })
 }

@@ -1,0 +1,274 @@
+//! Live progress on stderr (one line per tick and per transition) and the final summary.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use crate::analysis::fmt;
+use crate::analysis::{Outcome, Stats};
+use crate::controller::record::{MetricRecord, RecordKind};
+use crate::controller::{Decision, FinalOutcome, Observer, Record, RunReport};
+
+/// Prints records as progress lines on stderr.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Print nothing.
+    pub quiet: bool,
+}
+
+fn outcome_word(o: Option<Outcome>) -> &'static str {
+    match o {
+        Some(Outcome::Pass) => "pass",
+        Some(Outcome::Fail) => "FAIL",
+        Some(Outcome::Inconclusive) => "inconclusive",
+        Some(Outcome::NoData) => "nodata",
+        None => "error",
+    }
+}
+
+/// The headline numbers of a metric, short.
+fn brief(m: &MetricRecord) -> String {
+    match &m.stats {
+        Stats::ErrorEvents(s) => format!("e={}", fmt::evalue(s.log_e)),
+        Stats::SlowEvents(s) => format!("e={}", fmt::evalue(s.log_e)),
+        Stats::Threshold(s) => {
+            if s.measure == "rate" {
+                fmt::pct(s.value)
+            } else {
+                fmt::num(s.value)
+            }
+        }
+        Stats::None => String::new(),
+    }
+}
+
+/// Error rates and latency quantiles per arm, from the first metrics that carry them.
+fn arms(metrics: &[MetricRecord]) -> String {
+    let mut out = String::new();
+    if let Some(s) = metrics.iter().find_map(|m| match &m.stats {
+        Stats::ErrorEvents(s) => Some(s),
+        _ => None,
+    }) {
+        let _ = write!(
+            out,
+            "  err b={} c={}",
+            fmt::pct(s.baseline_rate),
+            fmt::pct(s.canary_rate)
+        );
+    }
+    if let Some(s) = metrics.iter().find_map(|m| match &m.stats {
+        Stats::SlowEvents(s) => Some(s),
+        _ => None,
+    }) {
+        for q in s
+            .quantiles
+            .iter()
+            .filter(|q| (q.q - 0.5).abs() < 1e-9 || (q.q - 0.99).abs() < 1e-9)
+        {
+            let _ = write!(
+                out,
+                "  p{:.0} b={} c={}",
+                q.q * 100.0,
+                fmt::secs(q.baseline),
+                fmt::secs(q.canary)
+            );
+        }
+    }
+    out
+}
+
+/// One progress line for a record.
+#[must_use]
+pub fn line(r: &Record) -> String {
+    let head = format!("{:>6.1}s", r.elapsed_s);
+    match r.kind {
+        RecordKind::Tick => {
+            let step = r
+                .step
+                .map_or(String::new(), |s| format!("step {s}/{}", r.steps));
+            let req = r.requests.as_ref().map_or(String::new(), |q| {
+                format!("  req b={:.0} c={:.0}", q.step[0], q.step[1])
+            });
+            let metrics: Vec<String> = r
+                .metrics
+                .iter()
+                .map(|m| {
+                    let b = brief(m);
+                    let dry = if m.dry_run { " (dry-run)" } else { "" };
+                    if b.is_empty() {
+                        format!("{} {}{dry}", m.metric, outcome_word(m.outcome))
+                    } else {
+                        format!("{} {} {b}{dry}", m.metric, outcome_word(m.outcome))
+                    }
+                })
+                .collect();
+            let decision = match &r.decision {
+                Some(Decision::Hold { reason }) if reason.is_empty() => "hold".to_string(),
+                Some(Decision::Hold { reason }) => format!("hold: {reason}"),
+                Some(Decision::Advance { step, weight }) => {
+                    format!("ADVANCE to step {} ({weight})", step + 1)
+                }
+                Some(Decision::Promote) => "PROMOTE".to_string(),
+                Some(Decision::Rollback { reason }) => format!("ROLLBACK: {reason}"),
+                None => String::new(),
+            };
+            format!(
+                "{head}  {step} {:>5}{req}{}  | {} | {decision}",
+                r.weight.to_string(),
+                arms(&r.metrics),
+                metrics.join(", ")
+            )
+        }
+        RecordKind::Transition | RecordKind::Final => {
+            let event = r.event.as_deref().unwrap_or("event");
+            let detail = r
+                .detail
+                .as_ref()
+                .map_or(String::new(), |d| format!(": {d}"));
+            format!("{head}  {event} (weight {}){detail}", r.weight)
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_record(&mut self, r: &Record) {
+        if !self.quiet {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{}", line(r));
+        }
+    }
+}
+
+/// The numbers column of the summary table for one metric.
+fn statistic(m: &MetricRecord) -> (String, String) {
+    match &m.stats {
+        Stats::ErrorEvents(s) => (
+            format!(
+                "e={} (fails at {}), p={}; canary {} vs baseline {}",
+                fmt::evalue(s.log_e),
+                fmt::evalue(s.log_threshold),
+                fmt::num(s.p_value),
+                fmt::pct(s.canary_rate),
+                fmt::pct(s.baseline_rate)
+            ),
+            format!(
+                "ratio {} {:.1}% CS {}",
+                fmt::num(s.ratio),
+                (1.0 - s.alpha) * 100.0,
+                fmt::interval(s.ci_ratio[0], s.ci_ratio[1])
+            ),
+        ),
+        Stats::SlowEvents(s) => {
+            let ci = s
+                .quantiles
+                .iter()
+                .map(|q| {
+                    let iv = |v: [f64; 2]| format!("[{}, {}]", fmt::secs(v[0]), fmt::secs(v[1]));
+                    format!(
+                        "p{} canary {} baseline {}",
+                        q.q * 100.0,
+                        iv(q.canary_ci),
+                        iv(q.baseline_ci)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                format!(
+                    "e={} (fails at {}), p={}",
+                    fmt::evalue(s.log_e),
+                    fmt::evalue(s.log_threshold),
+                    fmt::num(s.p_value)
+                ),
+                ci,
+            )
+        }
+        Stats::Threshold(s) => (
+            format!(
+                "{} {}",
+                s.measure,
+                if s.measure == "rate" {
+                    fmt::pct(s.value)
+                } else {
+                    fmt::num(s.value)
+                }
+            ),
+            format!(
+                "bounds [{}, {}], failing windows {}/{}",
+                s.min.map_or("-".to_string(), fmt::num),
+                s.max.map_or("-".to_string(), fmt::num),
+                s.failures,
+                s.failure_limit
+            ),
+        ),
+        Stats::None => (String::new(), String::new()),
+    }
+}
+
+/// The human summary of a run.
+#[must_use]
+pub fn summary(r: &RunReport) -> String {
+    let mut out = String::new();
+    let verdict = match &r.outcome {
+        FinalOutcome::Promoted => "PROMOTED".to_string(),
+        FinalOutcome::RolledBack { .. } => "ROLLED BACK".to_string(),
+        FinalOutcome::Failed { .. } => "FAILED".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "\ncoalmine: rollout `{}` {verdict} after {:.1}s (step {} of {}, {} ticks); canary weight now {}",
+        r.rollout, r.duration_s, r.steps_reached, r.steps, r.ticks, r.final_weight
+    );
+    match &r.outcome {
+        FinalOutcome::RolledBack { reason } => {
+            let _ = writeln!(out, "reason: {reason}");
+        }
+        FinalOutcome::Failed { reason } => {
+            let _ = writeln!(out, "reason: {reason}");
+        }
+        FinalOutcome::Promoted => {}
+    }
+    let rows: Vec<[String; 5]> = r
+        .metrics
+        .iter()
+        .map(|m| {
+            let (stat, interval) = statistic(m);
+            let name = if m.dry_run {
+                format!("{} (dry-run)", m.metric)
+            } else {
+                m.metric.clone()
+            };
+            [
+                name,
+                m.judge.to_string(),
+                outcome_word(m.outcome).to_string(),
+                stat,
+                interval,
+            ]
+        })
+        .collect();
+    let header = ["metric", "judge", "outcome", "statistic", "interval"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let fmt_row = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let _ = writeln!(out, "{}", fmt_row(&header.map(String::from)));
+    for row in &rows {
+        let _ = writeln!(out, "{}", fmt_row(row));
+    }
+    if let Some(p) = &r.decisions {
+        let _ = writeln!(out, "decision records: {}", p.display());
+    }
+    out
+}

@@ -1,0 +1,172 @@
+//! `coalmine run POLICY`: one rollout in the foreground.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use tokio::sync::watch;
+
+use super::progress::{Progress, summary};
+use super::{EXIT_FAILURE, EXIT_INVALID};
+use crate::controller::{RunOptions, RunReport, run};
+use crate::metrics;
+use crate::policy::{self, Policy};
+use crate::traffic;
+
+/// Arguments of `coalmine run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The policy file (TOML).
+    pub policy: PathBuf,
+    /// Output options.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How a rollout reports.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Append decision records (JSON lines) to this file; overrides the policy's `decisions`.
+    #[arg(long, value_name = "FILE")]
+    pub decisions: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Reads and validates a policy; prints problems and returns `Err(exit code)`.
+pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("error: cannot read policy {}: {e}", path.display());
+        EXIT_INVALID
+    })?;
+    policy::parse(&text, &path.display().to_string()).map_err(|d| {
+        eprintln!("{d}");
+        eprintln!(
+            "error: {} problem(s) in {}",
+            d.items().len(),
+            path.display()
+        );
+        EXIT_INVALID
+    })
+}
+
+/// A channel that turns Ctrl-C or SIGTERM into an abort (the rollout rolls back).
+pub(crate) fn abort_on_signal() -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
+                return;
+            };
+            let why = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+                _ = term.recv() => "terminated (SIGTERM)",
+            };
+            let _ = tx.send(Some(why.to_string()));
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
+        }
+    });
+    rx
+}
+
+/// Builds the traffic provider (starting the built-in proxy if the policy uses it) and the
+/// metrics source. Prints the problem and returns the exit code on failure.
+pub(crate) async fn setup(
+    policy: &Policy,
+    seed: Option<u64>,
+) -> Result<(traffic::BuiltTraffic, metrics::AnySource), u8> {
+    let built = traffic::build_seeded(&policy.traffic, seed)
+        .await
+        .map_err(|e| {
+            eprintln!("error: cannot set up traffic provider: {e}");
+            EXIT_FAILURE
+        })?;
+    let source = metrics::build(&policy.source, built.proxy.as_ref()).map_err(|e| {
+        eprintln!("error: cannot set up metrics source: {e}");
+        EXIT_FAILURE
+    })?;
+    Ok((built, source))
+}
+
+/// How to present a run.
+pub(crate) struct Presentation {
+    pub(crate) decisions: Option<PathBuf>,
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+    pub(crate) extra_json: Option<serde_json::Value>,
+}
+
+/// Runs the rollout, prints the outcome and returns the exit code.
+pub(crate) async fn drive(
+    policy: &Policy,
+    built: &traffic::BuiltTraffic,
+    source: &metrics::AnySource,
+    how: Presentation,
+) -> u8 {
+    if let Some(p) = &built.proxy
+        && !how.quiet
+    {
+        eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
+    }
+    let opts = RunOptions {
+        decisions: how.decisions,
+        abort: Some(abort_on_signal()),
+    };
+    let mut progress = Progress { quiet: how.quiet };
+    let report = match run(policy, &built.provider, source, opts, &mut progress).await {
+        Ok(r) => r,
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+            eprintln!("error: {e}{cause}");
+            return EXIT_FAILURE;
+        }
+    };
+    print_report(&report, how.json, how.extra_json);
+    report.exit_code
+}
+
+fn print_report(report: &RunReport, json: bool, extra: Option<serde_json::Value>) {
+    eprint!("{}", summary(report));
+    if json {
+        let mut v = serde_json::to_value(report).unwrap_or_default();
+        if let (Some(obj), Some(serde_json::Value::Object(extra))) = (v.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+}
+
+/// Runs `coalmine run`.
+pub(crate) async fn main(args: RunArgs) -> u8 {
+    let policy = match load(&args.policy) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let (built, source) = match setup(&policy, None).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let how = Presentation {
+        decisions: args.output.decisions,
+        json: args.output.json,
+        quiet: args.output.quiet,
+        extra_json: None,
+    };
+    let code = drive(&policy, &built, &source, how).await;
+    if let Some(p) = built.proxy {
+        p.shutdown().await;
+    }
+    code
+}

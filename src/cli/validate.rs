@@ -1,0 +1,93 @@
+//! `coalmine validate POLICY...`: parse and check policies; optionally probe reachability.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::run::load;
+use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::metrics::{self, MetricsSource};
+use crate::traffic::{self, TrafficProvider};
+
+/// Arguments of `coalmine validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Policy files (TOML).
+    #[arg(required = true)]
+    pub policies: Vec<PathBuf>,
+    /// Also check that the traffic provider and the metrics source are reachable (starts the
+    /// built-in proxy briefly if the policy uses it). Unreachable exits 3.
+    #[arg(long)]
+    pub preflight: bool,
+}
+
+/// Runs `coalmine validate`.
+pub(crate) async fn main(args: ValidateArgs) -> u8 {
+    let mut code = EXIT_OK;
+    for path in &args.policies {
+        let policy = match load(path) {
+            Ok(p) => p,
+            Err(c) => {
+                code = code.max(c);
+                continue;
+            }
+        };
+        let metrics: Vec<&str> = policy.metrics.iter().map(|m| m.name.as_str()).collect();
+        println!(
+            "{}: ok: rollout `{}`, steps {}, traffic {}, metrics {} ({})",
+            path.display(),
+            policy.name,
+            policy
+                .rollout
+                .steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" → "),
+            policy.traffic.kind(),
+            policy.source.kind(),
+            metrics.join(", ")
+        );
+        if args.preflight && !preflight(&policy, path).await {
+            code = code.max(EXIT_FAILURE);
+        }
+    }
+    if code == EXIT_INVALID {
+        eprintln!("error: invalid policy");
+    }
+    code
+}
+
+async fn preflight(policy: &crate::policy::Policy, path: &std::path::Path) -> bool {
+    let mut ok = true;
+    let built = match traffic::build(&policy.traffic).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: preflight: traffic: {e}", path.display());
+            return false;
+        }
+    };
+    if let Err(e) = built.provider.preflight().await {
+        eprintln!("{}: preflight: traffic: {e}", path.display());
+        ok = false;
+    }
+    match metrics::build(&policy.source, built.proxy.as_ref()) {
+        Ok(s) => {
+            if let Err(e) = s.preflight().await {
+                eprintln!("{}: preflight: metrics: {e}", path.display());
+                ok = false;
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: preflight: metrics: {e}", path.display());
+            ok = false;
+        }
+    }
+    if ok {
+        println!("{}: preflight ok", path.display());
+    }
+    if let Some(p) = built.proxy {
+        p.shutdown().await;
+    }
+    ok
+}

@@ -1,0 +1,235 @@
+//! A tiny in-process HTTP service with a configurable error rate and log-normal latency,
+//! exposing its own Prometheus `/metrics` (requests by code, latency histogram).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Bucket bounds (seconds) of the `/metrics` latency histogram.
+pub const METRIC_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How a service behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Behaviour {
+    /// `track` label on its metrics: `baseline` or `canary`.
+    pub track: String,
+    /// Probability that a request gets a 500.
+    pub error_rate: f64,
+    /// Median latency.
+    pub median: Duration,
+    /// Log-normal shape σ of the latency.
+    pub sigma: f64,
+    /// Seed of its random draws.
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+struct Counters {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    behaviour: Behaviour,
+    rng: Mutex<SmallRng>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn draw(&self) -> (bool, Duration) {
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let error = rng.random::<f64>() < self.behaviour.error_rate;
+        // Box–Muller: one standard normal from two uniforms.
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let secs = self.behaviour.median.as_secs_f64() * (self.behaviour.sigma * z).exp();
+        (error, Duration::from_secs_f64(secs.min(30.0)))
+    }
+
+    fn record(&self, error: bool, latency: Duration) {
+        let c = &self.counters;
+        let s = latency.as_secs_f64();
+        let i = METRIC_BUCKETS.partition_point(|b| *b < s);
+        c.buckets[i].fetch_add(1, Ordering::Relaxed);
+        c.sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        if error {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.ok.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn exposition(&self) -> String {
+        let c = &self.counters;
+        let t = &self.behaviour.track;
+        let mut out = String::new();
+        out.push_str("# HELP coalmine_demo_requests_total Requests served, by status code.\n");
+        out.push_str("# TYPE coalmine_demo_requests_total counter\n");
+        let _ = writeln!(
+            out,
+            "coalmine_demo_requests_total{{track=\"{t}\",code=\"200\"}} {}",
+            c.ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "coalmine_demo_requests_total{{track=\"{t}\",code=\"500\"}} {}",
+            c.errors.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP coalmine_demo_request_duration_seconds Time to serve a request.\n\
+             # TYPE coalmine_demo_request_duration_seconds histogram\n",
+        );
+        let mut cum = 0;
+        for (i, b) in METRIC_BUCKETS.iter().enumerate() {
+            cum += c.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "coalmine_demo_request_duration_seconds_bucket{{track=\"{t}\",le=\"{b}\"}} {cum}"
+            );
+        }
+        cum += c.buckets[METRIC_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "coalmine_demo_request_duration_seconds_bucket{{track=\"{t}\",le=\"+Inf\"}} {cum}"
+        );
+        let _ = writeln!(
+            out,
+            "coalmine_demo_request_duration_seconds_sum{{track=\"{t}\"}} {}",
+            c.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "coalmine_demo_request_duration_seconds_count{{track=\"{t}\"}} {cum}"
+        );
+        out
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(shared.exposition())));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return Ok(r);
+    }
+    let (error, latency) = shared.draw();
+    tokio::time::sleep(latency).await;
+    shared.record(error, latency);
+    let body = format!(
+        "{} {}\n",
+        shared.behaviour.track,
+        if error { "error" } else { "ok" }
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    if error {
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    Ok(r)
+}
+
+/// A running demo service.
+#[derive(Debug)]
+pub struct Service {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Service {
+    /// Starts a service on `listen` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(listen: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            rng: Mutex::new(SmallRng::seed_from_u64(behaviour.seed)),
+            behaviour,
+            counters: Counters {
+                ok: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                buckets: (0..=METRIC_BUCKETS.len())
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+                sum_micros: AtomicU64::new(0),
+            },
+        });
+        let (tx, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = rx.changed() => break,
+                };
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(shared.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Service {
+            addr,
+            shutdown: tx,
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+    }
+}

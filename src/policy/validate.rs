@@ -1,0 +1,882 @@
+//! From TOML text to a checked [`Policy`], collecting every problem with its position.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::diag::{Ctx, Diagnostics, split, table_value, take};
+use super::raw::{
+    Advance, METRIC_COMMON_KEYS, OnNoData, RawBuiltin, RawMetricCommon, RawPrometheus, RawProxy,
+    RawRollout, RawRoot, RawSequential, RawThreshold,
+};
+use super::template::Template;
+use super::{
+    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout, Secret,
+    SourceConfig, TrafficConfig, Upstream,
+};
+use crate::analysis::JudgeSpec;
+use crate::analysis::errors::EventJudgeSpec;
+use crate::analysis::latency::{LatencyJudgeSpec, Thresholds};
+use crate::analysis::observation::Shape;
+use crate::analysis::threshold::ThresholdSpec;
+use crate::model::Weight;
+
+/// Traffic provider names, for messages.
+pub const TRAFFIC_TYPES: &[&str] = &["proxy"];
+/// Metrics source names, for messages.
+pub const SOURCE_TYPES: &[&str] = &["builtin", "prometheus"];
+/// Judge names, for messages.
+pub const JUDGES: &[&str] = &["sequential", "threshold"];
+
+/// Parses and validates a policy. `origin` names the file in messages.
+///
+/// # Errors
+/// Every problem found, each with its position.
+pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
+    let mut ctx = Ctx::default();
+    let (root, errors) = DeTable::parse_recoverable(source);
+    if !errors.is_empty() {
+        for e in &errors {
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
+            ctx.error(e.span().unwrap_or(0..0), msg);
+        }
+        return Err(Diagnostics::new(origin, source, ctx.diags));
+    }
+    let root_span = root.span();
+    let mut root = root.into_inner();
+    let rollout = take(&mut root, "rollout");
+    let traffic = take(&mut root, "traffic");
+    let metrics = take(&mut root, "metrics");
+    let metric = take(&mut root, "metric");
+
+    let head: Option<RawRoot> = ctx.de(&table_value(root_span.clone(), root));
+    let alpha = head
+        .as_ref()
+        .and_then(|h| h.alpha.as_ref())
+        .map_or(0.05, |a| {
+            let v = *a.get_ref();
+            if !(v > 0.0 && v <= 0.5) {
+                ctx.error(a.span(), format!("alpha must be in (0, 0.5], got {v}"));
+            }
+            v
+        });
+    if let Some(h) = &head
+        && h.name.get_ref().trim().is_empty()
+    {
+        ctx.error(h.name.span(), "name must not be empty");
+    }
+
+    let rollout = parse_rollout(&mut ctx, rollout.as_ref());
+    let traffic = match &traffic {
+        Some(t) => parse_traffic(&mut ctx, t),
+        None => {
+            ctx.error(
+                root_span.start..root_span.start,
+                format!(
+                    "missing section [traffic]; add one with `type` = one of {}",
+                    TRAFFIC_TYPES.join(", ")
+                ),
+            );
+            None
+        }
+    };
+    let src_cfg = match &metrics {
+        Some(m) => parse_source(&mut ctx, m),
+        None => Some((SourceConfig::Builtin, root_span.start..root_span.start)),
+    };
+    if let (Some(t), Some((SourceConfig::Builtin, span))) = (&traffic, &src_cfg)
+        && !matches!(t, TrafficConfig::Proxy(_))
+    {
+        ctx.error(
+            span.clone(),
+            "metrics type `builtin` reads the built-in proxy's counters and needs [traffic] type = \"proxy\"",
+        );
+    }
+    let metrics = match &metric {
+        Some(m) => parse_metrics(&mut ctx, m, src_cfg.as_ref().map(|s| &s.0), alpha),
+        None => {
+            ctx.error(
+                root_span.end..root_span.end,
+                "no [[metric]] tables: a policy needs at least one metric to judge",
+            );
+            Vec::new()
+        }
+    };
+
+    if !ctx.diags.is_empty() {
+        return Err(Diagnostics::new(origin, source, ctx.diags));
+    }
+    let (Some(head), Some(rollout), Some(traffic), Some((src_cfg, _))) =
+        (head, rollout, traffic, src_cfg)
+    else {
+        return Err(Diagnostics::new(origin, source, ctx.diags));
+    };
+    Ok(Policy {
+        name: head.name.into_inner(),
+        description: head.description,
+        alpha,
+        decisions: head.decisions.map(PathBuf::from),
+        rollout,
+        traffic,
+        source: src_cfg,
+        metrics,
+    })
+}
+
+fn as_table<'a, 'i>(
+    ctx: &mut Ctx,
+    v: &'a Spanned<DeValue<'i>>,
+    what: &str,
+) -> Option<&'a DeTable<'i>> {
+    if let DeValue::Table(t) = v.get_ref() {
+        Some(t)
+    } else {
+        ctx.error(v.span(), format!("{what} must be a table"));
+        None
+    }
+}
+
+/// Removes the string tag `key` from a table, reporting a missing or non-string tag.
+fn take_tag(
+    ctx: &mut Ctx,
+    table: &mut DeTable<'_>,
+    key: &str,
+    span: &Range<usize>,
+    what: &str,
+    default: Option<&str>,
+) -> Option<Spanned<String>> {
+    match take(table, key) {
+        Some(v) => {
+            if let Some(s) = v.get_ref().as_str() {
+                Some(Spanned::new(v.span(), s.to_string()))
+            } else {
+                ctx.error(v.span(), format!("`{key}` of {what} must be a string"));
+                None
+            }
+        }
+        None => {
+            if let Some(d) = default {
+                return Some(Spanned::new(span.start..span.start, d.to_string()));
+            }
+            ctx.error(span.start..span.start, format!("{what} needs `{key}`"));
+            None
+        }
+    }
+}
+
+fn dur(v: Option<&Spanned<super::raw::Dur>>, default: Duration) -> (Duration, Range<usize>) {
+    v.map_or((default, 0..0), |d| (d.get_ref().0, d.span()))
+}
+
+fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Rollout> {
+    let default_steps = || {
+        [5.0, 25.0, 100.0]
+            .iter()
+            .map(|p| Weight::try_from_percent(*p).expect("constant"))
+            .collect::<Vec<_>>()
+    };
+    let Some(v) = v else {
+        return Some(Rollout::with_steps(default_steps()));
+    };
+    as_table(ctx, v, "[rollout]")?;
+    let raw: RawRollout = ctx.de(v)?;
+    let before = ctx.diags.len();
+    let mut steps = Vec::new();
+    match &raw.steps {
+        None => steps = default_steps(),
+        Some(s) if s.get_ref().is_empty() => {
+            ctx.error(
+                s.span(),
+                "steps must not be empty; e.g. steps = [5, 25, 100]",
+            );
+        }
+        Some(s) => {
+            let mut prev: Option<f64> = None;
+            for p in s.get_ref() {
+                let pct = *p.get_ref();
+                match Weight::try_from_percent(pct) {
+                    Ok(w) if w > Weight::ZERO => {
+                        if let Some(q) = prev
+                            && pct <= q
+                        {
+                            ctx.error(
+                                p.span(),
+                                format!("step weights must increase ({pct} after {q})"),
+                            );
+                        }
+                        steps.push(w);
+                    }
+                    _ => ctx.error(
+                        p.span(),
+                        format!("step weight {pct} must be a percentage in (0, 100]"),
+                    ),
+                }
+                prev = Some(pct);
+            }
+        }
+    }
+    let mut r = Rollout::with_steps(steps);
+    let (sd, sd_span) = dur(raw.step_duration.as_ref(), r.step_duration);
+    let (ai, ai_span) = dur(raw.analysis_interval.as_ref(), r.analysis_interval);
+    for (d, span, what) in [
+        (sd, &sd_span, "step_duration"),
+        (ai, &ai_span, "analysis_interval"),
+    ] {
+        if d.is_zero() {
+            ctx.error(span.clone(), format!("{what} must be positive"));
+        }
+    }
+    if ai > sd && !sd.is_zero() {
+        ctx.error(
+            ai_span.clone(),
+            format!(
+                "analysis_interval {} is longer than step_duration {}",
+                humantime::format_duration(ai),
+                humantime::format_duration(sd)
+            ),
+        );
+    }
+    r.step_duration = sd;
+    r.analysis_interval = ai;
+    let analysed = r.steps.iter().filter(|w| **w < Weight::FULL).count().max(1);
+    let default_deadline = (sd * analysed as u32 * 3).max(Duration::from_secs(60));
+    let (dl, dl_span) = dur(raw.deadline.as_ref(), default_deadline);
+    let min_total = sd * analysed as u32;
+    if raw.deadline.is_some() && dl < min_total {
+        ctx.error(
+            dl_span,
+            format!(
+                "deadline {} is shorter than {analysed} analysed step(s) × step_duration {} = {}",
+                humantime::format_duration(dl),
+                humantime::format_duration(sd),
+                humantime::format_duration(min_total)
+            ),
+        );
+    }
+    r.deadline = dl;
+    if let Some(m) = raw.min_requests {
+        r.min_requests = m;
+    }
+    r.advance = raw.advance.unwrap_or(Advance::NoFail);
+    r.on_no_data = raw.on_no_data.unwrap_or(OnNoData::Hold);
+    let (nd, nd_span) = dur(raw.no_data_limit.as_ref(), ai * 10);
+    if nd.is_zero() && raw.no_data_limit.is_some() {
+        ctx.error(nd_span, "no_data_limit must be positive");
+    }
+    r.no_data_limit = nd;
+    if let Some(e) = raw.error_limit {
+        r.error_limit = e;
+    }
+    if let Some(n) = raw.apply_retries {
+        r.apply_retries = n;
+    }
+    let (at, at_span) = dur(raw.apply_timeout.as_ref(), r.apply_timeout);
+    if at.is_zero() {
+        ctx.error(at_span, "apply_timeout must be positive");
+    }
+    r.apply_timeout = at;
+    (ctx.diags.len() == before).then_some(r)
+}
+
+fn parse_upstream(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<Upstream> {
+    let url = s.get_ref().trim();
+    let Some(rest) = url.strip_prefix("http://") else {
+        ctx.error(
+            s.span(),
+            format!("{what} must be an http:// URL such as http://127.0.0.1:9001, got `{url}`"),
+        );
+        return None;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let ok = match authority.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    };
+    if !ok {
+        ctx.error(
+            s.span(),
+            format!("{what} needs a host and a port, e.g. http://127.0.0.1:9001, got `{url}`"),
+        );
+        return None;
+    }
+    Some(Upstream {
+        url: url.to_string(),
+        authority: authority.to_string(),
+    })
+}
+
+fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfig> {
+    let mut table = as_table(ctx, v, "[traffic]")?.clone();
+    let span = v.span();
+    let kind = take_tag(ctx, &mut table, "type", &span, "[traffic]", None)?;
+    let rest = table_value(span, table);
+    match kind.get_ref().as_str() {
+        "proxy" => {
+            let raw: RawProxy = ctx.de(&rest)?;
+            let listen = raw.listen.get_ref().parse::<SocketAddr>();
+            if listen.is_err() {
+                ctx.error(
+                    raw.listen.span(),
+                    format!(
+                        "listen must be an address such as 127.0.0.1:8080, got `{}`",
+                        raw.listen.get_ref()
+                    ),
+                );
+            }
+            let baseline = parse_upstream(ctx, &raw.baseline, "baseline");
+            let canary = parse_upstream(ctx, &raw.canary, "canary");
+            let (timeout, tspan) = dur(raw.upstream_timeout.as_ref(), Duration::from_secs(30));
+            if timeout.is_zero() {
+                ctx.error(tspan, "upstream_timeout must be positive");
+            }
+            Some(TrafficConfig::Proxy(ProxyConfig {
+                listen: listen.ok()?,
+                baseline: baseline?,
+                canary: canary?,
+                upstream_timeout: timeout,
+            }))
+        }
+        other => {
+            ctx.error(
+                kind.span(),
+                format!(
+                    "unknown traffic provider `{other}`; expected one of {}",
+                    TRAFFIC_TYPES.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn parse_source(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<(SourceConfig, Range<usize>)> {
+    let mut table = as_table(ctx, v, "[metrics]")?.clone();
+    let span = v.span();
+    let kind = take_tag(ctx, &mut table, "type", &span, "[metrics]", None)?;
+    let rest = table_value(span, table);
+    let cfg = match kind.get_ref().as_str() {
+        "builtin" => {
+            let _: RawBuiltin = ctx.de(&rest)?;
+            SourceConfig::Builtin
+        }
+        "prometheus" => SourceConfig::Prometheus(parse_prometheus(ctx, &rest)?),
+        other => {
+            ctx.error(
+                kind.span(),
+                format!(
+                    "unknown metrics source `{other}`; expected one of {}",
+                    SOURCE_TYPES.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    Some((cfg, kind.span()))
+}
+
+fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<PrometheusConfig> {
+    let raw: RawPrometheus = ctx.de(rest)?;
+    let before = ctx.diags.len();
+    let url = raw.url.get_ref().trim().trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        ctx.error(
+            raw.url.span(),
+            format!(
+                "url must be an http:// or https:// URL such as http://127.0.0.1:9090, got `{url}`"
+            ),
+        );
+    }
+    if let Some(t) = &raw.token {
+        ctx.error(
+            t.span(),
+            "tokens are never written in a policy: use token_env = \"VAR\" or token_file = \"/path\"",
+        );
+    }
+    let token = match (&raw.token_env, &raw.token_file) {
+        (Some(e), Some(_)) => {
+            ctx.error(e.span(), "use token_env or token_file, not both");
+            None
+        }
+        (Some(e), None) => Some(Secret::Env(e.get_ref().clone())),
+        (None, Some(f)) => Some(Secret::File(PathBuf::from(f.get_ref()))),
+        (None, None) => None,
+    };
+    let (timeout, tspan) = dur(raw.timeout.as_ref(), Duration::from_secs(10));
+    if timeout.is_zero() {
+        ctx.error(tspan, "timeout must be positive");
+    }
+    let series_step = raw.series_step.as_ref().map(|s| s.get_ref().0);
+    if let Some(s) = &raw.series_step
+        && s.get_ref().0.is_zero()
+    {
+        ctx.error(s.span(), "series_step must be positive");
+    }
+    let variables = raw.variables.unwrap_or_default();
+    for reserved in ["arm", "window"] {
+        if variables.contains_key(reserved) {
+            ctx.error(
+                rest.span(),
+                format!("variable `{reserved}` is reserved: coalmine sets it for each query"),
+            );
+        }
+    }
+    (ctx.diags.len() == before).then(|| PrometheusConfig {
+        url,
+        timeout,
+        token,
+        headers: raw.headers.unwrap_or_default().into_iter().collect(),
+        variables,
+        ca_file: raw.ca_file.map(|f| PathBuf::from(f.into_inner())),
+        series_step,
+    })
+}
+
+fn parse_metrics(
+    ctx: &mut Ctx,
+    v: &Spanned<DeValue<'_>>,
+    source: Option<&SourceConfig>,
+    alpha: f64,
+) -> Vec<MetricConfig> {
+    let DeValue::Array(items) = v.get_ref() else {
+        ctx.error(
+            v.span(),
+            "`metric` must be an array of tables: write [[metric]]",
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        ctx.error(
+            v.span(),
+            "no metrics: a policy needs at least one [[metric]]",
+        );
+    }
+    let mut out: Vec<(MetricConfig, Option<f64>)> = Vec::new();
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for item in items {
+        let Some(m) = parse_metric(ctx, item, source) else {
+            continue;
+        };
+        if !names.insert(m.0.name.clone()) {
+            ctx.error(item.span(), format!("duplicate metric name `{}`", m.0.name));
+        }
+        out.push(m);
+    }
+    // Split α: explicit per-metric α first, the rest shared equally.
+    let explicit: f64 = out.iter().filter_map(|(_, a)| *a).sum();
+    let shared = out
+        .iter()
+        .filter(|(m, a)| a.is_none() && m.judge.alpha().is_some())
+        .count();
+    if explicit >= alpha && shared > 0 {
+        ctx.error(
+            v.span(),
+            format!("per-metric alpha values add up to {explicit}, leaving nothing of the policy's alpha {alpha} for {shared} other sequential metric(s)"),
+        );
+    } else if explicit > alpha + 1e-12 {
+        ctx.error(
+            v.span(),
+            format!(
+                "per-metric alpha values add up to {explicit}, more than the policy's alpha {alpha}"
+            ),
+        );
+    }
+    let each = if shared > 0 {
+        (alpha - explicit) / shared as f64
+    } else {
+        0.0
+    };
+    out.into_iter()
+        .map(|(mut m, a)| {
+            let a = a.unwrap_or(each);
+            match &mut m.judge {
+                JudgeSpec::Events(s) => s.alpha = a,
+                JudgeSpec::Latency(s) => s.alpha = a,
+                JudgeSpec::Threshold(_) => {}
+            }
+            m
+        })
+        .collect()
+}
+
+struct DataChoice {
+    data: DataSpec,
+    /// Shape the source delivers; `None` for builtin (chosen by the judge).
+    shape: Option<Shape>,
+}
+
+fn template(
+    ctx: &mut Ctx,
+    s: &Spanned<String>,
+    vars: &BTreeMap<String, String>,
+) -> Option<Template> {
+    match Template::parse(s.get_ref()) {
+        Ok(t) => {
+            let unknown: Vec<&str> = t
+                .placeholders()
+                .into_iter()
+                .filter(|p| !matches!(*p, "arm" | "window") && !vars.contains_key(*p))
+                .collect();
+            if unknown.is_empty() {
+                Some(t)
+            } else {
+                let known: Vec<&str> = ["arm", "window"]
+                    .into_iter()
+                    .chain(vars.keys().map(String::as_str))
+                    .collect();
+                ctx.error(
+                    s.span(),
+                    format!(
+                        "unknown placeholder {} in query; known: {} (define more under [metrics.variables])",
+                        unknown.iter().map(|u| format!("`{{{{{u}}}}}`")).collect::<Vec<_>>().join(", "),
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+        Err(e) => {
+            ctx.error(s.span(), format!("bad query template: {e}"));
+            None
+        }
+    }
+}
+
+fn parse_data(
+    ctx: &mut Ctx,
+    c: &RawMetricCommon,
+    source: &SourceConfig,
+    span: &Range<usize>,
+) -> Option<DataChoice> {
+    let queries: Vec<(&str, &Spanned<String>)> = [
+        ("events", &c.events),
+        ("trials", &c.trials),
+        ("histogram", &c.histogram),
+        ("series", &c.series),
+        ("query", &c.query),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    match source {
+        SourceConfig::Builtin => {
+            for (k, v) in &queries {
+                ctx.error(
+                    v.span(),
+                    format!("`{k}` is a query for [metrics] type = \"prometheus\"; the builtin source takes builtin = \"errors\" or \"latency\""),
+                );
+            }
+            let Some(b) = &c.builtin else {
+                ctx.error(
+                    span.start..span.start,
+                    format!(
+                        "metric `{}` needs builtin = \"errors\" or \"latency\"",
+                        c.name.get_ref()
+                    ),
+                );
+                return None;
+            };
+            let signal = match b.get_ref().as_str() {
+                "errors" => BuiltinSignal::Errors,
+                "latency" => BuiltinSignal::Latency,
+                other => {
+                    ctx.error(
+                        b.span(),
+                        format!("unknown builtin signal `{other}`; expected errors or latency"),
+                    );
+                    return None;
+                }
+            };
+            queries.is_empty().then_some(DataChoice {
+                data: DataSpec::Builtin(signal),
+                shape: None,
+            })
+        }
+        SourceConfig::Prometheus(p) => {
+            if let Some(b) = &c.builtin {
+                ctx.error(
+                    b.span(),
+                    "`builtin` needs [metrics] type = \"builtin\"; with Prometheus give events + trials, histogram, series or query",
+                );
+                return None;
+            }
+            let vars = &p.variables;
+            let has = |k: &str| queries.iter().any(|(q, _)| *q == k);
+            let kinds = usize::from(has("events") || has("trials"))
+                + usize::from(has("histogram"))
+                + usize::from(has("series"))
+                + usize::from(has("query"));
+            if kinds != 1 {
+                ctx.error(
+                    span.start..span.start,
+                    format!(
+                        "metric `{}` needs exactly one of: events + trials (counts), histogram, series, query (scalar); found {}",
+                        c.name.get_ref(),
+                        if queries.is_empty() { "none".to_string() } else { queries.iter().map(|q| q.0).collect::<Vec<_>>().join(", ") }
+                    ),
+                );
+                return None;
+            }
+            if has("events") != has("trials") {
+                let (k, v) = queries[0];
+                ctx.error(
+                    v.span(),
+                    format!("`{k}` needs its partner: counts take both events and trials"),
+                );
+                return None;
+            }
+            if let (Some(e), Some(t)) = (&c.events, &c.trials) {
+                let e = template(ctx, e, vars);
+                let t = template(ctx, t, vars);
+                return Some(DataChoice {
+                    data: DataSpec::Counts {
+                        events: e?,
+                        trials: t?,
+                    },
+                    shape: Some(Shape::Counts),
+                });
+            }
+            let (k, v) = queries[0];
+            let t = template(ctx, v, vars)?;
+            let (data, shape) = match k {
+                "histogram" => (DataSpec::Histogram(t), Shape::Histogram),
+                "series" => (DataSpec::Series(t), Shape::Series),
+                _ => (DataSpec::Scalar(t), Shape::Scalar),
+            };
+            Some(DataChoice {
+                data,
+                shape: Some(shape),
+            })
+        }
+    }
+}
+
+fn positive(ctx: &mut Ctx, v: Option<&Spanned<f64>>, what: &str) -> Option<f64> {
+    let v = v?;
+    let x = *v.get_ref();
+    if x > 0.0 && x.is_finite() {
+        Some(x)
+    } else {
+        ctx.error(
+            v.span(),
+            format!("{what} must be a positive number, got {x}"),
+        );
+        None
+    }
+}
+
+fn parse_metric(
+    ctx: &mut Ctx,
+    item: &Spanned<DeValue<'_>>,
+    source: Option<&SourceConfig>,
+) -> Option<(MetricConfig, Option<f64>)> {
+    let mut table = as_table(ctx, item, "each [[metric]]")?.clone();
+    let span = item.span();
+    let judge = take_tag(
+        ctx,
+        &mut table,
+        "judge",
+        &span,
+        "[[metric]]",
+        Some("sequential"),
+    );
+    let common_table = split(&mut table, METRIC_COMMON_KEYS);
+    let common: Option<RawMetricCommon> = ctx.de(&table_value(span.clone(), common_table));
+    let options = table_value(span.clone(), table);
+    let judge = judge?;
+    let common = common?;
+    let before = ctx.diags.len();
+    let data = parse_data(ctx, &common, source?, &span);
+    let builtin_shape = |signal: BuiltinSignal| match signal {
+        BuiltinSignal::Errors => Shape::Counts,
+        BuiltinSignal::Latency => Shape::Histogram,
+    };
+    let (spec, alpha, shape) = match judge.get_ref().as_str() {
+        "sequential" => {
+            let raw: RawSequential = ctx.de(&options)?;
+            let alpha = raw.alpha.as_ref().and_then(|a| {
+                let v = *a.get_ref();
+                if v > 0.0 && v < 0.5 {
+                    Some(v)
+                } else {
+                    ctx.error(a.span(), format!("alpha must be in (0, 0.5), got {v}"));
+                    None
+                }
+            });
+            let allowed = positive(ctx, raw.allowed_ratio.as_ref(), "allowed_ratio");
+            let pass = positive(ctx, raw.pass_ratio.as_ref(), "pass_ratio");
+            let data = data.as_ref()?;
+            let shape = match (&data.data, data.shape) {
+                (DataSpec::Builtin(s), _) => builtin_shape(*s),
+                (_, Some(s)) => s,
+                (_, None) => return None,
+            };
+            let spec = match shape {
+                Shape::Counts => {
+                    for (k, v) in [
+                        ("quantiles", raw.quantiles.as_ref().map(Spanned::span)),
+                        ("thresholds", raw.thresholds.as_ref().map(Spanned::span)),
+                    ] {
+                        if let Some(s) = v {
+                            ctx.error(
+                                s,
+                                format!("`{k}` applies to latency histograms, not to counts"),
+                            );
+                        }
+                    }
+                    let mut s = EventJudgeSpec::new(0.0);
+                    if let Some(a) = allowed {
+                        s.allowed_ratio = a;
+                    }
+                    s.pass_ratio = pass.unwrap_or(s.allowed_ratio * 1.5);
+                    JudgeSpec::Events(s)
+                }
+                Shape::Histogram => {
+                    let mut s = LatencyJudgeSpec::new(0.0);
+                    if let Some(a) = allowed {
+                        if a < 1.0 {
+                            ctx.error(
+                                raw.allowed_ratio.as_ref().map_or(span.clone(), Spanned::span),
+                                format!("allowed_ratio for latency is the slowdown the canary may have, at least 1, got {a}"),
+                            );
+                        }
+                        s.allowed_ratio = a;
+                    }
+                    s.pass_ratio = pass.unwrap_or(s.allowed_ratio * 1.25);
+                    match (&raw.quantiles, &raw.thresholds) {
+                        (Some(q), Some(_)) => {
+                            ctx.error(q.span(), "give quantiles or thresholds, not both");
+                        }
+                        (Some(q), None) => {
+                            if q.get_ref().is_empty()
+                                || q.get_ref().iter().any(|x| !(*x > 0.0 && *x < 1.0))
+                            {
+                                ctx.error(q.span(), "quantiles must be a non-empty list of numbers in (0, 1), e.g. [0.5, 0.9, 0.99]");
+                            }
+                            s.thresholds = Thresholds::Quantiles(q.get_ref().clone());
+                            s.report_quantiles.clone_from(q.get_ref());
+                        }
+                        (None, Some(t)) => {
+                            if t.get_ref().is_empty() || t.get_ref().iter().any(|d| d.0.is_zero()) {
+                                ctx.error(t.span(), "thresholds must be a non-empty list of positive durations, e.g. [\"100ms\", \"500ms\"]");
+                            }
+                            s.thresholds = Thresholds::Fixed(
+                                t.get_ref().iter().map(|d| d.0.as_secs_f64()).collect(),
+                            );
+                        }
+                        (None, None) => {}
+                    }
+                    JudgeSpec::Latency(s)
+                }
+                other => {
+                    ctx.error(
+                        span.start..span.start,
+                        format!(
+                            "judge `sequential` takes counts (events + trials) or a histogram; metric `{}` gives {}",
+                            common.name.get_ref(),
+                            other.as_str()
+                        ),
+                    );
+                    return None;
+                }
+            };
+            (spec, alpha, shape)
+        }
+        "threshold" => {
+            let raw: RawThreshold = ctx.de(&options)?;
+            let mut s = ThresholdSpec {
+                min: raw.min.as_ref().map(|v| *v.get_ref()),
+                max: raw.max.as_ref().map(|v| *v.get_ref()),
+                ..ThresholdSpec::default()
+            };
+            if s.min.is_none() && s.max.is_none() {
+                ctx.error(
+                    span.start..span.start,
+                    format!(
+                        "threshold metric `{}` needs min, max or both",
+                        common.name.get_ref()
+                    ),
+                );
+            }
+            if let (Some(lo), Some(hi)) = (&raw.min, &raw.max)
+                && lo.get_ref() > hi.get_ref()
+            {
+                ctx.error(
+                    lo.span(),
+                    format!("min {} is above max {}", lo.get_ref(), hi.get_ref()),
+                );
+            }
+            for b in [&raw.min, &raw.max].into_iter().flatten() {
+                if !b.get_ref().is_finite() {
+                    ctx.error(b.span(), "bounds must be finite numbers");
+                }
+            }
+            let data = data.as_ref()?;
+            let shape = match (&data.data, data.shape) {
+                (DataSpec::Builtin(s), _) => builtin_shape(*s),
+                (_, Some(s)) => s,
+                (_, None) => return None,
+            };
+            if let Some(q) = &raw.quantile {
+                let v = *q.get_ref();
+                if shape != Shape::Histogram {
+                    ctx.error(q.span(), "`quantile` applies to histograms");
+                } else if !(v > 0.0 && v < 1.0) {
+                    ctx.error(q.span(), format!("quantile must be in (0, 1), got {v}"));
+                }
+                s.quantile = v;
+            }
+            if let Some(f) = &raw.failure_limit {
+                if *f.get_ref() == 0 {
+                    ctx.error(f.span(), "failure_limit must be at least 1");
+                }
+                s.failure_limit = *f.get_ref();
+            }
+            if let Some(c) = raw.count_failures {
+                s.count = c;
+            }
+            if let Some(m) = &raw.min_trials {
+                let v = *m.get_ref();
+                if !(v >= 0.0 && v.is_finite()) {
+                    ctx.error(m.span(), "min_trials must be a non-negative number");
+                }
+                s.min_trials = v;
+            }
+            (JudgeSpec::Threshold(s), None, shape)
+        }
+        other => {
+            ctx.error(
+                judge.span(),
+                format!(
+                    "unknown judge `{other}`; expected one of {}",
+                    JUDGES.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    if ctx.diags.len() != before {
+        return None;
+    }
+    let data = data?;
+    Some((
+        MetricConfig {
+            name: common.name.into_inner(),
+            description: common.description,
+            data: data.data,
+            shape,
+            judge: spec,
+            dry_run: common.dry_run,
+        },
+        alpha,
+    ))
+}
