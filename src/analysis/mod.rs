@@ -12,6 +12,8 @@ pub mod histogram;
 pub mod judge;
 pub mod latency;
 pub mod observation;
+#[cfg(test)]
+mod props;
 pub mod sequential;
 pub mod special;
 pub mod threshold;

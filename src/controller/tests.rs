@@ -1,1 +1,754 @@
+//! Controller tests: table tests of the pure machine, and the runner under paused time with
+//! mock providers and sources.
 
+use std::time::Duration;
+
+use super::machine::{Command, Decision, Event, MetricStatus, Phase, Progress, Reason, step};
+use super::runner::{FinalOutcome, Quiet, RunOptions, run};
+use crate::analysis::Outcome;
+use crate::metrics::mock::{Answer, MockSource};
+use crate::model::Weight;
+use crate::policy::{self, OnNoData, Rollout};
+use crate::traffic::mock::{Behaviour, MockTrafficProvider};
+
+fn w(p: f64) -> Weight {
+    Weight::try_from_percent(p).unwrap()
+}
+
+fn s(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn plan() -> Rollout {
+    let mut r = Rollout::with_steps(vec![w(5.0), w(25.0), w(100.0)]);
+    r.step_duration = s(60);
+    r.analysis_interval = s(10);
+    r.min_requests = 100;
+    r.deadline = s(600);
+    r.no_data_limit = s(30);
+    r.error_limit = 3;
+    r.apply_retries = 2;
+    r
+}
+
+fn progressing(step: usize, weight: Weight, since: u64) -> Phase {
+    Phase::Progressing(Progress {
+        step,
+        weight,
+        since: s(since),
+        requests: [0.0, 0.0],
+        no_data_since: None,
+        error_ticks: 0,
+    })
+}
+
+fn status(metric: &str, outcome: Option<Outcome>) -> MetricStatus {
+    MetricStatus {
+        metric: metric.to_string(),
+        outcome,
+        reason: format!("{metric} reason"),
+        dry_run: false,
+    }
+}
+
+fn tick(now: u64, outcomes: &[Option<Outcome>], requests: [f64; 2]) -> Event {
+    Event::Tick {
+        now: s(now),
+        metrics: outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| status(&format!("m{i}"), *o))
+            .collect(),
+        requests: Some(requests),
+    }
+}
+
+fn apply(weight: Weight) -> Command {
+    Command::Apply {
+        weight,
+        delay: Duration::ZERO,
+    }
+}
+
+const INC: Option<Outcome> = Some(Outcome::Inconclusive);
+const PASS: Option<Outcome> = Some(Outcome::Pass);
+const FAIL: Option<Outcome> = Some(Outcome::Fail);
+const NODATA: Option<Outcome> = Some(Outcome::NoData);
+
+#[test]
+fn start_shifts_to_first_step() {
+    let (p, c) = step(Phase::Pending, Event::Start { now: s(0) }, &plan());
+    assert_eq!(
+        p,
+        Phase::Shifting {
+            step: 0,
+            target: w(5.0),
+            attempt: 0
+        }
+    );
+    assert_eq!(c, vec![apply(w(5.0))]);
+    let (p, c) = step(
+        p,
+        Event::Applied {
+            weight: w(5.0),
+            now: s(1),
+        },
+        &plan(),
+    );
+    assert_eq!(p, progressing(0, w(5.0), 1));
+    assert!(c.is_empty());
+}
+
+#[test]
+fn a_fail_rolls_back_first_and_records_before_acting() {
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        tick(10, &[INC, FAIL], [500.0, 30.0]),
+        &plan(),
+    );
+    let Phase::RollingBack { reason, .. } = &p else {
+        panic!("{p:?}")
+    };
+    assert!(matches!(reason, Reason::MetricFailed { metric, .. } if metric == "m1"));
+    assert!(matches!(c[0], Command::Record(Decision::Rollback { .. })));
+    assert_eq!(c[1], apply(Weight::ZERO));
+    let (p, c) = step(
+        p,
+        Event::Applied {
+            weight: Weight::ZERO,
+            now: s(11),
+        },
+        &plan(),
+    );
+    assert!(matches!(p, Phase::RolledBack { .. }));
+    assert_eq!(c, vec![Command::Finish]);
+}
+
+#[test]
+fn a_dry_run_fail_is_ignored() {
+    let mut ev = tick(10, &[INC, FAIL], [500.0, 30.0]);
+    if let Event::Tick { metrics, .. } = &mut ev {
+        metrics[1].dry_run = true;
+    }
+    let (p, _) = step(progressing(0, w(5.0), 0), ev, &plan());
+    assert!(matches!(p, Phase::Progressing(_)));
+}
+
+#[test]
+fn holds_until_duration_and_requests_then_advances_then_promotes() {
+    let plan = plan();
+    // Time not reached.
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        tick(50, &[INC, INC], [1000.0, 50.0]),
+        &plan,
+    );
+    let Command::Record(Decision::Hold { reason }) = &c[0] else {
+        panic!("{c:?}")
+    };
+    assert!(reason.contains("step time 50s of 60s"), "{reason}");
+    // Time reached but too few canary requests.
+    let (p, c) = step(p, tick(60, &[INC, INC], [0.0, 0.0]), &plan);
+    let _ = p;
+    let Command::Record(Decision::Hold { reason }) = &c[0] else {
+        panic!("{c:?}")
+    };
+    assert!(reason.contains("requests"), "{reason}");
+    // Enough: advance to 25 %.
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        tick(60, &[INC, PASS], [1000.0, 100.0]),
+        &plan,
+    );
+    assert_eq!(
+        p,
+        Phase::Shifting {
+            step: 1,
+            target: w(25.0),
+            attempt: 0
+        }
+    );
+    assert_eq!(
+        c,
+        vec![
+            Command::Record(Decision::Advance {
+                step: 1,
+                weight: w(25.0)
+            }),
+            apply(w(25.0))
+        ]
+    );
+    // The 25 % step done: the next (100 %) step promotes.
+    let (p, c) = step(
+        progressing(1, w(25.0), 60),
+        tick(120, &[INC, INC], [1000.0, 300.0]),
+        &plan,
+    );
+    assert_eq!(p, Phase::Promoting { attempt: 0 });
+    assert_eq!(
+        c,
+        vec![Command::Record(Decision::Promote), apply(Weight::FULL)]
+    );
+    let (p, c) = step(
+        p,
+        Event::Applied {
+            weight: Weight::FULL,
+            now: s(121),
+        },
+        &plan,
+    );
+    assert_eq!(p, Phase::Promoted);
+    assert_eq!(c, vec![Command::Finish]);
+}
+
+#[test]
+fn nodata_never_advances_and_rolls_back_past_the_limit() {
+    let mut plan = plan();
+    // Holding: NoData at the end of the step does not advance.
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        tick(60, &[INC, NODATA], [1000.0, 50.0]),
+        &plan,
+    );
+    assert!(
+        matches!(&c[0], Command::Record(Decision::Hold { reason }) if reason.contains("no data for m1"))
+    );
+    // on_no_data = hold: keeps holding past the limit.
+    let (p2, _) = step(p.clone(), tick(120, &[INC, NODATA], [0.0, 0.0]), &plan);
+    assert!(matches!(p2, Phase::Progressing(_)));
+    // on_no_data = rollback: rolls back once data has been missing for the limit.
+    plan.on_no_data = OnNoData::Rollback;
+    let (p3, _) = step(p.clone(), tick(80, &[INC, NODATA], [0.0, 0.0]), &plan);
+    assert!(matches!(p3, Phase::Progressing(_)), "20s < 30s limit");
+    let (p4, _) = step(p3, tick(90, &[INC, NODATA], [0.0, 0.0]), &plan);
+    assert!(
+        matches!(&p4, Phase::RollingBack { reason: Reason::NoData { metrics, .. }, .. } if metrics == &["m1".to_string()]),
+        "{p4:?}"
+    );
+    // Data coming back resets the clock.
+    let (p5, _) = step(p, tick(80, &[INC, INC], [0.0, 0.0]), &plan);
+    let (p6, _) = step(p5, tick(95, &[INC, NODATA], [0.0, 0.0]), &plan);
+    assert!(matches!(p6, Phase::Progressing(_)));
+}
+
+#[test]
+fn consecutive_query_errors_roll_back_and_recovery_resets() {
+    let plan = plan();
+    let mut p = progressing(0, w(5.0), 0);
+    for t in [10, 20] {
+        let (n, c) = step(p, tick(t, &[INC, None], [100.0, 5.0]), &plan);
+        assert!(
+            matches!(&c[0], Command::Record(Decision::Hold { reason }) if reason.contains("query errors"))
+        );
+        p = n;
+    }
+    // Recovery resets the count.
+    let (n, _) = step(p.clone(), tick(30, &[INC, INC], [100.0, 5.0]), &plan);
+    let (n, _) = step(n, tick(40, &[INC, None], [100.0, 5.0]), &plan);
+    assert!(matches!(
+        n,
+        Phase::Progressing(Progress { error_ticks: 1, .. })
+    ));
+    // A third consecutive error rolls back.
+    let (n, _) = step(p, tick(30, &[INC, None], [100.0, 5.0]), &plan);
+    assert!(
+        matches!(
+            &n,
+            Phase::RollingBack {
+                reason: Reason::QueryErrors { ticks: 3, .. },
+                ..
+            }
+        ),
+        "{n:?}"
+    );
+}
+
+#[test]
+fn deadline_rolls_back() {
+    let (p, _) = step(
+        progressing(1, w(25.0), 550),
+        tick(600, &[INC, INC], [100.0, 50.0]),
+        &plan(),
+    );
+    assert!(matches!(
+        p,
+        Phase::RollingBack {
+            reason: Reason::Deadline { .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn advance_pass_waits_for_every_metric_to_pass() {
+    let mut plan = plan();
+    plan.advance = policy::Advance::Pass;
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        tick(60, &[PASS, INC], [1000.0, 100.0]),
+        &plan,
+    );
+    assert!(matches!(p, Phase::Progressing(_)));
+    assert!(
+        matches!(&c[0], Command::Record(Decision::Hold { reason }) if reason.contains("not yet passing: m1"))
+    );
+    let (p, _) = step(p, tick(70, &[PASS, PASS], [0.0, 0.0]), &plan);
+    assert!(matches!(p, Phase::Shifting { step: 1, .. }));
+}
+
+#[test]
+fn provider_failures_are_retried_then_roll_back() {
+    let plan = plan();
+    let failed = |transient| Event::ApplyFailed {
+        weight: w(5.0),
+        error: "boom".into(),
+        transient,
+        now: s(1),
+    };
+    let shifting = Phase::Shifting {
+        step: 0,
+        target: w(5.0),
+        attempt: 0,
+    };
+    let (p, c) = step(shifting.clone(), failed(true), &plan);
+    assert_eq!(
+        p,
+        Phase::Shifting {
+            step: 0,
+            target: w(5.0),
+            attempt: 1
+        }
+    );
+    assert!(matches!(c[0], Command::Apply { delay, .. } if delay > Duration::ZERO));
+    let (p, _) = step(p, failed(true), &plan);
+    let (p, c) = step(p, failed(true), &plan);
+    assert!(matches!(
+        p,
+        Phase::RollingBack {
+            reason: Reason::Provider { .. },
+            ..
+        }
+    ));
+    assert_eq!(c, vec![apply(Weight::ZERO)]);
+    // A permanent error does not retry.
+    let (p, _) = step(shifting, failed(false), &plan);
+    assert!(matches!(p, Phase::RollingBack { .. }));
+}
+
+#[test]
+fn a_rollback_that_cannot_be_applied_fails_loudly() {
+    let plan = plan();
+    let mut p = Phase::RollingBack {
+        reason: Reason::Deadline { after_s: 600.0 },
+        attempt: 0,
+    };
+    for _ in 0..=plan.apply_retries * 2 {
+        let (n, _) = step(
+            p,
+            Event::ApplyFailed {
+                weight: Weight::ZERO,
+                error: "socket gone".into(),
+                transient: false,
+                now: s(1),
+            },
+            &plan,
+        );
+        p = n;
+    }
+    let Phase::Failed { reason } = &p else {
+        panic!("{p:?}")
+    };
+    assert!(
+        reason.contains("traffic may still reach the canary"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn abort_rolls_back_from_any_live_phase() {
+    for phase in [
+        progressing(0, w(5.0), 0),
+        Phase::Shifting {
+            step: 1,
+            target: w(25.0),
+            attempt: 0,
+        },
+        Phase::Promoting { attempt: 0 },
+    ] {
+        let (p, c) = step(
+            phase,
+            Event::Abort {
+                why: "ctrl-c".into(),
+                now: s(3),
+            },
+            &plan(),
+        );
+        assert!(matches!(
+            p,
+            Phase::RollingBack {
+                reason: Reason::Aborted { .. },
+                ..
+            }
+        ));
+        assert_eq!(c, vec![apply(Weight::ZERO)]);
+    }
+    let (p, c) = step(
+        Phase::Promoted,
+        Event::Abort {
+            why: "late".into(),
+            now: s(3),
+        },
+        &plan(),
+    );
+    assert_eq!(p, Phase::Promoted);
+    assert!(c.is_empty());
+}
+
+// ---- the runner, under paused time ----
+
+fn policy_with(rollout: &str, metrics: &str) -> policy::Policy {
+    let text = format!(
+        "name = \"t\"\n[rollout]\n{rollout}\n[traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\
+         baseline = \"http://127.0.0.1:1\"\ncanary = \"http://127.0.0.1:2\"\n{metrics}"
+    );
+    policy::parse(&text, "t.toml").unwrap_or_else(|d| panic!("{d}"))
+}
+
+const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n";
+const TIMING: &str = "steps = [5, 25, 100]\nstep_duration = \"60s\"\nanalysis_interval = \"10s\"\nmin_requests = 100\ndeadline = \"10m\"";
+
+#[tokio::test(start_paused = true)]
+async fn healthy_run_promotes_through_every_step() {
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    source.script(
+        "errors",
+        vec![Answer::Rates {
+            baseline: 0.01,
+            canary: 0.01,
+            requests: 2000.0,
+        }],
+    );
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    assert_eq!(report.exit_code, 0);
+    assert_eq!(traffic.calls(), vec![w(5.0), w(25.0), Weight::FULL]);
+    assert_eq!(traffic.weight(), Weight::FULL);
+    // Two analysed steps of 60 s at 10 s: 12 ticks, and windows carry the weight in force.
+    assert_eq!(report.ticks, 12);
+    let shares: Vec<Weight> = source.windows().iter().map(|w| w.weight).collect();
+    assert_eq!(shares[..6], [w(5.0); 6]);
+    assert_eq!(shares[6..], [w(25.0); 6]);
+    assert!(
+        (report.duration_s - 120.0).abs() < 1.0,
+        "{}",
+        report.duration_s
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_canary_rolls_back_and_the_record_precedes_the_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let (l, s2) = (log.clone(), seen.clone());
+    traffic.on_set(move |weight| {
+        if weight == Weight::ZERO {
+            // What the log holds at the moment traffic is moved back.
+            *s2.lock().unwrap() = std::fs::read_to_string(&l).ok();
+        }
+    });
+    let source = MockSource::new();
+    source.script(
+        "errors",
+        vec![Answer::Rates {
+            baseline: 0.01,
+            canary: 0.2,
+            requests: 2000.0,
+        }],
+    );
+    let opts = RunOptions {
+        decisions: Some(log.clone()),
+        abort: None,
+    };
+    let report = run(&policy, &traffic, &source, opts, &mut Quiet)
+        .await
+        .unwrap();
+    let FinalOutcome::RolledBack { reason } = &report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    assert!(matches!(reason, Reason::MetricFailed { metric, .. } if metric == "errors"));
+    assert_eq!(report.exit_code, 1);
+    assert_eq!(traffic.calls().last(), Some(&Weight::ZERO));
+    let at_rollback = seen.lock().unwrap().clone().expect("rollback seen");
+    let last: serde_json::Value =
+        serde_json::from_str(at_rollback.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "tick");
+    assert_eq!(last["decision"]["action"], "rollback");
+    assert_eq!(last["metrics"][0]["outcome"], "fail");
+    // The final record follows.
+    let all = std::fs::read_to_string(&log).unwrap();
+    let fin: serde_json::Value = serde_json::from_str(all.lines().last().unwrap()).unwrap();
+    assert_eq!(fin["kind"], "final");
+    assert_eq!(fin["event"], "rolled-back");
+    assert_eq!(fin["weight"], 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_data_holds_then_rolls_back() {
+    let timing = format!("{TIMING}\non_no_data = \"rollback\"\nno_data_limit = \"30s\"");
+    let policy = policy_with(&timing, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    source.script("errors", vec![Answer::Missing]);
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        report.outcome,
+        FinalOutcome::RolledBack {
+            reason: Reason::NoData { .. }
+        }
+    ));
+    assert_eq!(
+        traffic.calls(),
+        vec![w(5.0), Weight::ZERO],
+        "never advanced"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_within_limit_recovers_and_promotes() {
+    let timing = format!("{TIMING}\nerror_limit = 4");
+    let policy = policy_with(&timing, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    let ok = Answer::Rates {
+        baseline: 0.01,
+        canary: 0.01,
+        requests: 2000.0,
+    };
+    let mut script = vec![ok.clone(); 3];
+    script.extend(vec![Answer::Unreachable; 3]);
+    script.push(ok);
+    source.script("errors", script);
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    // The outage held the first step: it lasted past its 60 s.
+    assert!(report.ticks > 12, "{}", report.ticks);
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_outage_rolls_back_with_the_error() {
+    let policy = policy_with(&format!("{TIMING}\nerror_limit = 4"), ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    source.script("errors", vec![Answer::Unreachable]);
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    let FinalOutcome::RolledBack {
+        reason: Reason::QueryErrors { ticks, last },
+    } = &report.outcome
+    else {
+        panic!("{:?}", report.outcome)
+    };
+    assert_eq!(*ticks, 4);
+    assert!(last.contains("scripted outage"), "{last}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_provider_errors_are_retried() {
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    traffic.script([Behaviour::Transient, Behaviour::Ignore]);
+    let source = MockSource::new();
+    source.script(
+        "errors",
+        vec![Answer::Rates {
+            baseline: 0.01,
+            canary: 0.01,
+            requests: 2000.0,
+        }],
+    );
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    // Transient failure, ignored set (read-back mismatch), then success.
+    assert_eq!(traffic.calls()[..3], [w(5.0), w(5.0), w(5.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_never_works_fails_with_exit_3() {
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    traffic.always(Behaviour::Permanent);
+    let source = MockSource::new();
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(report.outcome, FinalOutcome::Failed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.exit_code, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_provider_times_out_and_is_retried() {
+    let policy = policy_with(&format!("{TIMING}\napply_timeout = \"2s\""), ERRORS);
+    let traffic = MockTrafficProvider::new();
+    traffic.script([Behaviour::Slow(s(5))]);
+    let source = MockSource::new();
+    source.script(
+        "errors",
+        vec![Answer::Rates {
+            baseline: 0.01,
+            canary: 0.01,
+            requests: 2000.0,
+        }],
+    );
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    assert_eq!(traffic.calls()[..2], [w(5.0), w(5.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_rolls_back_a_rollout_that_cannot_finish() {
+    // Too few requests ever to complete a step.
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    source.script(
+        "errors",
+        vec![Answer::Rates {
+            baseline: 0.0,
+            canary: 0.0,
+            requests: 20.0,
+        }],
+    );
+    let report = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        report.outcome,
+        FinalOutcome::RolledBack {
+            reason: Reason::Deadline { .. }
+        }
+    ));
+    assert!(
+        (report.duration_s - 600.0).abs() < 11.0,
+        "{}",
+        report.duration_s
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_signal_rolls_back() {
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    source.script(
+        "errors",
+        vec![Answer::Rates {
+            baseline: 0.01,
+            canary: 0.01,
+            requests: 2000.0,
+        }],
+    );
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        tokio::time::sleep(s(25)).await;
+        let _ = tx.send(Some("operator abort".to_string()));
+    });
+    let opts = RunOptions {
+        decisions: None,
+        abort: Some(rx),
+    };
+    let report = run(&policy, &traffic, &source, opts, &mut Quiet)
+        .await
+        .unwrap();
+    assert!(matches!(
+        report.outcome,
+        FinalOutcome::RolledBack {
+            reason: Reason::Aborted { .. }
+        }
+    ));
+    assert_eq!(traffic.calls(), vec![w(5.0), Weight::ZERO]);
+}
+
+#[test]
+fn the_run_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = MockSource::new();
+    let mut quiet = Quiet;
+    let fut = run(
+        &policy,
+        &traffic,
+        &source,
+        RunOptions::default(),
+        &mut quiet,
+    );
+    assert_send(&fut);
+}

@@ -16,6 +16,7 @@ use crate::model::{Arm, Weight};
 use crate::policy::MetricConfig;
 
 pub mod builtin;
+pub mod mock;
 
 use crate::policy::SourceConfig;
 use crate::traffic::proxy::ProxyHandle;

@@ -41,14 +41,15 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
     let mut ctx = Ctx::default();
     let (root, errors) = DeTable::parse_recoverable(source);
     if !errors.is_empty() {
+        // The parser recovers and reports follow-on errors on the same line; the first one
+        // per line is the one to fix.
+        let mut lines_seen = BTreeSet::new();
         for e in &errors {
-            let msg = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("invalid TOML")
-                .to_string();
-            ctx.error(e.span().unwrap_or(0..0), msg);
+            let span = e.span().unwrap_or(0..0);
+            if lines_seen.insert(super::diag::line_col(source, span.start).0) {
+                let msg = e.message().lines().next().unwrap_or("invalid TOML");
+                ctx.error(span, msg.to_string());
+            }
         }
         return Err(Diagnostics::new(origin, source, ctx.diags));
     }
@@ -430,7 +431,9 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
             );
         }
     }
-    (ctx.diags.len() == before).then(|| PrometheusConfig {
+    // Returned even with problems, so the metrics are still checked against this source.
+    let _ = before;
+    Some(PrometheusConfig {
         url,
         timeout,
         token,

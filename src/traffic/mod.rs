@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::model::Weight;
 use crate::policy::TrafficConfig;
 
+pub mod mock;
 pub mod proxy;
 
 /// Why a provider call failed, and whether retrying can help.
