@@ -417,10 +417,7 @@ fn policy_with(rollout: &str, metrics: &str) -> policy::Policy {
 const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n";
 const TIMING: &str = "steps = [5, 25, 100]\nstep_duration = \"60s\"\nanalysis_interval = \"10s\"\nmin_requests = 100\ndeadline = \"10m\"";
 
-#[tokio::test(start_paused = true)]
-async fn healthy_run_promotes_through_every_step() {
-    let policy = policy_with(TIMING, ERRORS);
-    let traffic = MockTrafficProvider::new();
+fn healthy_source() -> MockSource {
     let source = MockSource::new();
     source.script(
         "errors",
@@ -430,6 +427,14 @@ async fn healthy_run_promotes_through_every_step() {
             requests: 2000.0,
         }],
     );
+    source
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_run_promotes_through_every_step() {
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    let source = healthy_source();
     let report = run(
         &policy,
         &traffic,
@@ -593,15 +598,7 @@ async fn transient_provider_errors_are_retried() {
     let policy = policy_with(TIMING, ERRORS);
     let traffic = MockTrafficProvider::new();
     traffic.script([Behaviour::Transient, Behaviour::Ignore]);
-    let source = MockSource::new();
-    source.script(
-        "errors",
-        vec![Answer::Rates {
-            baseline: 0.01,
-            canary: 0.01,
-            requests: 2000.0,
-        }],
-    );
+    let source = healthy_source();
     let report = run(
         &policy,
         &traffic,
@@ -644,15 +641,7 @@ async fn slow_provider_times_out_and_is_retried() {
     let policy = policy_with(&format!("{TIMING}\napply_timeout = \"2s\""), ERRORS);
     let traffic = MockTrafficProvider::new();
     traffic.script([Behaviour::Slow(s(5))]);
-    let source = MockSource::new();
-    source.script(
-        "errors",
-        vec![Answer::Rates {
-            baseline: 0.01,
-            canary: 0.01,
-            requests: 2000.0,
-        }],
-    );
+    let source = healthy_source();
     let report = run(
         &policy,
         &traffic,
@@ -706,15 +695,7 @@ async fn deadline_rolls_back_a_rollout_that_cannot_finish() {
 async fn abort_signal_rolls_back() {
     let policy = policy_with(TIMING, ERRORS);
     let traffic = MockTrafficProvider::new();
-    let source = MockSource::new();
-    source.script(
-        "errors",
-        vec![Answer::Rates {
-            baseline: 0.01,
-            canary: 0.01,
-            requests: 2000.0,
-        }],
-    );
+    let source = healthy_source();
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         tokio::time::sleep(s(25)).await;
