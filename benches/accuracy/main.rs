@@ -1,0 +1,417 @@
+//! The accuracy benchmark: how often and how fast each judge is right.
+//!
+//! `cargo bench --bench accuracy` runs the full set (published numbers);
+//! `COALMINE_BENCH=quick cargo bench --bench accuracy` a reduced one for CI. Every judge sees
+//! the same seeded scenarios on a simulated clock and decides through the real controller
+//! state machine (`coalmine::controller::step`) with the plan of `policies/default.toml`.
+//! Output: a Markdown table on stdout and in `target/coalmine-bench/accuracy.md`, and
+//! `target/coalmine-bench/accuracy.json`.
+
+mod judges;
+mod report;
+mod sim;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use coalmine::analysis::JudgeSpec;
+use coalmine::controller::machine::{Command, Event, Phase, step};
+use coalmine::model::Weight;
+use coalmine::policy::{self, Rollout};
+
+use judges::{Analyzer, Ctx, Fixed, FlaggerStyle, Kind, KayentaStyle, Oracle, Sequential};
+use report::{Cell, RunResult};
+use sim::{Assignment, ErrorMode, Fault, LatencyMode, Scenario, World};
+
+const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
+
+/// The default policy's plan and judges, with the first step's weight set to `share`.
+struct Setup {
+    plan: Rollout,
+    specs: Vec<(String, JudgeSpec)>,
+    alpha: f64,
+}
+
+fn setup(share: f64) -> Setup {
+    let p = policy::parse(DEFAULT_POLICY, "policies/default.toml").unwrap_or_else(|d| panic!("{d}"));
+    let mut plan = p.rollout.clone();
+    plan.steps[0] = Weight::try_from_percent(share * 100.0).expect("share");
+    let specs = p
+        .metrics
+        .iter()
+        .map(|m| {
+            let mut s = m.judge.clone();
+            // Nothing in this benchmark reads confidence intervals (advance = "no-fail"),
+            // so skip computing them every tick.
+            if let JudgeSpec::Events(e) = &mut s {
+                e.intervals = false;
+            }
+            (m.name.clone(), s)
+        })
+        .collect();
+    Setup {
+        plan,
+        specs,
+        alpha: p.alpha,
+    }
+}
+
+/// One rollout of `sc` judged by `kind`; `None` if the judge does not apply.
+fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Option<RunResult> {
+    let interval = s.plan.analysis_interval.as_secs_f64();
+    let mut world = World::new(sc, seed, interval);
+    let mut analyzer: Box<dyn Analyzer> = match kind {
+        Kind::Sequential => Box::new(Sequential::new(&s.specs)),
+        Kind::Kayenta => Box::new(KayentaStyle::new()),
+        Kind::Flagger => Box::new(FlaggerStyle::new(sc.p0, report::baseline_p99())),
+        Kind::Fixed => Box::new(Fixed::new(s.alpha)),
+        Kind::Oracle => {
+            let (b, c) = world.latency_truth();
+            Box::new(Oracle::new(sc, b, c, s.alpha)?)
+        }
+    };
+    let _ = share;
+    let plan = &s.plan;
+    let horizon = plan.deadline.as_secs_f64();
+    let analysed = plan.steps.iter().filter(|w| **w < Weight::FULL).count();
+    let mut w = 0.0;
+    let mut step_start = 0.0;
+    let (mut phase, first) = step(Phase::Pending, Event::Start { now: Duration::ZERO }, plan);
+    let mut pending: Vec<Command> = first.into_iter().rev().collect();
+    let mut t = 0.0;
+    let mut requests_total = 0u64;
+    let mut canary_requests = 0u64;
+    let mut harm = 0.0;
+    let mut decision: Option<(bool, f64, u64)> = None;
+    loop {
+        // Apply commands immediately (a provider that always works).
+        while let Some(cmd) = pending.pop() {
+            if let Command::Apply { weight, .. } = cmd {
+                w = weight.fraction();
+                step_start = t;
+                let (n, c) = step(
+                    phase.clone(),
+                    Event::Applied {
+                        weight,
+                        now: Duration::from_secs_f64(t),
+                    },
+                    plan,
+                );
+                phase = n;
+                pending.extend(c.into_iter().rev());
+            }
+        }
+        match &phase {
+            Phase::Promoted => {
+                decision.get_or_insert((false, t, requests_total));
+            }
+            Phase::RolledBack { .. } | Phase::Failed { .. } => {
+                decision.get_or_insert((true, t, requests_total));
+            }
+            _ => {}
+        }
+        if t >= horizon - 1e-9 {
+            break;
+        }
+        if decision.is_some() {
+            // After the decision only harm accrues: expected excess canary errors at the
+            // final weight until the horizon.
+            let win = world.tick(w);
+            harm += win.expected_requests * w * (win.true_error[1] - win.true_error[0]);
+            t = win.t;
+            continue;
+        }
+        let win = world.tick(w);
+        t = win.t;
+        requests_total += win.requests[0] + win.requests[1];
+        canary_requests += win.requests[1];
+        harm += win.requests[1] as f64 * (win.true_error[1] - win.true_error[0]);
+        let step_idx = match &phase {
+            Phase::Progressing(p) => p.step,
+            _ => 0,
+        };
+        let ctx = Ctx {
+            w,
+            step_elapsed: t - step_start,
+            step_duration: plan.step_duration.as_secs_f64(),
+            last_step: step_idx + 1 == analysed,
+            step: step_idx,
+        };
+        let metrics = analyzer.tick(&win, &ctx);
+        let (n, c) = step(
+            phase.clone(),
+            Event::Tick {
+                now: Duration::from_secs_f64(t),
+                metrics,
+                requests: Some([win.requests[0] as f64, win.requests[1] as f64]),
+            },
+            plan,
+        );
+        phase = n;
+        pending.extend(c.into_iter().rev());
+    }
+    let (rolled_back, seconds, requests) = decision.unwrap_or((false, horizon, requests_total));
+    let promoted = matches!(phase, Phase::Promoted);
+    let _ = canary_requests;
+    Some(RunResult {
+        rolled_back,
+        promoted,
+        decided: decision.is_some(),
+        seconds,
+        requests,
+        harm,
+    })
+}
+
+fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
+    let base = Scenario {
+        name: "aa",
+        variant: "",
+        effect: 1.0,
+        rate: 100.0,
+        p0: 5e-3,
+        diurnal: false,
+        bursts: false,
+        assignment: Assignment::PerRequest,
+        errors: None,
+        latency: None,
+        fault: Fault::None,
+    };
+    let mut v: Vec<(Scenario, f64)> = Vec::new();
+    // A/A across traffic and baseline error rates.
+    let rates: &[f64] = if quick { &[10.0, 1000.0] } else { &[10.0, 100.0, 1000.0] };
+    let p0s: &[f64] = if quick { &[1e-3, 2e-2] } else { &[1e-4, 1e-3, 5e-3, 2e-2] };
+    for &rate in rates {
+        for &p0 in p0s {
+            v.push((Scenario { rate, p0, ..base.clone() }, 0.05));
+        }
+    }
+    v.push((
+        Scenario {
+            variant: "diurnal+bursts",
+            diurnal: true,
+            bursts: true,
+            rate: 1000.0,
+            ..base.clone()
+        },
+        0.05,
+    ));
+    v.push((Scenario { rate: 1000.0, ..base.clone() }, 0.25));
+    v.push((
+        Scenario {
+            variant: "per-instance",
+            assignment: Assignment::PerInstance {
+                canary_pods: 1,
+                sigma: 0.3,
+            },
+            rate: 1000.0,
+            ..base.clone()
+        },
+        0.05,
+    ));
+    v.push((
+        Scenario {
+            variant: "share+20%",
+            assignment: Assignment::Misspecified(1.2),
+            rate: 1000.0,
+            ..base.clone()
+        },
+        0.05,
+    ));
+    v.push((
+        Scenario {
+            variant: "gaps-30%",
+            fault: Fault::Gaps(0.3),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    // Error-rate regressions.
+    let effects: &[f64] = if quick { &[1.25, 1.5, 2.0, 5.0] } else { &[1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0] };
+    for &r in effects {
+        v.push((
+            Scenario {
+                name: "errors",
+                effect: r,
+                rate: 1000.0,
+                errors: Some(ErrorMode::Ratio),
+                ..base.clone()
+            },
+            0.05,
+        ));
+    }
+    for &r in if quick { &[2.0][..] } else { &[1.5, 2.0, 5.0][..] } {
+        v.push((
+            Scenario {
+                name: "errors",
+                effect: r,
+                errors: Some(ErrorMode::Ratio),
+                ..base.clone()
+            },
+            0.05,
+        ));
+    }
+    v.push((
+        Scenario {
+            name: "errors",
+            variant: "diurnal+bursts",
+            effect: 2.0,
+            rate: 1000.0,
+            diurnal: true,
+            bursts: true,
+            errors: Some(ErrorMode::Ratio),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    if !quick {
+        v.push((
+            Scenario {
+                name: "errors",
+                variant: "new-errors",
+                effect: 1.0,
+                rate: 1000.0,
+                errors: Some(ErrorMode::Additive),
+                ..base.clone()
+            },
+            0.05,
+        ));
+        v.push((
+            Scenario {
+                name: "errors",
+                variant: "burst-60s",
+                effect: 10.0,
+                rate: 1000.0,
+                errors: Some(ErrorMode::Burst60s),
+                ..base.clone()
+            },
+            0.05,
+        ));
+    }
+    v.push((
+        Scenario {
+            name: "improvement",
+            variant: "errors",
+            effect: 0.5,
+            rate: 1000.0,
+            errors: Some(ErrorMode::Ratio),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    // Latency.
+    let ms: &[f64] = if quick { &[1.05, 1.25] } else { &[1.02, 1.05, 1.1, 1.25, 1.5] };
+    for &m in ms {
+        v.push((
+            Scenario {
+                name: "latency",
+                effect: m,
+                latency: Some(LatencyMode::Shift),
+                ..base.clone()
+            },
+            0.05,
+        ));
+    }
+    v.push((
+        Scenario {
+            name: "latency-tail",
+            effect: 1.5,
+            latency: Some(LatencyMode::Tail),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    if !quick {
+        v.push((
+            Scenario {
+                name: "latency",
+                variant: "bimodal",
+                effect: 0.05,
+                latency: Some(LatencyMode::Bimodal),
+                ..base.clone()
+            },
+            0.05,
+        ));
+        v.push((
+            Scenario {
+                name: "latency",
+                variant: "warm-up",
+                effect: 1.3,
+                latency: Some(LatencyMode::Warmup),
+                ..base.clone()
+            },
+            0.05,
+        ));
+    }
+    v.push((
+        Scenario {
+            name: "improvement",
+            variant: "latency",
+            effect: 0.9,
+            latency: Some(LatencyMode::Shift),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    // Data faults.
+    v.push((
+        Scenario {
+            name: "missing-data",
+            variant: "canary-absent",
+            fault: Fault::CanaryMissing,
+            ..base.clone()
+        },
+        0.05,
+    ));
+    v
+}
+
+fn main() {
+    let mode = std::env::var("COALMINE_BENCH").unwrap_or_default();
+    let quick = mode == "quick";
+    // `cargo bench` passes `--bench`; a filter argument selects judges by name.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let (aa_runs, power_runs) = if quick { (400, 150) } else { (4000, 500) };
+    let cells_spec: Vec<(Kind, Scenario, f64)> = scenarios(quick)
+        .into_iter()
+        .flat_map(|(sc, share)| Kind::ALL.into_iter().map(move |k| (k, sc.clone(), share)))
+        .filter(|(k, _, _)| filter.as_deref().is_none_or(|f| k.name().contains(f)))
+        .collect();
+    let started = report::now();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Cell>> = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let done = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((kind, sc, share)) = cells_spec.get(i) else { break };
+                    let setup = setup(*share);
+                    let runs = if sc.is_regression() { power_runs } else { aa_runs };
+                    let mut rr = Vec::with_capacity(runs);
+                    for r in 0..runs {
+                        // The same seeds for every judge: identical scenarios.
+                        let seed = report::seed(sc, *share, r as u64);
+                        match run_once(*kind, sc, *share, seed, &setup) {
+                            Some(x) => rr.push(x),
+                            None => break,
+                        }
+                    }
+                    if !rr.is_empty() {
+                        let cell = Cell::new(*kind, sc, *share, &rr);
+                        results.lock().unwrap().push(cell);
+                    }
+                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    eprint!("\r{d}/{} cells", cells_spec.len());
+                }
+            });
+        }
+    });
+    eprintln!();
+    let mut cells = results.into_inner().unwrap();
+    cells.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    report::write(&cells, quick, aa_runs, power_runs, started);
+}
