@@ -7,6 +7,7 @@
 
 pub mod confseq;
 pub mod errors;
+pub mod fisher;
 pub mod fmt;
 pub mod histogram;
 pub mod hodges_lehmann;
@@ -14,10 +15,12 @@ pub mod judge;
 pub mod latency;
 pub mod mann_whitney;
 pub mod observation;
+pub mod proportions;
 pub mod sequential;
 pub mod special;
 pub mod threshold;
 pub mod verdict;
+pub mod welch;
 
 pub use histogram::Histogram;
 pub use judge::{JudgeSpec, MetricJudge};
