@@ -12,6 +12,7 @@ pub mod fmt;
 pub mod histogram;
 pub mod hodges_lehmann;
 pub mod judge;
+pub mod kayenta;
 pub mod latency;
 pub mod mann_whitney;
 pub mod observation;
