@@ -456,3 +456,92 @@ fn judge_bad_input_exits_2_with_a_message() {
     assert_eq!(code, 2);
     assert!(stderr.contains("empty.txt"), "{stderr}");
 }
+
+// ------------------------------------------------------------------ properties
+
+mod properties {
+    use coalmine::analysis::fisher::{ErrorTable, fisher_exact};
+    use coalmine::analysis::hodges_lehmann::{self, kth_difference};
+    use coalmine::analysis::mann_whitney::{
+        Alternative, MannWhitneyConfig, Method, SortedSample, mann_whitney,
+    };
+    use proptest::prelude::*;
+
+    fn any_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            6 => -1e6f64..1e6,
+            3 => (-3i32..3).prop_map(f64::from),
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(f64::NEG_INFINITY),
+            1 => Just(-0.0),
+            1 => Just(f64::MAX),
+        ]
+    }
+
+    fn any_alternative() -> impl Strategy<Value = Alternative> {
+        prop_oneof![
+            Just(Alternative::TwoSided),
+            Just(Alternative::Greater),
+            Just(Alternative::Less)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn mann_whitney_never_panics(
+            x in prop::collection::vec(any_value(), 0..40),
+            y in prop::collection::vec(any_value(), 0..40),
+            alternative in any_alternative(),
+            method in prop_oneof![Just(Method::Auto), Just(Method::Exact), Just(Method::Asymptotic)],
+            continuity in any::<bool>(),
+        ) {
+            let cfg = MannWhitneyConfig { alternative, method, continuity };
+            if let Ok(r) = mann_whitney(&x, &y, cfg) {
+                prop_assert!(r.u >= 0.0 && r.u <= (r.n1 * r.n2) as f64);
+                prop_assert!(r.p_value.is_nan() || (0.0..=1.0).contains(&r.p_value));
+            }
+        }
+
+        #[test]
+        fn hodges_lehmann_never_panics(
+            x in prop::collection::vec(any_value(), 0..30),
+            y in prop::collection::vec(any_value(), 0..30),
+            alternative in any_alternative(),
+            confidence in prop_oneof![0.5f64..0.999, Just(0.0), Just(1.0), Just(f64::NAN)],
+        ) {
+            let (sx, sy) = (SortedSample::new(&x), SortedSample::new(&y));
+            if let Ok(s) = hodges_lehmann::exact(&sx, &sy, confidence, alternative) {
+                // Exact intervals are order statistics around the median.
+                prop_assert!(s.ci.0 <= s.estimate && s.estimate <= s.ci.1, "{:?}", s);
+            }
+            let _ = hodges_lehmann::asymptotic(&sx, &sy, confidence, alternative, true);
+        }
+
+        #[test]
+        fn selection_equals_sorting_all_differences(
+            x in prop::collection::vec((-20i32..20).prop_map(|v| f64::from(v) / 4.0), 1..25),
+            y in prop::collection::vec(-5.0f64..5.0, 1..25),
+            pick in 0.0f64..1.0,
+        ) {
+            let (sx, sy) = (SortedSample::new(&x), SortedSample::new(&y));
+            let mut all: Vec<f64> = sx.as_slice().iter()
+                .flat_map(|a| sy.as_slice().iter().map(move |b| a - b)).collect();
+            all.sort_unstable_by(f64::total_cmp);
+            let k = ((all.len() - 1) as f64 * pick) as usize;
+            prop_assert_eq!(kth_difference(sx.as_slice(), sy.as_slice(), k as u64 + 1), all[k] + 0.0);
+        }
+
+        #[test]
+        fn fisher_p_values_are_probabilities(
+            a in 0u64..2_000_000, b in 0u64..2_000_000, c in 0u64..2_000_000, d in 0u64..2_000_000,
+            alternative in any_alternative(),
+        ) {
+            let t = ErrorTable { canary_errors: a, canary_ok: b, baseline_errors: c, baseline_ok: d };
+            let r = fisher_exact(t, alternative);
+            prop_assert!((0.0..=1.0).contains(&r.p_value), "{:?}", r);
+        }
+    }
+}
