@@ -7,17 +7,23 @@
 
 pub mod confseq;
 pub mod errors;
+pub mod fisher;
 pub mod fmt;
 pub mod histogram;
+pub mod hodges_lehmann;
 pub mod judge;
+pub mod kayenta;
 pub mod latency;
+pub mod mann_whitney;
 pub mod observation;
+pub mod proportions;
 #[cfg(test)]
 mod props;
 pub mod sequential;
 pub mod special;
 pub mod threshold;
 pub mod verdict;
+pub mod welch;
 
 pub use histogram::Histogram;
 pub use judge::{JudgeSpec, MetricJudge};

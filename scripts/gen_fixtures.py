@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Generates the reference fixtures in tests/fixtures/ that tests/statistics.rs checks.
+
+Reference implementations:
+- scipy 1.17.1: mannwhitneyu (U and p-value), fisher_exact, ttest_ind(equal_var=False);
+  scipy's own exact U distribution (scipy.stats._mannwhitneyu._MWU) for R's qwilcox.
+- numpy: the exact Hodges-Lehmann estimate and interval from all n1*n2 differences.
+- A direct transcription of R's wilcox.test asymptotic interval code (stats/R/wilcox.test.R,
+  with R's zeroin2 from src/library/stats/src/zeroin.c) on scipy.stats.rankdata ranks, for
+  the asymptotic Hodges-Lehmann estimate and interval (no R on this machine). It is an
+  independent implementation of the same algorithm, not R itself.
+
+Usage: python3 scripts/gen_fixtures.py   (writes tests/fixtures/*.json; deterministic)
+"""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import scipy
+from scipy import stats
+from scipy.stats._mannwhitneyu import _MWU
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+EPS = np.finfo(float).eps
+
+
+def enc(x):
+    """JSON has no infinities or NaN: encode them as strings."""
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+# ---------------------------------------------------------------- Mann-Whitney
+
+def arm(rng, n, kind, shift):
+    if kind == "normal":
+        return rng.normal(shift, 1.0, n)
+    if kind == "lognormal":
+        return rng.lognormal(shift, 1.0, n)
+    if kind == "integers":  # heavy ties
+        return np.round(rng.normal(shift * 3, 3.0, n))
+    if kind == "few":  # very heavy ties
+        return rng.integers(0, 3, n).astype(float) + (1.0 if shift > 0.3 else 0.0)
+    raise ValueError(kind)
+
+
+def qwilcox(p, m, n):
+    """R's qwilcox(p, m, n) for p <= 1/2, from scipy's exact distribution."""
+    d = _MWU(m, n)
+    target = p - 10 * EPS
+    k = np.arange(0, m * n // 2 + 1)
+    cdf = d.cdf(k)
+    return int(np.argmax(cdf >= target)) if np.any(cdf >= target) else m * n // 2
+
+
+def pwilcox(q, m, n):
+    if q < 0:
+        return 0.0
+    return float(_MWU(m, n).cdf(np.array([q]))[0])
+
+
+def hl_exact(x, y, conf, alternative):
+    """R's exact wilcox.test(x, y, conf.int = TRUE) estimate and interval."""
+    m, n = len(x), len(y)
+    diffs = np.sort(np.subtract.outer(x, y).ravel())
+    alpha = 1 - conf
+    if alternative == "two-sided":
+        qu = max(qwilcox(alpha / 2, m, n), 1)
+        ql = m * n - qu
+        ci = (diffs[qu - 1], diffs[ql])
+        achieved = 1 - 2 * pwilcox(qu - 1, m, n)
+    elif alternative == "greater":
+        qu = max(qwilcox(alpha, m, n), 1)
+        ci = (diffs[qu - 1], math.inf)
+        achieved = 1 - pwilcox(qu - 1, m, n)
+    else:
+        qu = max(qwilcox(alpha, m, n), 1)
+        ci = (-math.inf, diffs[m * n - qu])
+        achieved = 1 - pwilcox(qu - 1, m, n)
+    return {"estimate": enc(np.median(diffs)), "ci": [enc(ci[0]), enc(ci[1])],
+            "achieved_confidence": achieved}
+
+
+def mann_whitney_cases(rng):
+    cases = []
+    sizes = []
+    for _ in range(150):
+        sizes.append((int(rng.integers(1, 11)), int(rng.integers(1, 61))))
+    for _ in range(80):
+        sizes.append((int(rng.integers(9, 61)), int(rng.integers(9, 61))))
+    for n1, n2 in [(3, 2000), (8, 1500), (5, 800), (400, 700), (1000, 1000),
+                   (2500, 1800), (60, 60), (50, 55), (120, 90), (2, 3000)]:
+        sizes.append((n1, n2))
+    for i, (n1, n2) in enumerate(sizes):
+        if rng.random() < 0.5:
+            n1, n2 = n2, n1
+        kind = ["normal", "lognormal", "integers", "few"][i % 4]
+        shift = float(rng.choice([0.0, 0.2, 0.5, 1.0, 2.0]))
+        x = arm(rng, n1, kind, shift)
+        y = arm(rng, n2, kind, 0.0)
+        alternative = ["two-sided", "greater", "less"][int(rng.integers(0, 3))]
+        m = min(n1, n2)
+        exact_ok = m * (n1 * n2 // 2) <= 5_000_000
+        methods = ["auto", "asymptotic"] + (["exact"] if exact_ok else [])
+        method = methods[int(rng.integers(0, len(methods)))]
+        if n1 * n2 > 1e6 and method != "asymptotic" and not exact_ok:
+            method = "asymptotic"
+        continuity = bool(rng.random() < 0.7)
+        r = stats.mannwhitneyu(x, y, alternative=alternative, method=method,
+                               use_continuity=continuity)
+        case = {"canary": x.tolist(), "baseline": y.tolist(), "alternative": alternative,
+                "method": method, "continuity": continuity,
+                "u": float(r.statistic), "p_value": float(r.pvalue)}
+        if n1 * n2 <= 20_000 and n1 * n2 // 2 * m <= 2_000_000:
+            case["hl_exact"] = hl_exact(x, y, 0.95, alternative)
+        cases.append(case)
+    return cases
+
+
+# ------------------------------------------- R's asymptotic interval, transcribed
+
+def zeroin(f, ax, bx, fa, fb, tol=1e-4, maxit=1000):
+    """R's zeroin2 (src/library/stats/src/zeroin.c), line by line."""
+    a, b = ax, bx
+    c, fc = a, fa
+    if fa == 0:
+        return a
+    if fb == 0:
+        return b
+    it = maxit + 1
+    while it > 0:
+        it -= 1
+        prev_step = b - a
+        if abs(fc) < abs(fb):
+            a, b, c = b, c, b
+            fa, fb, fc = fb, fc, fb
+        tol_act = 2 * EPS * abs(b) + tol / 2
+        new_step = (c - b) / 2
+        if abs(new_step) <= tol_act or fb == 0:
+            return b
+        if abs(prev_step) >= tol_act and abs(fa) > abs(fb):
+            cb = c - b
+            if a == c:
+                t1 = fb / fa
+                p = cb * t1
+                q = 1.0 - t1
+            else:
+                q = fa / fc
+                t1 = fb / fc
+                t2 = fb / fa
+                p = t2 * (cb * q * (q - t1) - (b - a) * (t1 - 1.0))
+                q = (q - 1.0) * (t1 - 1.0) * (t2 - 1.0)
+            if p > 0:
+                q = -q
+            else:
+                p = -p
+            if p < (0.75 * cb * q - abs(tol_act * q) / 2) and p < abs(prev_step * q / 2):
+                new_step = p / q
+        if abs(new_step) < tol_act:
+            new_step = tol_act if new_step > 0 else -tol_act
+        a, fa = b, fb
+        b += new_step
+        fb = f(b)
+        if (fb > 0 and fc > 0) or (fb < 0 and fc < 0):
+            c, fc = a, fa
+    return b
+
+
+def r_hl_asymptotic(x, y, conf, alternative, correct):
+    """wilcox.test(x, y, conf.int=TRUE, exact=FALSE, correct=correct) interval and estimate."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    nx, ny = len(x), len(y)
+    alpha = 1 - conf
+    mumin = x.min() - y.max()
+    mumax = x.max() - y.min()
+
+    def W(d, corr_on):
+        dr = stats.rankdata(np.concatenate([x - d, y]))
+        _, t = np.unique(dr, return_counts=True)
+        dz = dr[:nx].sum() - nx * (nx + 1) / 2 - nx * ny / 2
+        corr = 0.0
+        if corr_on:
+            corr = {"two-sided": np.sign(dz) * 0.5, "greater": 0.5, "less": -0.5}[alternative]
+        sigma = math.sqrt((nx * ny / 12) * ((nx + ny + 1)
+                                            - np.sum(t ** 3 - t) / ((nx + ny) * (nx + ny - 1))))
+        return (dz - corr) / sigma
+
+    wmin, wmax = W(mumin, correct), W(mumax, correct)
+
+    def root(zq):
+        fl = wmin - zq
+        if fl <= 0:
+            return mumin
+        fu = wmax - zq
+        if fu >= 0:
+            return mumax
+        return zeroin(lambda d: W(d, correct) - zq, mumin, mumax, fl, fu)
+
+    if alternative == "two-sided":
+        ci = (root(stats.norm.isf(alpha / 2)), root(stats.norm.ppf(alpha / 2)))
+    elif alternative == "greater":
+        ci = (root(stats.norm.isf(alpha)), math.inf)
+    else:
+        ci = (-math.inf, root(stats.norm.ppf(alpha)))
+    est = zeroin(lambda d: W(d, False), mumin, mumax, W(mumin, False), W(mumax, False))
+    return {"estimate": enc(est), "ci": [enc(ci[0]), enc(ci[1])]}
+
+
+def hl_asymptotic_cases(rng):
+    cases = []
+    # The R example and the Kayenta vector first.
+    fixed = [
+        ([0.80, 0.83, 1.89, 1.04, 1.45, 1.38, 1.91, 1.64, 0.73, 1.46],
+         [1.15, 0.88, 0.90, 0.74, 1.21]),
+        ([10.0, 20.0, 30.0, 40.0], [1.0, 2.0, 3.0, 4.0]),
+        ([1.0] * 25 + [2.0], [0.0] * 21 + [1.0] * 9 + [2.0]),
+    ]
+    for x, y in fixed:
+        cases.append((np.array(x), np.array(y), 0.95, "two-sided", True))
+    for i in range(90):
+        n1, n2 = int(rng.integers(2, 50)), int(rng.integers(2, 50))
+        kind = ["normal", "lognormal", "integers", "few"][i % 4]
+        shift = float(rng.choice([0.0, 0.3, 1.0]))
+        x, y = arm(rng, n1, kind, shift), arm(rng, n2, kind, 0.0)
+        if len(set(x)) == 1 and len(set(y)) == 1:
+            continue
+        conf = float(rng.choice([0.9, 0.95, 0.98]))
+        alternative = ["two-sided", "two-sided", "greater", "less"][int(rng.integers(0, 4))]
+        cases.append((x, y, conf, alternative, bool(rng.random() < 0.8)))
+    out = []
+    for x, y, conf, alternative, correct in cases:
+        r = r_hl_asymptotic(x, y, conf, alternative, correct)
+        out.append({"canary": x.tolist(), "baseline": y.tolist(), "confidence": conf,
+                    "alternative": alternative, "continuity": correct, **r})
+    return out
+
+
+# ---------------------------------------------------------------- Fisher, Welch
+
+def fisher_cases(rng):
+    cases = []
+    tables = []
+    for _ in range(70):
+        tables.append([int(v) for v in rng.integers(0, 40, 4)])
+    for _ in range(30):
+        nc, nb = int(rng.integers(100, 100_000)), int(rng.integers(100, 100_000))
+        pb = float(rng.uniform(0.001, 0.05))
+        pc = pb * float(rng.choice([0.5, 1.0, 1.0, 1.5, 3.0]))
+        ce, be = int(rng.binomial(nc, min(pc, 1))), int(rng.binomial(nb, pb))
+        tables.append([ce, nc - ce, be, nb - be])
+    # Symmetric margins, zeros, empty rows and columns, the §3.3 data.
+    tables += [[12, 988, 30, 970], [30, 970, 12, 988], [5, 5, 5, 5], [0, 10, 0, 10],
+               [0, 0, 3, 4], [3, 0, 0, 4], [7, 0, 3, 0], [0, 5, 3, 0], [1, 0, 0, 1],
+               [6, 2, 1, 4], [20, 20, 10, 30], [100, 100, 100, 100]]
+    for a, b, c, d in tables:
+        row = {"canary_errors": a, "canary_ok": b, "baseline_errors": c, "baseline_ok": d}
+        for alt in ["two-sided", "greater", "less"]:
+            r = stats.fisher_exact([[a, b], [c, d]], alternative=alt)
+            row[alt] = float(r.pvalue)
+            row["odds_ratio"] = enc(r.statistic)
+        cases.append(row)
+    return cases
+
+
+def welch_cases(rng):
+    cases = []
+    for i in range(40):
+        n1, n2 = int(rng.integers(2, 80)), int(rng.integers(2, 80))
+        x = rng.normal(float(rng.choice([0.0, 0.3, 1.0])), float(rng.uniform(0.5, 3)), n1)
+        y = rng.normal(0.0, float(rng.uniform(0.5, 3)), n2)
+        alt = ["two-sided", "greater", "less"][i % 3]
+        r = stats.ttest_ind(x, y, equal_var=False, alternative=alt)
+        cases.append({"canary": x.tolist(), "baseline": y.tolist(), "alternative": alt,
+                      "t": float(r.statistic), "df": float(r.df), "p_value": float(r.pvalue)})
+    return cases
+
+
+def main():
+    if scipy.__version__ != "1.17.1":
+        print(f"warning: fixtures were made with scipy 1.17.1, this is {scipy.__version__}",
+              file=sys.stderr)
+    rng = np.random.default_rng(20_261_122)
+    os.makedirs(OUT, exist_ok=True)
+    meta = {"generator": "scripts/gen_fixtures.py", "scipy": scipy.__version__,
+            "numpy": np.__version__}
+    for name, cases in [("mann_whitney", mann_whitney_cases(rng)),
+                        ("hl_asymptotic", hl_asymptotic_cases(rng)),
+                        ("fisher", fisher_cases(rng)),
+                        ("welch", welch_cases(rng))]:
+        with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+            json.dump({"meta": meta, "cases": cases}, f, separators=(",", ":"))
+            f.write("\n")
+        print(f"{name}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()
