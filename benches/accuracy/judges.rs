@@ -18,6 +18,8 @@ use crate::sim::{ErrorMode, LatencyMode, Scenario, Window};
 pub enum Kind {
     /// coalmine's default policy.
     Sequential,
+    /// The default policy with `share = "observed"` (only where routing is not per request).
+    SequentialObserved,
     /// Kayenta-style Mann-Whitney on per-interval series, fail-fast.
     Kayenta,
     /// Flagger-style canary-only thresholds with a failed-checks counter.
@@ -30,8 +32,9 @@ pub enum Kind {
 
 impl Kind {
     /// All judges, in table order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Sequential,
+        Kind::SequentialObserved,
         Kind::Kayenta,
         Kind::Flagger,
         Kind::Fixed,
@@ -42,6 +45,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Sequential => "sequential",
+            Kind::SequentialObserved => "sequential-observed",
             Kind::Kayenta => "kayenta",
             Kind::Flagger => "flagger",
             Kind::Fixed => "fixed-horizon",
@@ -62,6 +66,8 @@ pub struct Ctx {
     pub last_step: bool,
     /// The step index.
     pub step: usize,
+    /// Window length, seconds.
+    pub interval: f64,
 }
 
 /// Turns windows into metric statuses.
@@ -143,21 +149,29 @@ impl Analyzer for Sequential {
     }
 }
 
-/// Kayenta-style: per-interval error rate and mean latency series, re-judged on the growing
-/// window of the current step every interval (each step is one canary analysis), fail-fast
-/// when the score is at most marginal, and the step must end with a passing score.
+/// Kayenta-style: per-interval error-rate and mean-latency series (one point per analysis
+/// window), judged once a minute on the growing window of the current step (each step is
+/// one canary analysis, as in a Spinnaker pipeline), fail-fast when the score is at most
+/// marginal; the step's last judgement must pass.
 pub struct KayentaStyle {
     series: [[Vec<f64>; 2]; 2],
     step: usize,
+    since_judged: f64,
+    last: Outcome,
     cfg: KayentaConfig,
     score: ScoreConfig,
 }
+
+/// How often the Kayenta- and Flagger-style judges look, seconds.
+const LOOK_EVERY: f64 = 60.0;
 
 impl KayentaStyle {
     pub fn new() -> Self {
         KayentaStyle {
             series: Default::default(),
             step: usize::MAX,
+            since_judged: 0.0,
+            last: Outcome::Inconclusive,
             cfg: KayentaConfig {
                 direction: Direction::Increase,
                 ..KayentaConfig::default()
@@ -172,6 +186,8 @@ impl Analyzer for KayentaStyle {
         if ctx.step != self.step {
             self.step = ctx.step;
             self.series = Default::default();
+            self.since_judged = 0.0;
+            self.last = Outcome::Inconclusive;
         }
         for arm in 0..2 {
             let missing = win.all_missing || (arm == 1 && win.canary_missing);
@@ -188,6 +204,12 @@ impl Analyzer for KayentaStyle {
             self.series[0][arm].push(rate);
             self.series[1][arm].push(lat);
         }
+        self.since_judged += ctx.interval;
+        let end_of_step = ctx.step_elapsed + 1e-9 >= ctx.step_duration;
+        if self.since_judged + 1e-9 < LOOK_EVERY && !end_of_step {
+            return vec![status("kayenta-score", self.last)];
+        }
+        self.since_judged = 0.0;
         let metrics: Vec<ScoredMetric> = ["error-rate", "latency"]
             .iter()
             .enumerate()
@@ -203,8 +225,7 @@ impl Analyzer for KayentaStyle {
             })
             .collect();
         let card = kayenta::score(&metrics, &self.score);
-        let end_of_step = ctx.step_elapsed + 1e-9 >= ctx.step_duration;
-        let outcome = match card.outcome {
+        self.last = match card.outcome {
             ScoreOutcome::Fail => Outcome::Fail,
             ScoreOutcome::Marginal if end_of_step => Outcome::Fail,
             ScoreOutcome::Marginal => Outcome::Inconclusive,
@@ -219,51 +240,85 @@ impl Analyzer for KayentaStyle {
                 }
             }
         };
-        vec![status("kayenta-score", outcome)]
+        vec![status("kayenta-score", self.last)]
     }
 }
 
-/// Flagger-style: each interval, canary-only checks (error rate at most `max_error`, p99 at
-/// most `max_p99`); a failed check or no data adds one to a counter that never resets, and
-/// the rollout fails when it reaches `threshold`.
+/// Flagger-style: once a minute, canary-only checks over the last minute (error rate at
+/// most `max_error`, p99 at most `max_p99`); a failed check or no data adds one to a counter
+/// that never resets, and the rollout fails when it reaches `threshold` (5, as in Flagger's
+/// examples).
 pub struct FlaggerStyle {
     failed: u32,
     threshold: u32,
     max_error: f64,
     max_p99: f64,
+    since: f64,
+    requests: u64,
+    errors: u64,
+    missing: bool,
+    latency: Option<Histogram>,
+    last: Outcome,
 }
 
 impl FlaggerStyle {
-    /// Tuned thresholds: twice the baseline's error rate, 1.5 × its p99, 5 failed checks.
+    /// Tuned thresholds: twice the baseline's error rate, 1.5 × its p99.
     pub fn new(p0: f64, baseline_p99: f64) -> Self {
         FlaggerStyle {
             failed: 0,
             threshold: 5,
             max_error: 2.0 * p0,
             max_p99: 1.5 * baseline_p99,
+            since: 0.0,
+            requests: 0,
+            errors: 0,
+            missing: false,
+            latency: None,
+            last: Outcome::Inconclusive,
         }
     }
 }
 
 impl Analyzer for FlaggerStyle {
-    fn tick(&mut self, win: &Window, _ctx: &Ctx) -> Vec<MetricStatus> {
-        let missing = win.all_missing || win.canary_missing || win.requests[1] == 0;
+    fn tick(&mut self, win: &Window, ctx: &Ctx) -> Vec<MetricStatus> {
+        if win.all_missing || win.canary_missing {
+            self.missing = true;
+        } else {
+            self.requests += win.requests[1];
+            self.errors += win.errors[1];
+            match &mut self.latency {
+                Some(h) => {
+                    let _ = h.merge(&win.latency[1]);
+                }
+                None => self.latency = Some(win.latency[1].clone()),
+            }
+        }
+        self.since += ctx.interval;
+        if self.since + 1e-9 < LOOK_EVERY {
+            return vec![status("flagger-checks", self.last)];
+        }
+        let missing = self.missing || self.requests == 0;
         let bad = missing || {
-            let rate = win.errors[1] as f64 / win.requests[1] as f64;
-            let p99 = win.latency[1].quantile(0.99);
+            let rate = self.errors as f64 / self.requests as f64;
+            let p99 = self.latency.as_ref().map_or(f64::NAN, |h| h.quantile(0.99));
             rate > self.max_error || p99 > self.max_p99
         };
         if bad {
             self.failed += 1;
         }
-        let outcome = if self.failed >= self.threshold {
+        self.last = if self.failed >= self.threshold {
             Outcome::Fail
         } else if missing {
             Outcome::NoData
         } else {
             Outcome::Pass
         };
-        vec![status("flagger-checks", outcome)]
+        self.since = 0.0;
+        self.requests = 0;
+        self.errors = 0;
+        self.missing = false;
+        self.latency = None;
+        vec![status("flagger-checks", self.last)]
     }
 }
 

@@ -1,3 +1,4 @@
+#![allow(unreachable_pub, missing_docs)] // modules of a benchmark binary, not a public API
 //! The accuracy benchmark: how often and how fast each judge is right.
 //!
 //! `cargo bench --bench accuracy` runs the full set (published numbers);
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use coalmine::analysis::JudgeSpec;
+use coalmine::analysis::share::ShareMode;
 use coalmine::controller::machine::{Command, Event, Phase, step};
 use coalmine::model::Weight;
 use coalmine::policy::{self, Rollout};
@@ -30,6 +32,7 @@ const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 struct Setup {
     plan: Rollout,
     specs: Vec<(String, JudgeSpec)>,
+    observed: Vec<(String, JudgeSpec)>,
     alpha: f64,
 }
 
@@ -37,7 +40,7 @@ fn setup(share: f64) -> Setup {
     let p = policy::parse(DEFAULT_POLICY, "policies/default.toml").unwrap_or_else(|d| panic!("{d}"));
     let mut plan = p.rollout.clone();
     plan.steps[0] = Weight::try_from_percent(share * 100.0).expect("share");
-    let specs = p
+    let specs: Vec<(String, JudgeSpec)> = p
         .metrics
         .iter()
         .map(|m| {
@@ -50,9 +53,22 @@ fn setup(share: f64) -> Setup {
             (m.name.clone(), s)
         })
         .collect();
+    let observed = specs
+        .iter()
+        .map(|(n, s)| {
+            let mut s = s.clone();
+            match &mut s {
+                JudgeSpec::Events(e) => e.share = ShareMode::Observed,
+                JudgeSpec::Latency(l) => l.share = ShareMode::Observed,
+                _ => {}
+            }
+            (n.clone(), s)
+        })
+        .collect();
     Setup {
         plan,
         specs,
+        observed,
         alpha: p.alpha,
     }
 }
@@ -63,6 +79,12 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
     let mut world = World::new(sc, seed, interval);
     let mut analyzer: Box<dyn Analyzer> = match kind {
         Kind::Sequential => Box::new(Sequential::new(&s.specs)),
+        Kind::SequentialObserved => {
+            if sc.assignment == Assignment::PerRequest {
+                return None;
+            }
+            Box::new(Sequential::new(&s.observed))
+        }
         Kind::Kayenta => Box::new(KayentaStyle::new()),
         Kind::Flagger => Box::new(FlaggerStyle::new(sc.p0, report::baseline_p99())),
         Kind::Fixed => Box::new(Fixed::new(s.alpha)),
@@ -137,6 +159,7 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
             step_duration: plan.step_duration.as_secs_f64(),
             last_step: step_idx + 1 == analysed,
             step: step_idx,
+            interval,
         };
         let metrics = analyzer.tick(&win, &ctx);
         let (n, c) = step(

@@ -147,7 +147,7 @@ impl LatencyModel {
 
     /// The baseline's `p`-quantile, by bisection on the CDF.
     pub fn quantile(&self, p: f64) -> f64 {
-        let (mut lo, mut hi) = (1e-6, 100.0);
+        let (mut lo, mut hi) = (1e-6_f64, 100.0_f64);
         for _ in 0..100 {
             let mid = (lo * hi).sqrt();
             if self.cdf(mid) < p {

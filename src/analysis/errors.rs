@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::fmt;
 use super::observation::{Observation, Segment};
 use super::sequential::{EventTest, Prior};
+use super::share::{ShareMode, ShareTracker};
 use super::verdict::{MetricVerdict, Outcome, Stats};
 
 /// Settings of the sequential judge on counts.
@@ -22,6 +23,8 @@ pub struct EventJudgeSpec {
     /// Compute the confidence sequence at every tick (needed for Pass and for reports;
     /// the accuracy benchmark turns it off where nothing reads it).
     pub intervals: bool,
+    /// Where the canary share comes from.
+    pub share: ShareMode,
 }
 
 impl EventJudgeSpec {
@@ -34,6 +37,7 @@ impl EventJudgeSpec {
             alpha,
             prior: Prior::default_events(),
             intervals: true,
+            share: ShareMode::Assigned,
         }
     }
 }
@@ -76,6 +80,7 @@ pub struct EventStats {
 pub struct EventJudge {
     spec: EventJudgeSpec,
     test: EventTest,
+    shares: ShareTracker,
     trials: (f64, f64),
     share: f64,
 }
@@ -86,6 +91,7 @@ impl EventJudge {
     pub fn new(spec: EventJudgeSpec) -> Self {
         let test = EventTest::new(spec.prior.clone(), spec.allowed_ratio, spec.alpha);
         EventJudge {
+            shares: ShareTracker::new(spec.share),
             spec,
             test,
             trials: (0.0, 0.0),
@@ -133,8 +139,9 @@ impl EventJudge {
         let finite = |x: f64| if x.is_finite() && x > 0.0 { x } else { 0.0 };
         self.trials.0 += finite(b.trials);
         self.trials.1 += finite(c.trials);
-        self.share = seg.share;
-        self.test.update(seg.share, c.events, b.events);
+        let share = self.shares.share(seg.share, Some((b.trials, c.trials)));
+        self.share = share;
+        self.test.update(share, c.events, b.events);
         if self.spec.intervals {
             self.test.update_confidence_sequence();
         }

@@ -20,6 +20,7 @@ use super::fmt;
 use super::histogram::Histogram;
 use super::observation::{Observation, Segment};
 use super::sequential::{EventTest, Prior};
+use super::share::{ShareMode, ShareTracker};
 use super::special::log_sum_exp;
 use super::verdict::{MetricVerdict, Outcome, Stats};
 
@@ -48,6 +49,8 @@ pub struct LatencyJudgeSpec {
     pub report_quantiles: Vec<f64>,
     /// Mixture prior over the slow-request rate ratio.
     pub prior: Prior,
+    /// Where the canary share comes from.
+    pub share: ShareMode,
 }
 
 impl LatencyJudgeSpec {
@@ -60,7 +63,8 @@ impl LatencyJudgeSpec {
             alpha,
             thresholds: Thresholds::Quantiles(vec![0.5, 0.9, 0.99]),
             report_quantiles: vec![0.5, 0.9, 0.99],
-            prior: Prior::default_events(),
+            prior: Prior::default_latency(),
+            share: ShareMode::Assigned,
         }
     }
 }
@@ -143,6 +147,7 @@ pub struct LatencyJudge {
     canary: Option<Histogram>,
     max_log_e: f64,
     share: f64,
+    shares: ShareTracker,
 }
 
 impl LatencyJudge {
@@ -160,6 +165,7 @@ impl LatencyJudge {
             Thresholds::Fixed(ts) => ts.iter().map(|t| mk(None, Some(*t))).collect(),
         };
         LatencyJudge {
+            shares: ShareTracker::new(spec.share),
             spec,
             slots,
             baseline: None,
@@ -228,7 +234,8 @@ impl LatencyJudge {
                 Stats::None,
             );
         }
-        self.share = seg.share;
+        let share = self.shares.share(seg.share, Some((b.total(), c.total())));
+        self.share = share;
         // Thresholds from earlier windows only: chosen before this window is merged.
         for slot in &mut self.slots {
             let bi = match (slot.q, slot.fixed) {
@@ -246,8 +253,7 @@ impl LatencyJudge {
                 continue;
             };
             slot.last = Some((tau, c.bounds()[ci]));
-            slot.test
-                .update(seg.share, c.count_above(ci), b.count_above(bi));
+            slot.test.update(share, c.count_above(ci), b.count_above(bi));
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
         merge_into(&mut self.baseline, b);

@@ -20,6 +20,7 @@ pub mod proportions;
 #[cfg(test)]
 mod props;
 pub mod sequential;
+pub mod share;
 pub mod special;
 pub mod threshold;
 pub mod verdict;

@@ -129,10 +129,21 @@ pub(crate) const METRIC_COMMON_KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSequential {
     pub allowed_ratio: Option<Spanned<f64>>,
+    pub share: Option<crate::analysis::share::ShareMode>,
+    pub prior: Option<Spanned<RawPrior>>,
     pub pass_ratio: Option<Spanned<f64>>,
     pub alpha: Option<Spanned<f64>>,
     pub quantiles: Option<Spanned<Vec<f64>>>,
     pub thresholds: Option<Spanned<Vec<Dur>>>,
+}
+
+/// `prior = { min_ratio = 1.2, max_ratio = 10, points = 9 }` of a sequential metric.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrior {
+    pub min_ratio: f64,
+    pub max_ratio: f64,
+    pub points: usize,
 }
 
 /// Options of `judge = "threshold"`.

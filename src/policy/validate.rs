@@ -23,6 +23,7 @@ use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
 use crate::analysis::latency::{LatencyJudgeSpec, Thresholds};
 use crate::analysis::observation::Shape;
+use crate::analysis::sequential::Prior;
 use crate::analysis::threshold::ThresholdSpec;
 use crate::model::Weight;
 
@@ -717,6 +718,16 @@ fn parse_metric(
             });
             let allowed = positive(ctx, raw.allowed_ratio.as_ref(), "allowed_ratio");
             let pass = positive(ctx, raw.pass_ratio.as_ref(), "pass_ratio");
+            let prior = raw.prior.as_ref().and_then(|p| {
+                let r = p.get_ref();
+                if r.min_ratio > 1.0 && r.max_ratio > r.min_ratio && r.max_ratio.is_finite() && (1..=200).contains(&r.points) {
+                    Some(Prior::log_geometric(r.min_ratio, r.max_ratio, r.points))
+                } else {
+                    ctx.error(p.span(), "prior needs 1 < min_ratio < max_ratio and 1 to 200 points");
+                    None
+                }
+            });
+            let share = raw.share.unwrap_or_default();
             let data = data.as_ref()?;
             let shape = match (&data.data, data.shape) {
                 (DataSpec::Builtin(s), _) => builtin_shape(*s),
@@ -737,6 +748,10 @@ fn parse_metric(
                         }
                     }
                     let mut s = EventJudgeSpec::new(0.0);
+                    s.share = share;
+                    if let Some(p) = prior.clone() {
+                        s.prior = p;
+                    }
                     if let Some(a) = allowed {
                         s.allowed_ratio = a;
                     }
@@ -745,6 +760,10 @@ fn parse_metric(
                 }
                 Shape::Histogram => {
                     let mut s = LatencyJudgeSpec::new(0.0);
+                    s.share = share;
+                    if let Some(p) = prior {
+                        s.prior = p;
+                    }
                     if let Some(a) = allowed {
                         if a < 1.0 {
                             ctx.error(
