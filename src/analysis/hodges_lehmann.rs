@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::mann_whitney::{Alternative, SortedSample, UDistribution, rank_stats};
+use super::mann_whitney::{Alternative, ShiftedRanks, SortedSample, UDistribution};
 use super::special::{norm_ppf, zeroin};
 
 /// Why a shift estimate could not be computed.
@@ -208,9 +208,9 @@ enum Correction {
 }
 
 /// R's W(d): the standardized rank-sum statistic of (x − d, y).
-fn w_stat(xs: &[f64], ys: &[f64], d: f64, correction: Correction) -> f64 {
-    let rs = rank_stats(xs, ys, d);
-    let (n1, n2) = (xs.len() as f64, ys.len() as f64);
+fn w_stat(ranks: &ShiftedRanks<'_>, n1: usize, n2: usize, d: f64, correction: Correction) -> f64 {
+    let rs = ranks.at(d);
+    let (n1, n2) = (n1 as f64, n2 as f64);
     let dz = (rs.two_u as f64 - n1 * n2) / 2.0;
     let corr = match correction {
         Correction::None => 0.0,
@@ -268,7 +268,9 @@ pub fn asymptotic(
     } else {
         Correction::None
     };
-    let w = |d: f64| w_stat(xs, ys, d, corr);
+    let ranks = ShiftedRanks::new(xs, ys);
+    let (n1, n2) = (xs.len(), ys.len());
+    let w = |d: f64| w_stat(&ranks, n1, n2, d, corr);
     let (w_min, w_max) = (w(mumin), w(mumax));
     let root = |zq: f64| {
         let f_lower = w_min - zq;
@@ -291,7 +293,7 @@ pub fn asymptotic(
         Alternative::Greater => (root(norm_ppf(1.0 - alpha)), f64::INFINITY),
         Alternative::Less => (f64::NEG_INFINITY, root(norm_ppf(alpha))),
     };
-    let w0 = |d: f64| w_stat(xs, ys, d, Correction::None);
+    let w0 = |d: f64| w_stat(&ranks, n1, n2, d, Correction::None);
     let (f_lower, f_upper) = (w0(mumin), w0(mumax));
     // R's uniroot refuses a bracket without a sign change; W(min x − max y) ≥ 0 ≥
     // W(max x − min y) always holds, so that only leaves the exact-zero cases zeroin handles.
