@@ -248,47 +248,82 @@ impl<'a> ShiftedRanks<'a> {
     /// The rank statistics of `xs − shift` pooled with `ys`; equal to [`rank_stats`].
     #[must_use]
     pub fn at(&self, shift: f64) -> RankStats {
+        // Four independent merges over four blocks of the canary, advanced in lockstep:
+        // each merge is a chain of dependent loads, so running several at once lets the
+        // processor overlap them.
+        const K: usize = 4;
         let (xs, ys) = (self.xs, self.ys);
-        let n2 = ys.len();
-        let mut j = 0usize;
-        let mut below: u64 = 0;
-        let mut adjacent = 0usize;
-        let mut prev = f64::NAN;
-        for &x in xs {
-            let v = x - shift;
-            // Advance past the baseline values below v, eight at a time: a fixed-width
-            // count instead of a loop whose exit the branch predictor keeps missing.
-            loop {
-                if let Some(w) = ys.get(j..j + 8) {
-                    let c: usize = w.iter().map(|&y| usize::from(y < v)).sum();
-                    j += c;
-                    if c < 8 {
-                        break;
-                    }
-                } else {
-                    while j < n2 && ys[j] < v {
-                        j += 1;
-                    }
-                    break;
-                }
+        let n1 = xs.len();
+        let block = n1.div_ceil(K).max(1);
+        let mut i = [0usize; K];
+        let mut end = [0usize; K];
+        let mut j = [0usize; K];
+        for k in 0..K {
+            i[k] = (k * block).min(n1);
+            end[k] = ((k + 1) * block).min(n1);
+            if let Some(&x) = xs.get(i[k]) {
+                let v = x - shift;
+                j[k] = ys.partition_point(|&y| y < v);
             }
-            if j < n2 && ys[j] == v {
-                // A tie across the arms: the general merge accounts for it.
-                return rank_stats(xs, ys, shift);
-            }
-            adjacent += usize::from(v == prev);
-            prev = v;
-            below += j as u64;
         }
-        if adjacent != self.x_adjacent_equal {
+        let mut below = [0u64; K];
+        let mut adjacent = [0usize; K];
+        let mut prev = [f64::NAN; K];
+        for _ in 0..block {
+            for k in 0..K {
+                if i[k] >= end[k] {
+                    continue;
+                }
+                let v = xs[i[k]] - shift;
+                let Some(jk) = advance_below(ys, j[k], v) else {
+                    // A tie across the arms: the general merge accounts for it.
+                    return rank_stats(xs, ys, shift);
+                };
+                j[k] = jk;
+                adjacent[k] += usize::from(v == prev[k]);
+                prev[k] = v;
+                below[k] += jk as u64;
+                i[k] += 1;
+            }
+        }
+        // Pairs of equal neighbours that straddle two blocks.
+        let mut straddling = 0;
+        for k in 1..K {
+            let start = (k * block).min(n1);
+            if start > 0 && start < n1 && xs[start] - shift == xs[start - 1] - shift {
+                straddling += 1;
+            }
+        }
+        if adjacent.iter().sum::<usize>() + straddling != self.x_adjacent_equal {
             return rank_stats(xs, ys, shift);
         }
         RankStats {
-            two_u: 2 * below,
+            two_u: 2 * below.iter().sum::<u64>(),
             tie_term: self.own_ties,
             ties: self.own_ties > 0.0,
         }
     }
+}
+
+/// The first index at or after `j` whose baseline value is not below `v`, advancing eight
+/// values at a time (a fixed-width count instead of a loop exit the branch predictor keeps
+/// missing); `None` when that value equals `v` (a tie across the arms).
+fn advance_below(ys: &[f64], mut j: usize, v: f64) -> Option<usize> {
+    loop {
+        if let Some(w) = ys.get(j..j + 8) {
+            let c: usize = w.iter().map(|&y| usize::from(y < v)).sum();
+            j += c;
+            if c < 8 {
+                break;
+            }
+        } else {
+            while j < ys.len() && ys[j] < v {
+                j += 1;
+            }
+            break;
+        }
+    }
+    if ys.get(j) == Some(&v) { None } else { Some(j) }
 }
 
 /// The result of a Mann-Whitney test.
