@@ -97,11 +97,14 @@ fn from_key(k: u64) -> f64 {
     f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
 }
 
-/// The k-th smallest (1-based) of the differences `x_i − y_j`, both slices sorted, finite
-/// and non-empty, `1 ≤ k ≤ n1·n2`.
+/// The k-th smallest (1-based) of the differences `x_i − y_j`, both slices sorted and
+/// finite; NaN when a slice is empty or k is not in 1..=n1·n2.
 #[must_use]
 pub fn kth_difference(xs: &[f64], ys: &[f64], k: u64) -> f64 {
     let (n1, n2) = (xs.len(), ys.len());
+    if n1 == 0 || n2 == 0 || k == 0 || k > n1 as u64 * n2 as u64 {
+        return f64::NAN;
+    }
     let mut lo = xs[0] - ys[n2 - 1];
     let mut hi = xs[n1 - 1] - ys[0];
     let mut c_lo = count_le(xs, ys, lo);
@@ -439,6 +442,8 @@ mod tests {
             exact(&a, &a, 1.0, Alternative::TwoSided),
             Err(Error::Confidence)
         );
+        assert!(kth_difference(&[], &[1.0], 1).is_nan());
+        assert!(kth_difference(&[1.0], &[1.0], 2).is_nan());
         let c = asymptotic(&s(&[3.0, 3.0]), &a, 0.95, Alternative::TwoSided, true).unwrap();
         assert_eq!((c.estimate, c.ci), (2.0, (2.0, 2.0)));
     }
