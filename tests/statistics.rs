@@ -463,7 +463,8 @@ mod properties {
     use coalmine::analysis::fisher::{ErrorTable, fisher_exact};
     use coalmine::analysis::hodges_lehmann::{self, kth_difference};
     use coalmine::analysis::mann_whitney::{
-        Alternative, MannWhitneyConfig, Method, SortedSample, mann_whitney,
+        Alternative, MannWhitneyConfig, Method, ShiftedRanks, SortedSample, mann_whitney,
+        rank_stats,
     };
     use proptest::prelude::*;
 
@@ -532,6 +533,18 @@ mod properties {
             all.sort_unstable_by(f64::total_cmp);
             let k = ((all.len() - 1) as f64 * pick) as usize;
             prop_assert_eq!(kth_difference(sx.as_slice(), sy.as_slice(), k as u64 + 1), all[k] + 0.0);
+        }
+
+        #[test]
+        fn fast_shifted_merge_equals_general_merge(
+            x in prop::collection::vec((-8i32..8).prop_map(|v| f64::from(v) / 2.0), 1..40),
+            y in prop::collection::vec(prop_oneof![
+                (-8i32..8).prop_map(|v| f64::from(v) / 2.0), -4.0f64..4.0], 1..40),
+            shift in prop_oneof![(-16i32..16).prop_map(|v| f64::from(v) / 4.0), -5.0f64..5.0],
+        ) {
+            let (sx, sy) = (SortedSample::new(&x), SortedSample::new(&y));
+            let fast = ShiftedRanks::new(sx.as_slice(), sy.as_slice());
+            prop_assert_eq!(fast.at(shift), rank_stats(sx.as_slice(), sy.as_slice(), shift));
         }
 
         #[test]

@@ -57,7 +57,11 @@ pub struct Fisher {
 /// scipy's relative tolerance when comparing probabilities in the two-sided test.
 const REL_TOL: f64 = 1e-14;
 
-/// Fisher's exact test of the canary's error odds against the baseline's.
+/// Largest table total: counts are converted to floats for ln Γ, exact up to 2^53.
+pub const MAX_TOTAL: u64 = 1 << 53;
+
+/// Fisher's exact test of the canary's error odds against the baseline's. Tables whose
+/// total exceeds [`MAX_TOTAL`] give NaN.
 #[must_use]
 pub fn fisher_exact(t: ErrorTable, alternative: Alternative) -> Fisher {
     let (a, b, c, d) = (
@@ -66,6 +70,15 @@ pub fn fisher_exact(t: ErrorTable, alternative: Alternative) -> Fisher {
         t.baseline_errors,
         t.baseline_ok,
     );
+    let total = [a, b, c, d]
+        .iter()
+        .try_fold(0u64, |acc, &v| acc.checked_add(v));
+    if total.is_none_or(|n| n > MAX_TOTAL) {
+        return Fisher {
+            p_value: f64::NAN,
+            odds_ratio: f64::NAN,
+        };
+    }
     if a + b == 0 || c + d == 0 || a + c == 0 || b + d == 0 {
         return Fisher {
             p_value: 1.0,
@@ -274,6 +287,8 @@ mod tests {
         // Huge counts stay finite, in [0, 1], and quick (only the terms that matter).
         let r = fisher_exact(table(u64::from(u32::MAX), 1, 1, 1), Alternative::TwoSided);
         assert!((0.0..=1.0).contains(&r.p_value));
+        let r = fisher_exact(table(u64::MAX, 1, 1, 1), Alternative::TwoSided);
+        assert!(r.p_value.is_nan());
         let big = 1_000_000_000;
         for alt in [
             Alternative::TwoSided,

@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::mann_whitney::{Alternative, SortedSample, UDistribution, rank_stats};
+use super::mann_whitney::{Alternative, ShiftedRanks, SortedSample, UDistribution};
 use super::special::{norm_ppf, zeroin};
 
 /// Why a shift estimate could not be computed.
@@ -97,11 +97,14 @@ fn from_key(k: u64) -> f64 {
     f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
 }
 
-/// The k-th smallest (1-based) of the differences `x_i − y_j`, both slices sorted, finite
-/// and non-empty, `1 ≤ k ≤ n1·n2`.
+/// The k-th smallest (1-based) of the differences `x_i − y_j`, both slices sorted and
+/// finite; NaN when a slice is empty or k is not in 1..=n1·n2.
 #[must_use]
 pub fn kth_difference(xs: &[f64], ys: &[f64], k: u64) -> f64 {
     let (n1, n2) = (xs.len(), ys.len());
+    if n1 == 0 || n2 == 0 || k == 0 || k > n1 as u64 * n2 as u64 {
+        return f64::NAN;
+    }
     let mut lo = xs[0] - ys[n2 - 1];
     let mut hi = xs[n1 - 1] - ys[0];
     let mut c_lo = count_le(xs, ys, lo);
@@ -208,9 +211,9 @@ enum Correction {
 }
 
 /// R's W(d): the standardized rank-sum statistic of (x − d, y).
-fn w_stat(xs: &[f64], ys: &[f64], d: f64, correction: Correction) -> f64 {
-    let rs = rank_stats(xs, ys, d);
-    let (n1, n2) = (xs.len() as f64, ys.len() as f64);
+fn w_stat(ranks: &ShiftedRanks<'_>, n1: usize, n2: usize, d: f64, correction: Correction) -> f64 {
+    let rs = ranks.at(d);
+    let (n1, n2) = (n1 as f64, n2 as f64);
     let dz = (rs.two_u as f64 - n1 * n2) / 2.0;
     let corr = match correction {
         Correction::None => 0.0,
@@ -268,7 +271,9 @@ pub fn asymptotic(
     } else {
         Correction::None
     };
-    let w = |d: f64| w_stat(xs, ys, d, corr);
+    let ranks = ShiftedRanks::new(xs, ys);
+    let (n1, n2) = (xs.len(), ys.len());
+    let w = |d: f64| w_stat(&ranks, n1, n2, d, corr);
     let (w_min, w_max) = (w(mumin), w(mumax));
     let root = |zq: f64| {
         let f_lower = w_min - zq;
@@ -291,7 +296,7 @@ pub fn asymptotic(
         Alternative::Greater => (root(norm_ppf(1.0 - alpha)), f64::INFINITY),
         Alternative::Less => (f64::NEG_INFINITY, root(norm_ppf(alpha))),
     };
-    let w0 = |d: f64| w_stat(xs, ys, d, Correction::None);
+    let w0 = |d: f64| w_stat(&ranks, n1, n2, d, Correction::None);
     let (f_lower, f_upper) = (w0(mumin), w0(mumax));
     // R's uniroot refuses a bracket without a sign change; W(min x − max y) ≥ 0 ≥
     // W(max x − min y) always holds, so that only leaves the exact-zero cases zeroin handles.
@@ -437,6 +442,8 @@ mod tests {
             exact(&a, &a, 1.0, Alternative::TwoSided),
             Err(Error::Confidence)
         );
+        assert!(kth_difference(&[], &[1.0], 1).is_nan());
+        assert!(kth_difference(&[1.0], &[1.0], 2).is_nan());
         let c = asymptotic(&s(&[3.0, 3.0]), &a, 0.95, Alternative::TwoSided, true).unwrap();
         assert_eq!((c.estimate, c.ci), (2.0, (2.0, 2.0)));
     }

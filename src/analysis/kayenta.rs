@@ -206,12 +206,14 @@ pub struct KayentaResult {
     pub reason: String,
 }
 
-/// R type 7 percentile (linear interpolation) of sorted data, `p` in [0, 1].
+/// R type 7 percentile (linear interpolation) of sorted data, `p` in [0, 1] (clamped);
+/// NaN for an empty slice or a NaN `p`.
 #[must_use]
 pub fn percentile_r7(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
+    if sorted.is_empty() || p.is_nan() {
         return f64::NAN;
     }
+    let p = p.clamp(0.0, 1.0);
     let h = (sorted.len() - 1) as f64 * p;
     let lo = h.floor() as usize;
     let frac = h - h.floor();

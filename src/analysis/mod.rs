@@ -4,6 +4,11 @@
 //! them into metric verdicts ([`verdict`]) with the numbers behind them. The default judge
 //! is sequential and anytime-valid ([`sequential`], [`errors`], [`latency`]): the controller
 //! may look at every tick without inflating the false-rollback rate.
+//!
+//! Classical fixed-horizon statistics (statistics.md §3) back the offline judges, the
+//! Kayenta-compatible judge ([`kayenta`]) and the benchmark baselines: [`mann_whitney`],
+//! [`hodges_lehmann`], [`fisher`], [`proportions`] and [`welch`]. [`confseq`] holds the
+//! time-uniform confidence sequences and boundaries of §2.2–2.3.
 
 pub mod confseq;
 pub mod errors;

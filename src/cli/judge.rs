@@ -11,11 +11,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::{EXIT_INVALID, EXIT_OK};
-use crate::analysis::fisher::{ErrorTable, fisher_exact};
+use crate::analysis::fisher::{ErrorTable, MAX_TOTAL, fisher_exact};
 use crate::analysis::hodges_lehmann;
 use crate::analysis::kayenta::{self, Direction, EffectSizeKind, KayentaConfig, NanStrategy};
 use crate::analysis::mann_whitney::{
-    Alternative, MannWhitneyConfig, Method, SortedSample, mann_whitney_sorted,
+    Alternative, Error as MwError, MannWhitneyConfig, Method, SortedSample, mann_whitney_sorted,
 };
 use crate::analysis::sequential::beta_mixture;
 
@@ -357,13 +357,16 @@ fn mann_whitney_cmd(a: &MannWhitneyArgs) -> Result<Value, String> {
         },
         continuity: !a.no_continuity,
     };
-    let mw = mann_whitney_sorted(&canary, &baseline, cfg).map_err(|e| {
-        let file = if canary.is_empty() {
-            &a.canary
-        } else {
-            &a.baseline
-        };
-        format!("{e} ({} after dropping NaN)", file.display())
+    let mw = mann_whitney_sorted(&canary, &baseline, cfg).map_err(|e| match e {
+        MwError::Empty(_) => {
+            let file = if canary.is_empty() {
+                &a.canary
+            } else {
+                &a.baseline
+            };
+            format!("{e}: {} has no numbers other than NaN", file.display())
+        }
+        MwError::ExactTooLarge { .. } => e.to_string(),
     })?;
     let shift = if mw.method == Method::Exact {
         hodges_lehmann::exact(&canary, &baseline, a.confidence, alternative)
@@ -448,6 +451,12 @@ fn fisher_cmd(a: &FisherArgs) -> Result<Value, String> {
             a.canary_errors, a.canary_total, a.baseline_errors, a.baseline_total
         )
     })?;
+    let total = [a.canary_total, a.baseline_total]
+        .iter()
+        .try_fold(0u64, |s, &v| s.checked_add(v));
+    if total.is_none_or(|n| n > MAX_TOTAL) {
+        return Err(format!("totals above {MAX_TOTAL} in all are not supported"));
+    }
     let r = fisher_exact(table, a.alternative.into());
     Ok(json!({"p_value": num(r.p_value), "odds_ratio": num(r.odds_ratio)}))
 }
