@@ -101,7 +101,12 @@ fn observations(win: &Window) -> (Observation, Observation, Observation, Observa
         );
     }
     if win.canary_missing {
-        return (counts(0), Observation::Missing, hist(0), Observation::Missing);
+        return (
+            counts(0),
+            Observation::Missing,
+            hist(0),
+            Observation::Missing,
+        );
     }
     (counts(0), counts(1), hist(0), hist(1))
 }
@@ -376,8 +381,8 @@ impl Analyzer for Fixed {
             }
             match &mut self.latency {
                 Some(h) => {
-                    for arm in 0..2 {
-                        let _ = h[arm].merge(&win.latency[arm]);
+                    for (acc, new) in h.iter_mut().zip(&win.latency) {
+                        let _ = acc.merge(new);
                     }
                 }
                 None => self.latency = Some(win.latency.clone()),
@@ -435,11 +440,18 @@ pub enum OracleMode {
 
 impl Oracle {
     /// `None` when the scenario has no well-defined alternative (A/A, bursts, faults).
-    pub fn new(sc: &Scenario, base_probs: &[f64], canary_probs: &[f64], alpha: f64) -> Option<Self> {
+    pub fn new(
+        sc: &Scenario,
+        base_probs: &[f64],
+        canary_probs: &[f64],
+        alpha: f64,
+    ) -> Option<Self> {
         let beta: f64 = 0.2;
         let mode = match (sc.errors, sc.latency) {
             (Some(ErrorMode::Ratio), _) if sc.effect != 1.0 => OracleMode::Errors(sc.effect),
-            (Some(ErrorMode::Additive), _) if sc.effect > 0.0 => OracleMode::Errors(1.0 + sc.effect),
+            (Some(ErrorMode::Additive), _) if sc.effect > 0.0 => {
+                OracleMode::Errors(1.0 + sc.effect)
+            }
             (_, Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal)) => {
                 OracleMode::Latency(
                     base_probs

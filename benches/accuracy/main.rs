@@ -22,7 +22,7 @@ use coalmine::controller::machine::{Command, Event, Phase, step};
 use coalmine::model::Weight;
 use coalmine::policy::{self, Rollout};
 
-use judges::{Analyzer, Ctx, Fixed, FlaggerStyle, Kind, KayentaStyle, Oracle, Sequential};
+use judges::{Analyzer, Ctx, Fixed, FlaggerStyle, KayentaStyle, Kind, Oracle, Sequential};
 use report::{Cell, RunResult};
 use sim::{Assignment, ErrorMode, Fault, LatencyMode, Scenario, World};
 
@@ -37,7 +37,8 @@ struct Setup {
 }
 
 fn setup(share: f64) -> Setup {
-    let p = policy::parse(DEFAULT_POLICY, "policies/default.toml").unwrap_or_else(|d| panic!("{d}"));
+    let p =
+        policy::parse(DEFAULT_POLICY, "policies/default.toml").unwrap_or_else(|d| panic!("{d}"));
     let mut plan = p.rollout.clone();
     plan.steps[0] = Weight::try_from_percent(share * 100.0).expect("share");
     let specs: Vec<(String, JudgeSpec)> = p
@@ -60,7 +61,7 @@ fn setup(share: f64) -> Setup {
             match &mut s {
                 JudgeSpec::Events(e) => e.share = ShareMode::Observed,
                 JudgeSpec::Latency(l) => l.share = ShareMode::Observed,
-                _ => {}
+                JudgeSpec::Threshold(_) => {}
             }
             (n.clone(), s)
         })
@@ -99,7 +100,13 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
     let analysed = plan.steps.iter().filter(|w| **w < Weight::FULL).count();
     let mut w = 0.0;
     let mut step_start = 0.0;
-    let (mut phase, first) = step(Phase::Pending, Event::Start { now: Duration::ZERO }, plan);
+    let (mut phase, first) = step(
+        Phase::Pending,
+        Event::Start {
+            now: Duration::ZERO,
+        },
+        plan,
+    );
     let mut pending: Vec<Command> = first.into_iter().rev().collect();
     let mut t = 0.0;
     let mut requests_total = 0u64;
@@ -203,11 +210,26 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
     };
     let mut v: Vec<(Scenario, f64)> = Vec::new();
     // A/A across traffic and baseline error rates.
-    let rates: &[f64] = if quick { &[10.0, 1000.0] } else { &[10.0, 100.0, 1000.0] };
-    let p0s: &[f64] = if quick { &[1e-3, 2e-2] } else { &[1e-4, 1e-3, 5e-3, 2e-2] };
+    let rates: &[f64] = if quick {
+        &[10.0, 1000.0]
+    } else {
+        &[10.0, 100.0, 1000.0]
+    };
+    let p0s: &[f64] = if quick {
+        &[1e-3, 2e-2]
+    } else {
+        &[1e-4, 1e-3, 5e-3, 2e-2]
+    };
     for &rate in rates {
         for &p0 in p0s {
-            v.push((Scenario { rate, p0, ..base.clone() }, 0.05));
+            v.push((
+                Scenario {
+                    rate,
+                    p0,
+                    ..base.clone()
+                },
+                0.05,
+            ));
         }
     }
     v.push((
@@ -220,7 +242,13 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
         },
         0.05,
     ));
-    v.push((Scenario { rate: 1000.0, ..base.clone() }, 0.25));
+    v.push((
+        Scenario {
+            rate: 1000.0,
+            ..base.clone()
+        },
+        0.25,
+    ));
     v.push((
         Scenario {
             variant: "per-instance",
@@ -251,7 +279,11 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
         0.05,
     ));
     // Error-rate regressions.
-    let effects: &[f64] = if quick { &[1.25, 1.5, 2.0, 5.0] } else { &[1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0] };
+    let effects: &[f64] = if quick {
+        &[1.25, 1.5, 2.0, 5.0]
+    } else {
+        &[1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0]
+    };
     for &r in effects {
         v.push((
             Scenario {
@@ -264,7 +296,11 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
             0.05,
         ));
     }
-    for &r in if quick { &[2.0][..] } else { &[1.5, 2.0, 5.0][..] } {
+    for &r in if quick {
+        &[2.0][..]
+    } else {
+        &[1.5, 2.0, 5.0][..]
+    } {
         v.push((
             Scenario {
                 name: "errors",
@@ -324,7 +360,11 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
         0.05,
     ));
     // Latency.
-    let ms: &[f64] = if quick { &[1.05, 1.25] } else { &[1.02, 1.05, 1.1, 1.25, 1.5] };
+    let ms: &[f64] = if quick {
+        &[1.05, 1.25]
+    } else {
+        &[1.02, 1.05, 1.1, 1.25, 1.5]
+    };
     for &m in ms {
         v.push((
             Scenario {
@@ -411,9 +451,15 @@ fn main() {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((kind, sc, share)) = cells_spec.get(i) else { break };
+                    let Some((kind, sc, share)) = cells_spec.get(i) else {
+                        break;
+                    };
                     let setup = setup(*share);
-                    let runs = if sc.is_regression() { power_runs } else { aa_runs };
+                    let runs = if sc.is_regression() {
+                        power_runs
+                    } else {
+                        aa_runs
+                    };
                     let mut rr = Vec::with_capacity(runs);
                     for r in 0..runs {
                         // The same seeds for every judge: identical scenarios.
@@ -435,6 +481,6 @@ fn main() {
     });
     eprintln!();
     let mut cells = results.into_inner().unwrap();
-    cells.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    cells.sort_by_key(report::Cell::order_key);
     report::write(&cells, quick, aa_runs, power_runs, started);
 }

@@ -128,7 +128,14 @@ impl Cell {
 /// Deterministic seed per scenario and run, the same for every judge.
 pub fn seed(sc: &Scenario, share: f64, run: u64) -> u64 {
     let mut h = DefaultHasher::new();
-    (sc.name, sc.variant, sc.effect.to_bits(), sc.rate.to_bits(), sc.p0.to_bits()).hash(&mut h);
+    (
+        sc.name,
+        sc.variant,
+        sc.effect.to_bits(),
+        sc.rate.to_bits(),
+        sc.p0.to_bits(),
+    )
+        .hash(&mut h);
     share.to_bits().hash(&mut h);
     format!("{:?}{:?}", sc.assignment, sc.fault).hash(&mut h);
     run.hash(&mut h);
@@ -144,7 +151,10 @@ pub fn baseline_p99() -> f64 {
     })
 }
 
-#[expect(clippy::disallowed_methods, reason = "wall-clock time of the benchmark itself")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "wall-clock time of the benchmark itself"
+)]
 pub fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
@@ -182,7 +192,13 @@ fn effect(c: &Cell) -> String {
 }
 
 /// Renders the table and writes the files.
-pub fn write(cells: &[Cell], quick: bool, aa_runs: usize, power_runs: usize, started: std::time::Instant) {
+pub fn write(
+    cells: &[Cell],
+    quick: bool,
+    aa_runs: usize,
+    power_runs: usize,
+    started: std::time::Instant,
+) {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -203,7 +219,7 @@ pub fn write(cells: &[Cell], quick: bool, aa_runs: usize, power_runs: usize, sta
             Some(o) if c.regression && o > 0.0 && c.kind != Kind::Oracle => {
                 format!("{:.2}×", c.median_decision_requests / o)
             }
-            _ => "".into(),
+            _ => String::new(),
         };
         let _ = writeln!(
             md,
@@ -220,7 +236,11 @@ pub fn write(cells: &[Cell], quick: bool, aa_runs: usize, power_runs: usize, sta
             c.promote_rate * 100.0,
             fmt_n(c.median_decision_requests),
             fmt_n(c.p90_decision_requests),
-            if c.median_decision_seconds.is_nan() { "–".into() } else { format!("{:.0}", c.median_decision_seconds) },
+            if c.median_decision_seconds.is_nan() {
+                "–".into()
+            } else {
+                format!("{:.0}", c.median_decision_seconds)
+            },
             c.harm_errors,
         );
     }
@@ -254,10 +274,16 @@ fn targets(cells: &[Cell]) -> String {
     let fr: Vec<&Cell> = cells
         .iter()
         .filter(seq)
-        .filter(|c| (c.scenario == "aa" || c.scenario == "improvement") && !c.variant.contains("per-instance") && !c.variant.contains("share+"))
+        .filter(|c| {
+            (c.scenario == "aa" || c.scenario == "improvement")
+                && !c.variant.contains("per-instance")
+                && !c.variant.contains("share+")
+        })
         .collect();
     let worst = fr.iter().map(|c| c.rollback_rate_ci[1]).fold(0.0, f64::max);
-    let ok1 = fr.iter().all(|c| c.rollback_rate <= 0.05 && c.rollback_rate_ci[1] <= 0.06);
+    let ok1 = fr
+        .iter()
+        .all(|c| c.rollback_rate <= 0.05 && c.rollback_rate_ci[1] <= 0.06);
     let _ = writeln!(
         out,
         "- false rollbacks on A/A and improvements ≤ 5% (upper 95% bound ≤ 6%) in {} per-request cells: {} (worst upper bound {:.1}%)",
@@ -266,16 +292,30 @@ fn targets(cells: &[Cell]) -> String {
         worst * 100.0
     );
     // 2. Never promotes with missing data.
-    let md: Vec<&Cell> = cells.iter().filter(seq).filter(|c| c.scenario == "missing-data").collect();
+    let md: Vec<&Cell> = cells
+        .iter()
+        .filter(seq)
+        .filter(|c| c.scenario == "missing-data")
+        .collect();
     let ok2 = md.iter().all(|c| c.promote_rate == 0.0);
-    let _ = writeln!(out, "- never promotes with missing data: {}", if ok2 { "MET" } else { "NOT MET" });
+    let _ = writeln!(
+        out,
+        "- never promotes with missing data: {}",
+        if ok2 { "MET" } else { "NOT MET" }
+    );
     // 3. Median requests within 2× the oracle for error ratios ≥ 1.5 at a 5 % first step.
     let mut worst_ratio: f64 = 0.0;
     let mut n3 = 0;
     for c in cells.iter().filter(seq).filter(|c| {
-        c.scenario == "errors" && c.variant.is_empty() && c.effect >= 1.5 && (c.share - 0.05).abs() < 1e-9
+        c.scenario == "errors"
+            && c.variant.is_empty()
+            && c.effect >= 1.5
+            && (c.share - 0.05).abs() < 1e-9
     }) {
-        if let Some(o) = cells.iter().find(|o| o.kind == Kind::Oracle && o.same_scenario(c)) {
+        if let Some(o) = cells
+            .iter()
+            .find(|o| o.kind == Kind::Oracle && o.same_scenario(c))
+        {
             worst_ratio = worst_ratio.max(c.median_decision_requests / o.median_decision_requests);
             n3 += 1;
         }
@@ -283,7 +323,11 @@ fn targets(cells: &[Cell]) -> String {
     let _ = writeln!(
         out,
         "- median requests to rollback within 2× the oracle (error ratio ≥ 1.5, 5% first step, {n3} cells): {} (worst {:.2}×)",
-        if n3 > 0 && worst_ratio <= 2.0 { "MET" } else { "NOT MET" },
+        if n3 > 0 && worst_ratio <= 2.0 {
+            "MET"
+        } else {
+            "NOT MET"
+        },
         worst_ratio
     );
     // 4. More regressions caught with less harm than Kayenta- and Flagger-style.

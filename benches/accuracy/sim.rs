@@ -84,11 +84,11 @@ pub struct Scenario {
 impl Scenario {
     /// Whether the canary is worse than the baseline (a rollback is the right answer).
     pub fn is_regression(&self) -> bool {
+        // A warm-up artefact is transient: not counted as a regression.
         match (self.errors, self.latency) {
-            (Some(ErrorMode::Ratio | ErrorMode::Burst60s), _) => self.effect > 1.0,
-            (Some(ErrorMode::Additive), _) => self.effect > 0.0,
-            (_, Some(LatencyMode::Shift | LatencyMode::Tail)) => self.effect > 1.0,
-            (_, Some(LatencyMode::Bimodal)) => self.effect > 0.0,
+            (Some(ErrorMode::Ratio | ErrorMode::Burst60s), _)
+            | (_, Some(LatencyMode::Shift | LatencyMode::Tail)) => self.effect > 1.0,
+            (Some(ErrorMode::Additive), _) | (_, Some(LatencyMode::Bimodal)) => self.effect > 0.0,
             _ => false,
         }
     }
@@ -197,7 +197,11 @@ impl Latency {
         bounds
             .iter()
             .map(|b| {
-                let c = if b.is_infinite() { 1.0 } else { self.cdf(base, *b) };
+                let c = if b.is_infinite() {
+                    1.0
+                } else {
+                    self.cdf(base, *b)
+                };
                 let p = (c - prev).max(0.0);
                 prev = c.max(prev);
                 p
@@ -294,7 +298,9 @@ impl World {
         };
         let canary_probs = canary_latency.bucket_probs(&base_latency, &bounds);
         let warm_probs = match sc.latency {
-            Some(LatencyMode::Warmup) => Latency::Shift(sc.effect).bucket_probs(&base_latency, &bounds),
+            Some(LatencyMode::Warmup) => {
+                Latency::Shift(sc.effect).bucket_probs(&base_latency, &bounds)
+            }
             _ => base_probs.clone(),
         };
         // Per-instance routing: the canary's pods and the baseline's pods each have their
@@ -348,7 +354,8 @@ impl World {
         }
         let mult = self.load() * self.burst;
         let expected = self.sc.rate * dt * mult;
-        let total = Poisson::new(expected.max(1e-9)).map_or(0.0, |d| d.sample(&mut self.rng)) as u64;
+        let total =
+            Poisson::new(expected.max(1e-9)).map_or(0.0, |d| d.sample(&mut self.rng)) as u64;
         let real_w = match self.sc.assignment {
             Assignment::Misspecified(f) => (w * f).min(1.0),
             _ => w,
@@ -368,7 +375,8 @@ impl World {
         let pc = (p_canary * self.pod_err[1]).min(1.0);
         let eb = binomial(&mut self.rng, nb, pb);
         let ec = binomial(&mut self.rng, nc, pc);
-        let canary_probs = if matches!(self.sc.latency, Some(LatencyMode::Warmup)) && t_mid < 120.0 {
+        let canary_probs = if matches!(self.sc.latency, Some(LatencyMode::Warmup)) && t_mid < 120.0
+        {
             self.warm_probs.clone()
         } else if self.pod_lat[1] != 1.0 || self.pod_lat[0] != 1.0 {
             let m = self.pod_lat[1] / self.pod_lat[0];

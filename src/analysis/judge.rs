@@ -2,7 +2,9 @@
 //! state machines so a tick costs O(new data), and dispatched by an enum (no boxing).
 
 use super::errors::{EventJudge, EventJudgeSpec};
+use super::kayenta::ScoredMetric;
 use super::latency::{LatencyJudge, LatencyJudgeSpec};
+use super::mw_judge::{MannWhitneyJudge, MannWhitneySpec};
 use super::observation::{Segment, Shape};
 use super::threshold::{ThresholdJudge, ThresholdSpec};
 use super::verdict::MetricVerdict;
@@ -16,6 +18,8 @@ pub enum JudgeSpec {
     Latency(LatencyJudgeSpec),
     /// Absolute bound on the canary.
     Threshold(ThresholdSpec),
+    /// Kayenta-style Mann-Whitney on series, scored together with the other such metrics.
+    MannWhitney(MannWhitneySpec),
 }
 
 impl JudgeSpec {
@@ -25,6 +29,7 @@ impl JudgeSpec {
         match self {
             JudgeSpec::Events(_) | JudgeSpec::Latency(_) => "sequential",
             JudgeSpec::Threshold(_) => "threshold",
+            JudgeSpec::MannWhitney(_) => "mann-whitney",
         }
     }
 
@@ -34,7 +39,7 @@ impl JudgeSpec {
         match self {
             JudgeSpec::Events(_) => shape == Shape::Counts,
             JudgeSpec::Latency(_) => shape == Shape::Histogram,
-            JudgeSpec::Threshold(_) => true,
+            JudgeSpec::Threshold(_) | JudgeSpec::MannWhitney(_) => true,
         }
     }
 
@@ -44,7 +49,7 @@ impl JudgeSpec {
         match self {
             JudgeSpec::Events(s) => Some(s.alpha),
             JudgeSpec::Latency(s) => Some(s.alpha),
-            JudgeSpec::Threshold(_) => None,
+            JudgeSpec::Threshold(_) | JudgeSpec::MannWhitney(_) => None,
         }
     }
 }
@@ -58,6 +63,8 @@ pub enum MetricJudge {
     Latency(LatencyJudge),
     /// Absolute bound.
     Threshold(ThresholdJudge),
+    /// Kayenta-style Mann-Whitney.
+    MannWhitney(MannWhitneyJudge),
 }
 
 impl MetricJudge {
@@ -68,6 +75,7 @@ impl MetricJudge {
             JudgeSpec::Events(s) => MetricJudge::Events(EventJudge::new(s.clone())),
             JudgeSpec::Latency(s) => MetricJudge::Latency(LatencyJudge::new(s.clone())),
             JudgeSpec::Threshold(s) => MetricJudge::Threshold(ThresholdJudge::new(s.clone())),
+            JudgeSpec::MannWhitney(s) => MetricJudge::MannWhitney(MannWhitneyJudge::new(s.clone())),
         }
     }
 
@@ -77,6 +85,17 @@ impl MetricJudge {
             MetricJudge::Events(j) => j.observe(metric, seg),
             MetricJudge::Latency(j) => j.observe(metric, seg),
             MetricJudge::Threshold(j) => j.observe(metric, seg),
+            MetricJudge::MannWhitney(j) => j.observe(metric, seg),
+        }
+    }
+
+    /// For `mann-whitney` metrics: the classification for the scorecard (`Some(None)` while
+    /// the series is too short); `None` for other judges.
+    #[must_use]
+    pub fn scored(&self, metric: &str, min_points: usize) -> Option<Option<ScoredMetric>> {
+        match self {
+            MetricJudge::MannWhitney(j) => Some(j.scored(metric, min_points)),
+            _ => None,
         }
     }
 }

@@ -253,7 +253,8 @@ impl LatencyJudge {
                 continue;
             };
             slot.last = Some((tau, c.bounds()[ci]));
-            slot.test.update(share, c.count_above(ci), b.count_above(bi));
+            slot.test
+                .update(share, c.count_above(ci), b.count_above(bi));
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
         merge_into(&mut self.baseline, b);

@@ -20,6 +20,7 @@ pub mod judge;
 pub mod kayenta;
 pub mod latency;
 pub mod mann_whitney;
+pub mod mw_judge;
 pub mod observation;
 pub mod proportions;
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub enum Stats {
     SlowEvents(LatencyStats),
     /// Absolute bound on the canary.
     Threshold(ThresholdStats),
+    /// Kayenta-style Mann-Whitney classification of one metric.
+    MannWhitney(super::mw_judge::MannWhitneyStats),
+    /// Kayenta-style score over all `mann-whitney` metrics.
+    Score(super::mw_judge::ScoreStats),
     /// Nothing computed (no data, wrong shape).
     None,
 }

@@ -37,6 +37,8 @@ fn brief(m: &MetricRecord) -> String {
                 fmt::num(s.value)
             }
         }
+        Stats::MannWhitney(s) => format!("{:?}", s.classification),
+        Stats::Score(s) => format!("score {}", fmt::num(s.score)),
         Stats::None => String::new(),
     }
 }
@@ -199,6 +201,29 @@ fn statistic(m: &MetricRecord) -> (String, String) {
                 s.failures,
                 s.failure_limit
             ),
+        ),
+        Stats::MannWhitney(s) => (
+            format!(
+                "{:?}, estimate {} (canary − baseline), n {}/{}",
+                s.classification,
+                fmt::num(s.estimate),
+                s.canary_n,
+                s.baseline_n
+            ),
+            format!("CI {}", fmt::interval(s.ci[0], s.ci[1])),
+        ),
+        Stats::Score(s) => (
+            format!(
+                "score {} (pass ≥ {}, marginal ≥ {})",
+                fmt::num(s.score),
+                fmt::num(s.pass),
+                fmt::num(s.marginal)
+            ),
+            s.groups
+                .iter()
+                .map(|(g, v)| format!("{g} {}", fmt::num(*v)))
+                .collect::<Vec<_>>()
+                .join(", "),
         ),
         Stats::None => (String::new(), String::new()),
     }

@@ -18,6 +18,7 @@ use super::machine::{Command, Decision, Event, MetricStatus, Phase, Reason, step
 use super::record::{
     MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, WindowRecord, rfc3339,
 };
+use crate::analysis::mw_judge::score_verdict;
 use crate::analysis::observation::Shape;
 use crate::analysis::{MetricJudge, Observation, Segment, Stats};
 use crate::metrics::{MetricsSource, Window};
@@ -310,11 +311,14 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
                             },
                         )
                     });
+                    // A `mann-whitney` metric is advisory on its own: the scorecard over all of
+                    // them (below) is what the controller acts on, as in Kayenta.
+                    let scored = matches!(m.judge, crate::analysis::JudgeSpec::MannWhitney(_));
                     statuses.push(MetricStatus {
                         metric: m.name.clone(),
                         outcome: Some(v.outcome),
                         reason: v.reason.clone(),
-                        dry_run: m.dry_run,
+                        dry_run: m.dry_run || scored,
                     });
                     records.push(MetricRecord {
                         metric: m.name.clone(),
@@ -352,6 +356,33 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
                     });
                 }
             }
+        }
+        if let Some(scoring) = &self.policy.scoring {
+            let scored: Vec<_> = self
+                .policy
+                .metrics
+                .iter()
+                .zip(&self.judges)
+                .filter(|(m, _)| !m.dry_run)
+                .filter_map(|(m, j)| j.scored(&m.name, scoring.min_points))
+                .collect();
+            let v = score_verdict(&scored, scoring);
+            statuses.push(MetricStatus {
+                metric: v.metric.clone(),
+                outcome: Some(v.outcome),
+                reason: v.reason.clone(),
+                dry_run: false,
+            });
+            records.push(MetricRecord {
+                metric: v.metric,
+                judge: v.judge,
+                outcome: Some(v.outcome),
+                reason: v.reason,
+                stats: v.stats,
+                dry_run: false,
+                queries: Vec::new(),
+                error: None,
+            });
         }
         (statuses, records, requests)
     }

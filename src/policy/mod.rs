@@ -44,6 +44,8 @@ pub struct Policy {
     pub source: SourceConfig,
     /// What is compared.
     pub metrics: Vec<MetricConfig>,
+    /// Kayenta-style score over the `mann-whitney` metrics (present when there are any).
+    pub scoring: Option<crate::analysis::mw_judge::Scoring>,
 }
 
 /// Steps and timing of a rollout.

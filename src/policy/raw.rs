@@ -158,6 +158,53 @@ pub(crate) struct RawThreshold {
     pub min_trials: Option<Spanned<f64>>,
 }
 
+/// Kayenta effect sizes, spelt as on the command line.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawEffectSize {
+    MeanRatio,
+    Cles,
+}
+
+/// `outliers = "remove" | "keep"`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawOutliers {
+    Remove,
+    Keep,
+}
+
+/// Options of `judge = "mann-whitney"` (Kayenta's NetflixACAJudge settings).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMannWhitney {
+    pub confidence: Option<Spanned<f64>>,
+    pub tolerance: Option<Spanned<f64>>,
+    pub direction: Option<crate::analysis::kayenta::Direction>,
+    pub effect_size: Option<RawEffectSize>,
+    pub allowed_increase: Option<Spanned<f64>>,
+    pub allowed_decrease: Option<Spanned<f64>>,
+    pub critical: Option<bool>,
+    pub critical_increase: Option<Spanned<f64>>,
+    pub critical_decrease: Option<Spanned<f64>>,
+    pub must_have_data: Option<bool>,
+    pub nan_strategy: Option<crate::analysis::kayenta::NanStrategy>,
+    pub outliers: Option<RawOutliers>,
+    pub outlier_factor: Option<Spanned<f64>>,
+    pub group: Option<String>,
+    pub muted: Option<bool>,
+}
+
+/// `[scoring]`: Kayenta's score over the `mann-whitney` metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawScoring {
+    pub pass: Option<Spanned<f64>>,
+    pub marginal: Option<Spanned<f64>>,
+    pub min_points: Option<usize>,
+    pub weights: Option<Spanned<std::collections::BTreeMap<String, f64>>>,
+}
+
 /// `[traffic] type = "proxy"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,8 +11,9 @@ use toml::de::{DeTable, DeValue};
 
 use super::diag::{Ctx, Diagnostics, split, table_value, take};
 use super::raw::{
-    Advance, METRIC_COMMON_KEYS, OnNoData, RawBuiltin, RawMetricCommon, RawPrometheus, RawProxy,
-    RawRollout, RawRoot, RawSequential, RawThreshold,
+    Advance, METRIC_COMMON_KEYS, OnNoData, RawBuiltin, RawEffectSize, RawMannWhitney,
+    RawMetricCommon, RawOutliers, RawPrometheus, RawProxy, RawRollout, RawRoot, RawScoring,
+    RawSequential, RawThreshold,
 };
 use super::template::Template;
 use super::{
@@ -21,7 +22,9 @@ use super::{
 };
 use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
+use crate::analysis::kayenta::{EffectSizeKind, KayentaConfig};
 use crate::analysis::latency::{LatencyJudgeSpec, Thresholds};
+use crate::analysis::mw_judge::{MannWhitneySpec, Scoring};
 use crate::analysis::observation::Shape;
 use crate::analysis::sequential::Prior;
 use crate::analysis::threshold::ThresholdSpec;
@@ -32,7 +35,7 @@ pub const TRAFFIC_TYPES: &[&str] = &["proxy"];
 /// Metrics source names, for messages.
 pub const SOURCE_TYPES: &[&str] = &["builtin", "prometheus"];
 /// Judge names, for messages.
-pub const JUDGES: &[&str] = &["sequential", "threshold"];
+pub const JUDGES: &[&str] = &["sequential", "mann-whitney", "threshold"];
 
 /// Parses and validates a policy. `origin` names the file in messages.
 ///
@@ -58,6 +61,7 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
     let mut root = root.into_inner();
     let rollout = take(&mut root, "rollout");
     let traffic = take(&mut root, "traffic");
+    let scoring = take(&mut root, "scoring");
     let metrics = take(&mut root, "metrics");
     let metric = take(&mut root, "metric");
 
@@ -115,6 +119,10 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         }
     };
 
+    let has_mw = metrics
+        .iter()
+        .any(|m| matches!(m.judge, JudgeSpec::MannWhitney(_)));
+    let scoring = parse_scoring(&mut ctx, scoring.as_ref(), &metrics, has_mw);
     if !ctx.diags.is_empty() {
         return Err(Diagnostics::new(origin, source, ctx.diags));
     }
@@ -132,7 +140,78 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         traffic,
         source: src_cfg,
         metrics,
+        scoring,
     })
+}
+
+fn parse_scoring(
+    ctx: &mut Ctx,
+    v: Option<&Spanned<DeValue<'_>>>,
+    metrics: &[MetricConfig],
+    has_mw: bool,
+) -> Option<Scoring> {
+    let Some(v) = v else {
+        return has_mw.then(Scoring::default);
+    };
+    if !has_mw {
+        ctx.error(
+            v.span(),
+            "[scoring] applies to judge = \"mann-whitney\" metrics, and this policy has none",
+        );
+    }
+    let raw: RawScoring = ctx.de(v)?;
+    let mut s = Scoring::default();
+    let pass = raw.pass.as_ref().map_or(s.cfg.pass, |p| *p.get_ref());
+    let marginal = raw
+        .marginal
+        .as_ref()
+        .map_or(s.cfg.marginal, |p| *p.get_ref());
+    if !(0.0..=100.0).contains(&pass) || !(0.0..=100.0).contains(&marginal) || marginal > pass {
+        ctx.error(
+            raw.marginal
+                .as_ref()
+                .or(raw.pass.as_ref())
+                .map_or(v.span(), Spanned::span),
+            format!("scores need 0 ≤ marginal ≤ pass ≤ 100, got marginal {marginal}, pass {pass}"),
+        );
+    }
+    s.cfg.pass = pass;
+    s.cfg.marginal = marginal;
+    if let Some(m) = raw.min_points {
+        s.min_points = m;
+    }
+    if let Some(w) = &raw.weights {
+        let groups: BTreeSet<String> = metrics
+            .iter()
+            .filter_map(|m| match &m.judge {
+                JudgeSpec::MannWhitney(s) => Some(s.group.clone()),
+                _ => None,
+            })
+            .collect();
+        let total: f64 = w.get_ref().values().sum();
+        for (g, x) in w.get_ref() {
+            if !groups.contains(g) {
+                ctx.error(
+                    w.span(),
+                    format!("weight for group `{g}`, but no mann-whitney metric is in that group"),
+                );
+            }
+            if !(*x >= 0.0 && x.is_finite()) {
+                ctx.error(
+                    w.span(),
+                    format!("weight of group `{g}` must be a number ≥ 0"),
+                );
+            }
+        }
+        if total > 100.0 + 1e-9 {
+            ctx.error(
+                w.span(),
+                format!("group weights add up to {total}, more than 100"),
+            );
+        }
+        s.cfg.group_weights = w.get_ref().clone();
+    }
+    Some(s)
 }
 
 fn as_table<'a, 'i>(
@@ -505,7 +584,7 @@ fn parse_metrics(
             match &mut m.judge {
                 JudgeSpec::Events(s) => s.alpha = a,
                 JudgeSpec::Latency(s) => s.alpha = a,
-                JudgeSpec::Threshold(_) => {}
+                JudgeSpec::Threshold(_) | JudgeSpec::MannWhitney(_) => {}
             }
             m
         })
@@ -720,10 +799,17 @@ fn parse_metric(
             let pass = positive(ctx, raw.pass_ratio.as_ref(), "pass_ratio");
             let prior = raw.prior.as_ref().and_then(|p| {
                 let r = p.get_ref();
-                if r.min_ratio > 1.0 && r.max_ratio > r.min_ratio && r.max_ratio.is_finite() && (1..=200).contains(&r.points) {
+                if r.min_ratio > 1.0
+                    && r.max_ratio > r.min_ratio
+                    && r.max_ratio.is_finite()
+                    && (1..=200).contains(&r.points)
+                {
                     Some(Prior::log_geometric(r.min_ratio, r.max_ratio, r.points))
                 } else {
-                    ctx.error(p.span(), "prior needs 1 < min_ratio < max_ratio and 1 to 200 points");
+                    ctx.error(
+                        p.span(),
+                        "prior needs 1 < min_ratio < max_ratio and 1 to 200 points",
+                    );
                     None
                 }
             });
@@ -812,6 +898,59 @@ fn parse_metric(
                 }
             };
             (spec, alpha, shape)
+        }
+        "mann-whitney" => {
+            let raw: RawMannWhitney = ctx.de(&options)?;
+            let data = data.as_ref()?;
+            let shape = match (&data.data, data.shape) {
+                (DataSpec::Builtin(_), _) => Shape::Series,
+                (_, Some(s)) => s,
+                (_, None) => return None,
+            };
+            let mut cfg = KayentaConfig::default();
+            if let Some(c) = &raw.confidence {
+                cfg.confidence = *c.get_ref();
+            }
+            if let Some(t) = &raw.tolerance {
+                cfg.tolerance = *t.get_ref();
+            }
+            if let Some(d) = raw.direction {
+                cfg.direction = d;
+            }
+            if let Some(e) = raw.effect_size {
+                cfg.effect_size = match e {
+                    RawEffectSize::MeanRatio => EffectSizeKind::MeanRatio,
+                    RawEffectSize::Cles => EffectSizeKind::Cles,
+                };
+            }
+            cfg.allowed_increase = raw.allowed_increase.as_ref().map(|x| *x.get_ref());
+            cfg.allowed_decrease = raw.allowed_decrease.as_ref().map(|x| *x.get_ref());
+            cfg.critical = raw.critical.unwrap_or(false);
+            cfg.critical_increase = raw.critical_increase.as_ref().map(|x| *x.get_ref());
+            cfg.critical_decrease = raw.critical_decrease.as_ref().map(|x| *x.get_ref());
+            cfg.must_have_data = raw.must_have_data.unwrap_or(false);
+            if let Some(n) = raw.nan_strategy {
+                cfg.nan_strategy = n;
+            }
+            cfg.remove_outliers = matches!(raw.outliers, Some(RawOutliers::Remove));
+            if let Some(f) = &raw.outlier_factor {
+                cfg.outlier_factor = *f.get_ref();
+            }
+            if let Err(e) = cfg.validate() {
+                let at = [&raw.confidence, &raw.tolerance, &raw.outlier_factor]
+                    .into_iter()
+                    .flatten()
+                    .map(Spanned::span)
+                    .next()
+                    .unwrap_or(span.start..span.start);
+                ctx.error(at, e);
+            }
+            let spec = MannWhitneySpec {
+                cfg,
+                group: raw.group.unwrap_or_else(|| common.name.get_ref().clone()),
+                muted: raw.muted.unwrap_or(false),
+            };
+            (JudgeSpec::MannWhitney(spec), None, shape)
         }
         "threshold" => {
             let raw: RawThreshold = ctx.de(&options)?;
