@@ -303,3 +303,56 @@ pub fn assert_split(pct: f64, canary: usize, n: usize, what: &str) {
         5.0 * sd
     );
 }
+
+/// A minimal feature-flag service (for the rollback benchmark): `PUT /flag` with
+/// `{"rollout": N}` sets the percentage, `GET /flag` returns it.
+pub struct FlagService {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FlagService {
+    pub async fn start() -> Self {
+        use std::sync::{Arc, Mutex};
+
+        use http_body_util::Full;
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pct = Arc::new(Mutex::new(0.0_f64));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let pct = pct.clone();
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let pct = pct.clone();
+                    async move {
+                        let put = req.method() == hyper::Method::PUT;
+                        let body = req.into_body().collect().await?.to_bytes();
+                        if put {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            *pct.lock().unwrap() = v["rollout"].as_f64().unwrap_or(-1.0);
+                        }
+                        let text = format!("{{\"rollout\":{}}}", pct.lock().unwrap());
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(text))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FlagService { addr, task }
+    }
+}
+
+impl Drop for FlagService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
