@@ -61,7 +61,7 @@ fn setup(share: f64) -> Setup {
             match &mut s {
                 JudgeSpec::Events(e) => e.share = ShareMode::Observed,
                 JudgeSpec::Latency(l) => l.share = ShareMode::Observed,
-                JudgeSpec::Threshold(_) => {}
+                JudgeSpec::Threshold(_) | JudgeSpec::MannWhitney(_) => {}
             }
             (n.clone(), s)
         })

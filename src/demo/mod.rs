@@ -52,7 +52,12 @@ pub fn behaviours(scenario: Scenario, seed: u64) -> (service::Behaviour, service
 /// # Errors
 /// When the policy does not use the built-in proxy.
 pub fn wire(policy: &mut Policy, baseline: SocketAddr, canary: SocketAddr) -> Result<(), String> {
-    let TrafficConfig::Proxy(p) = &mut policy.traffic;
+    let TrafficConfig::Proxy(p) = &mut policy.traffic else {
+        return Err(format!(
+            "the demo needs [traffic] type = \"proxy\", not \"{}\"",
+            policy.traffic.kind()
+        ));
+    };
     p.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     p.baseline = Upstream {
         url: format!("http://{baseline}"),

@@ -16,6 +16,7 @@ use crate::model::{Arm, Weight};
 use crate::policy::MetricConfig;
 
 pub mod builtin;
+pub mod haproxy;
 pub mod mock;
 
 use crate::policy::SourceConfig;
@@ -164,24 +165,29 @@ pub trait MetricsSource: Send + Sync {
 pub enum AnySource {
     /// The built-in proxy's counters.
     Builtin(builtin::BuiltinSource),
+    /// HAProxy's per-server counters.
+    Haproxy(haproxy::HaproxySource),
 }
 
 impl MetricsSource for AnySource {
     fn name(&self) -> &'static str {
         match self {
             AnySource::Builtin(s) => s.name(),
+            AnySource::Haproxy(s) => s.name(),
         }
     }
 
     async fn fetch(&self, metric: &MetricConfig, window: &Window) -> Result<Fetched, MetricsError> {
         match self {
             AnySource::Builtin(s) => s.fetch(metric, window).await,
+            AnySource::Haproxy(s) => s.fetch(metric, window).await,
         }
     }
 
     async fn preflight(&self) -> Result<(), MetricsError> {
         match self {
             AnySource::Builtin(s) => s.preflight().await,
+            AnySource::Haproxy(s) => s.preflight().await,
         }
     }
 }
@@ -202,6 +208,7 @@ pub fn build(cfg: &SourceConfig, proxy: Option<&ProxyHandle>) -> Result<AnySourc
                         .to_string(),
             }),
         },
+        SourceConfig::Haproxy(c) => Ok(AnySource::Haproxy(haproxy::HaproxySource::new(c))),
         SourceConfig::Prometheus(_) => Err(MetricsError::Unsupported {
             source_name: "prometheus",
             metric: "*".to_string(),

@@ -16,11 +16,13 @@ use crate::analysis::observation::Shape;
 use crate::model::Weight;
 
 pub mod diag;
+mod providers;
 pub mod raw;
 pub mod template;
 pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
+pub use providers::WEIGHT_PLACEHOLDERS;
 pub use raw::{Advance, OnNoData};
 pub use template::Template;
 pub use validate::parse;
@@ -117,11 +119,145 @@ pub struct Upstream {
     pub authority: String,
 }
 
+/// Where HAProxy's runtime API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HaproxySocket {
+    /// A unix socket path (`stats socket /run/haproxy/admin.sock level admin`).
+    Unix(PathBuf),
+    /// A TCP `host:port` (`stats socket ipv4@127.0.0.1:9999 level admin`).
+    Tcp(String),
+}
+
+impl std::fmt::Display for HaproxySocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HaproxySocket::Unix(p) => write!(f, "{}", p.display()),
+            HaproxySocket::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// `[traffic] type = "haproxy"`: two servers' weights through the runtime API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaproxyConfig {
+    /// The admin socket.
+    pub socket: HaproxySocket,
+    /// The backend holding both servers.
+    pub backend: String,
+    /// The baseline server's name in the backend.
+    pub baseline: String,
+    /// The canary server's name in the backend.
+    pub canary: String,
+    /// Time limit of one runtime-API command.
+    pub timeout: Duration,
+}
+
+/// `[traffic] type = "nginx"`: a weighted upstream include file, tested and reloaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NginxConfig {
+    /// The include file coalmine owns (the `server` lines of one upstream).
+    pub file: PathBuf,
+    /// The baseline server's address, as nginx's `server` directive takes it.
+    pub baseline: String,
+    /// The canary server's address.
+    pub canary: String,
+    /// Extra parameters for both `server` lines (e.g. `max_fails=3 fail_timeout=10s`).
+    pub server_params: Option<String>,
+    /// Configuration test command (argv).
+    pub test_command: Vec<String>,
+    /// Graceful reload command (argv).
+    pub reload_command: Vec<String>,
+    /// Time limit of each command.
+    pub timeout: Duration,
+}
+
+/// `[traffic] type = "exec"`: a program run with the weight as an argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Program and arguments; placeholders `{{weight}}`, `{{percent}}`, `{{fraction}}`.
+    pub command: Vec<Template>,
+    /// Program printing the percentage in force on stdout.
+    pub read_command: Option<Vec<String>>,
+    /// Time limit of one run.
+    pub timeout: Duration,
+    /// Finest step the program takes.
+    pub resolution: Weight,
+    /// Exit codes that mean "try again later" (all other non-zero codes are permanent).
+    pub transient_exit_codes: Vec<i32>,
+}
+
+/// Read-back of the `http` provider: GET a URL, take a number (percent) at a JSON pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRead {
+    /// The URL to GET.
+    pub url: String,
+    /// JSON pointer (RFC 6901) to the percentage, e.g. `/rollout/percentage`.
+    pub pointer: String,
+}
+
+/// `[traffic] type = "http"`: a templated request to a feature-flag service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// HTTP method (upper case).
+    pub method: String,
+    /// URL template.
+    pub url: Template,
+    /// Header templates.
+    pub headers: Vec<(String, Template)>,
+    /// JSON body template.
+    pub body: Option<Template>,
+    /// Token sent in `token_header`.
+    pub token: Option<Secret>,
+    /// Header carrying the token (default `Authorization`).
+    pub token_header: String,
+    /// Text before the token (default `Bearer `).
+    pub token_prefix: String,
+    /// Statuses that mean success (empty: any 2xx).
+    pub success_statuses: Vec<u16>,
+    /// Time limit of one request.
+    pub timeout: Duration,
+    /// Finest step the service takes.
+    pub resolution: Weight,
+    /// Optional read-back.
+    pub read: Option<HttpRead>,
+}
+
+/// `[traffic] type = "gateway-api"`: Kubernetes HTTPRoute backendRef weights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayApiConfig {
+    /// The HTTPRoute's namespace.
+    pub namespace: String,
+    /// The HTTPRoute's name.
+    pub route: String,
+    /// Index of the rule in `spec.rules`.
+    pub rule: usize,
+    /// The baseline backendRef's name.
+    pub baseline: String,
+    /// The canary backendRef's name.
+    pub canary: String,
+    /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, then in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current one).
+    pub context: Option<String>,
+    /// Time limit of one API call.
+    pub timeout: Duration,
+}
+
 /// How traffic is moved (`[traffic] type = ...`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum TrafficConfig {
     /// The built-in weighted reverse proxy.
     Proxy(ProxyConfig),
+    /// HAProxy's runtime API.
+    Haproxy(HaproxyConfig),
+    /// An nginx upstream include file.
+    Nginx(NginxConfig),
+    /// A program.
+    Exec(ExecConfig),
+    /// An HTTP request (feature flags).
+    Http(HttpConfig),
+    /// Kubernetes Gateway API.
+    GatewayApi(GatewayApiConfig),
 }
 
 impl TrafficConfig {
@@ -130,6 +266,11 @@ impl TrafficConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TrafficConfig::Proxy(_) => "proxy",
+            TrafficConfig::Haproxy(_) => "haproxy",
+            TrafficConfig::Nginx(_) => "nginx",
+            TrafficConfig::Exec(_) => "exec",
+            TrafficConfig::Http(_) => "http",
+            TrafficConfig::GatewayApi(_) => "gateway-api",
         }
     }
 }
@@ -169,6 +310,8 @@ pub enum SourceConfig {
     Builtin,
     /// A Prometheus-compatible HTTP API.
     Prometheus(PrometheusConfig),
+    /// HAProxy's per-server counters (`show stat`), read from the `[traffic]` HAProxy.
+    Haproxy(HaproxyConfig),
 }
 
 impl SourceConfig {
@@ -178,6 +321,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Builtin => "builtin",
             SourceConfig::Prometheus(_) => "prometheus",
+            SourceConfig::Haproxy(_) => "haproxy",
         }
     }
 }

@@ -234,3 +234,77 @@ pub(crate) struct RawPrometheus {
     pub ca_file: Option<Spanned<String>>,
     pub series_step: Option<Spanned<Dur>>,
 }
+
+/// `[traffic] type = "haproxy"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHaproxy {
+    pub socket: Spanned<String>,
+    pub backend: Spanned<String>,
+    pub baseline: Spanned<String>,
+    pub canary: Spanned<String>,
+    pub timeout: Option<Spanned<Dur>>,
+}
+
+/// `[traffic] type = "nginx"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNginx {
+    pub file: Spanned<String>,
+    pub baseline: Spanned<String>,
+    pub canary: Spanned<String>,
+    pub server_params: Option<Spanned<String>>,
+    pub test_command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub reload_command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub timeout: Option<Spanned<Dur>>,
+}
+
+/// `[traffic] type = "exec"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExec {
+    pub command: Spanned<Vec<Spanned<String>>>,
+    pub read_command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub resolution: Option<Spanned<f64>>,
+    pub transient_exit_codes: Option<Vec<i32>>,
+}
+
+/// `[traffic] type = "http"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub url: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub headers: Option<BTreeMap<String, Spanned<String>>>,
+    pub body: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub token: Option<Spanned<toml::Value>>,
+    pub token_header: Option<Spanned<String>>,
+    pub token_prefix: Option<String>,
+    pub success_statuses: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub resolution: Option<Spanned<f64>>,
+    pub read_url: Option<Spanned<String>>,
+    pub read_pointer: Option<Spanned<String>>,
+}
+
+/// `[traffic] type = "gateway-api"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGatewayApi {
+    pub namespace: Spanned<String>,
+    pub route: Spanned<String>,
+    pub rule: Option<Spanned<i64>>,
+    pub baseline: Spanned<String>,
+    pub canary: Spanned<String>,
+    pub kubeconfig: Option<Spanned<String>>,
+    pub context: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<Dur>>,
+}
+
+/// `[metrics] type = "haproxy"`: no keys; it reads the `[traffic]` HAProxy's counters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHaproxyStats {}

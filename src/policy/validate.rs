@@ -10,14 +10,15 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::diag::{Ctx, Diagnostics, split, table_value, take};
+use super::providers;
 use super::raw::{
-    Advance, METRIC_COMMON_KEYS, OnNoData, RawBuiltin, RawEffectSize, RawMannWhitney,
-    RawMetricCommon, RawOutliers, RawPrometheus, RawProxy, RawRollout, RawRoot, RawScoring,
-    RawSequential, RawThreshold,
+    Advance, METRIC_COMMON_KEYS, OnNoData, RawBuiltin, RawEffectSize, RawHaproxyStats,
+    RawMannWhitney, RawMetricCommon, RawOutliers, RawPrometheus, RawProxy, RawRollout, RawRoot,
+    RawScoring, RawSequential, RawThreshold,
 };
 use super::template::Template;
 use super::{
-    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout, Secret,
+    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout,
     SourceConfig, TrafficConfig, Upstream,
 };
 use crate::analysis::JudgeSpec;
@@ -31,9 +32,9 @@ use crate::analysis::threshold::ThresholdSpec;
 use crate::model::Weight;
 
 /// Traffic provider names, for messages.
-pub const TRAFFIC_TYPES: &[&str] = &["proxy"];
+pub const TRAFFIC_TYPES: &[&str] = &["proxy", "haproxy", "nginx", "exec", "http", "gateway-api"];
 /// Metrics source names, for messages.
-pub const SOURCE_TYPES: &[&str] = &["builtin", "prometheus"];
+pub const SOURCE_TYPES: &[&str] = &["builtin", "prometheus", "haproxy"];
 /// Judge names, for messages.
 pub const JUDGES: &[&str] = &["sequential", "mann-whitney", "threshold"];
 
@@ -97,7 +98,7 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         }
     };
     let src_cfg = match &metrics {
-        Some(m) => parse_source(&mut ctx, m),
+        Some(m) => parse_source(&mut ctx, m, traffic.as_ref()),
         None => Some((SourceConfig::Builtin, root_span.start..root_span.start)),
     };
     if let (Some(t), Some((SourceConfig::Builtin, span))) = (&traffic, &src_cfg)
@@ -255,7 +256,10 @@ fn take_tag(
     }
 }
 
-fn dur(v: Option<&Spanned<super::raw::Dur>>, default: Duration) -> (Duration, Range<usize>) {
+pub(super) fn dur(
+    v: Option<&Spanned<super::raw::Dur>>,
+    default: Duration,
+) -> (Duration, Range<usize>) {
     v.map_or((default, 0..0), |d| (d.get_ref().0, d.span()))
 }
 
@@ -427,6 +431,11 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
                 upstream_timeout: timeout,
             }))
         }
+        "haproxy" => providers::haproxy(ctx, &rest).map(TrafficConfig::Haproxy),
+        "nginx" => providers::nginx(ctx, &rest).map(TrafficConfig::Nginx),
+        "exec" => providers::exec(ctx, &rest).map(TrafficConfig::Exec),
+        "http" => providers::http(ctx, &rest).map(TrafficConfig::Http),
+        "gateway-api" => providers::gateway_api(ctx, &rest).map(TrafficConfig::GatewayApi),
         other => {
             ctx.error(
                 kind.span(),
@@ -440,7 +449,11 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
     }
 }
 
-fn parse_source(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<(SourceConfig, Range<usize>)> {
+fn parse_source(
+    ctx: &mut Ctx,
+    v: &Spanned<DeValue<'_>>,
+    traffic: Option<&TrafficConfig>,
+) -> Option<(SourceConfig, Range<usize>)> {
     let mut table = as_table(ctx, v, "[metrics]")?.clone();
     let span = v.span();
     let kind = take_tag(ctx, &mut table, "type", &span, "[metrics]", None)?;
@@ -451,6 +464,20 @@ fn parse_source(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<(SourceConfig
             SourceConfig::Builtin
         }
         "prometheus" => SourceConfig::Prometheus(parse_prometheus(ctx, &rest)?),
+        "haproxy" => {
+            let _: RawHaproxyStats = ctx.de(&rest)?;
+            match traffic {
+                Some(TrafficConfig::Haproxy(h)) => SourceConfig::Haproxy(h.clone()),
+                Some(_) => {
+                    ctx.error(
+                        kind.span(),
+                        "metrics type `haproxy` reads the counters of the [traffic] HAProxy and needs [traffic] type = \"haproxy\"",
+                    );
+                    return None;
+                }
+                None => return None,
+            }
+        }
         other => {
             ctx.error(
                 kind.span(),
@@ -477,21 +504,12 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
             ),
         );
     }
-    if let Some(t) = &raw.token {
-        ctx.error(
-            t.span(),
-            "tokens are never written in a policy: use token_env = \"VAR\" or token_file = \"/path\"",
-        );
-    }
-    let token = match (&raw.token_env, &raw.token_file) {
-        (Some(e), Some(_)) => {
-            ctx.error(e.span(), "use token_env or token_file, not both");
-            None
-        }
-        (Some(e), None) => Some(Secret::Env(e.get_ref().clone())),
-        (None, Some(f)) => Some(Secret::File(PathBuf::from(f.get_ref()))),
-        (None, None) => None,
-    };
+    let token = providers::secret(
+        ctx,
+        raw.token.as_ref(),
+        raw.token_env.as_ref(),
+        raw.token_file.as_ref(),
+    );
     let (timeout, tspan) = dur(raw.timeout.as_ref(), Duration::from_secs(10));
     if timeout.is_zero() {
         ctx.error(tspan, "timeout must be positive");
@@ -651,25 +669,35 @@ fn parse_data(
     .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
     .collect();
     match source {
-        SourceConfig::Builtin => {
+        SourceConfig::Builtin | SourceConfig::Haproxy(_) => {
+            let kind = source.kind();
+            let signals = if kind == "haproxy" {
+                "builtin = \"errors\""
+            } else {
+                "builtin = \"errors\" or \"latency\""
+            };
             for (k, v) in &queries {
                 ctx.error(
                     v.span(),
-                    format!("`{k}` is a query for [metrics] type = \"prometheus\"; the builtin source takes builtin = \"errors\" or \"latency\""),
+                    format!("`{k}` is a query for [metrics] type = \"prometheus\"; the {kind} source takes {signals}"),
                 );
             }
             let Some(b) = &c.builtin else {
                 ctx.error(
                     span.start..span.start,
-                    format!(
-                        "metric `{}` needs builtin = \"errors\" or \"latency\"",
-                        c.name.get_ref()
-                    ),
+                    format!("metric `{}` needs {signals}", c.name.get_ref()),
                 );
                 return None;
             };
             let signal = match b.get_ref().as_str() {
                 "errors" => BuiltinSignal::Errors,
+                "latency" if kind == "haproxy" => {
+                    ctx.error(
+                        b.span(),
+                        "the haproxy source has per-server error counters but no latency histogram; judge latency with [metrics] type = \"prometheus\"",
+                    );
+                    return None;
+                }
                 "latency" => BuiltinSignal::Latency,
                 other => {
                     ctx.error(

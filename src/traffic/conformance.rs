@@ -58,3 +58,34 @@ pub async fn check<P: TrafficProvider>(p: &P, granularity: Weight) -> Vec<String
     }
     failures
 }
+
+/// Checks how a provider that cannot do its job fails: `set_weight` must fail, with an
+/// error whose [`is_transient`](super::TrafficError::is_transient) is `transient` and whose
+/// message names the provider; `current` may succeed (a provider without read-back) or
+/// fail the same way. Returns every failed expectation.
+pub async fn check_failure<P: TrafficProvider>(p: &P, transient: bool) -> Vec<String> {
+    let class = |t: bool| if t { "transient" } else { "permanent" };
+    let prefix = format!("provider `{}`: ", p.name());
+    let judge = |what: &str, e: &super::TrafficError| {
+        let mut out = Vec::new();
+        if e.is_transient() != transient {
+            out.push(format!(
+                "{what}: expected a {} error, got a {} one: {e}",
+                class(transient),
+                class(e.is_transient())
+            ));
+        }
+        if !e.to_string().starts_with(&prefix) {
+            out.push(format!("{what}: message does not name the provider: {e}"));
+        }
+        out
+    };
+    let mut failures = match p.set_weight(w(25.0)).await {
+        Ok(()) => vec!["set_weight(25%) succeeded".to_string()],
+        Err(e) => judge("set_weight", &e),
+    };
+    if let Err(e) = p.current().await {
+        failures.extend(judge("current", &e));
+    }
+    failures
+}

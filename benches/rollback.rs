@@ -1,0 +1,230 @@
+//! Rollback actuation per traffic provider: the time from a Fail verdict to canary weight
+//! 0 being in force (a benchmark, not a test: it prints a table and asserts nothing).
+//!
+//! After a Fail verdict the controller's pure step function returns `Apply(0)` (well under
+//! a millisecond) and the shell calls `set_weight(0)` then reads back `current()`: that
+//! pair is the **apply** column. For HAProxy and nginx the **observed** column is when the
+//! proxy itself stops sending requests to the canary: from the start of `set_weight(0)`
+//! until the first of 8 consecutive fresh-connection requests answered by the baseline
+//! (with the canary at 25 % before, a round-robin split cannot give 8 baseline answers in a
+//! row). The built-in proxy swaps its routing table in memory, so apply is in force.
+//!
+//! Run with `cargo bench --bench rollback` (HAProxy and nginx are skipped when missing).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use coalmine::model::Weight;
+use coalmine::policy::{
+    ExecConfig, HaproxyConfig, HaproxySocket, HttpConfig, HttpRead, NginxConfig, ProxyConfig,
+    Template, Upstream,
+};
+use coalmine::traffic::TrafficProvider;
+use coalmine::traffic::exec::ExecProvider;
+use coalmine::traffic::haproxy::HaproxyProvider;
+use coalmine::traffic::http::HttpProvider;
+use coalmine::traffic::nginx::NginxProvider;
+use coalmine::traffic::proxy::ProxyHandle;
+use common::{Backends, FlagService, Haproxy, Nginx, find_tool};
+use tokio::time::Instant;
+
+const ROUNDS: usize = 20;
+
+/// Milliseconds.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median, 90th percentile and maximum.
+fn summary(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return format!("{:>8} {:>8} {:>8}", "-", "-", "-");
+    }
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    format!("{:>8.2} {:>8.2} {:>8.2}", q(0.5), q(0.9), v[v.len() - 1])
+}
+
+/// One HTTP/1.0 request on a fresh connection; whether the canary answered.
+async fn canary_answered(target: SocketAddr) -> Option<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(target).await.ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1)?;
+    Some(body.starts_with("canary"))
+}
+
+/// Time until 8 consecutive requests reach the baseline, measured from `start`.
+async fn observed_zero(target: SocketAddr, start: Instant) -> Duration {
+    let mut run_start = None;
+    let mut run = 0;
+    loop {
+        let t = Instant::now();
+        if canary_answered(target).await == Some(false) {
+            run_start.get_or_insert(t);
+            run += 1;
+            if run == 8 {
+                return run_start.map_or(Duration::ZERO, |r| r - start);
+            }
+        } else {
+            run = 0;
+            run_start = None;
+        }
+    }
+}
+
+/// Rounds of: 25 % (settled), then the timed rollback to 0 %.
+async fn measure<P: TrafficProvider>(
+    p: &P,
+    frontend: Option<SocketAddr>,
+    settle: impl AsyncFn(),
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut apply, mut observed) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        p.set_weight(Weight::try_from_percent(25.0).unwrap())
+            .await
+            .unwrap();
+        settle().await;
+        let t0 = Instant::now();
+        p.set_weight(Weight::ZERO).await.unwrap();
+        assert_eq!(p.current().await.unwrap(), Weight::ZERO);
+        apply.push(ms(t0.elapsed()));
+        if let Some(f) = frontend {
+            observed.push(ms(observed_zero(f, t0).await));
+        }
+    }
+    (apply, observed)
+}
+
+fn row(name: &str, (apply, observed): (Vec<f64>, Vec<f64>)) {
+    println!("| {name:<8} | {} | {} |", summary(apply), summary(observed));
+}
+
+async fn no_settle() {}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("rollback actuation, {ROUNDS} rounds each, milliseconds (median, p90, max)");
+    println!("| provider | apply: median      p90      max | observed: median   p90      max |");
+    println!("|----------|--------------------------------|-----------------------------------|");
+    let backends = Backends::start(0.0).await;
+
+    let proxy = ProxyHandle::start(
+        &ProxyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            baseline: upstream(backends.baseline.addr()),
+            canary: upstream(backends.canary.addr()),
+            upstream_timeout: Duration::from_secs(5),
+        },
+        Some(1),
+    )
+    .await
+    .unwrap();
+    row("proxy", measure(&proxy.provider(), None, no_settle).await);
+
+    if let Some(bin) = find_tool("haproxy") {
+        let h = Haproxy::start(&bin, &backends).await;
+        let p = HaproxyProvider::new(&HaproxyConfig {
+            socket: HaproxySocket::Unix(h.socket.clone()),
+            backend: "checkout".into(),
+            baseline: "stable".into(),
+            canary: "canary".into(),
+            timeout: Duration::from_secs(5),
+        });
+        row("haproxy", measure(&p, Some(h.frontend), no_settle).await);
+    } else {
+        println!("| haproxy  | skipped: haproxy not found |");
+    }
+
+    if let Some(bin) = find_tool("nginx") {
+        let n = Nginx::start(&bin, &backends).await;
+        let p = NginxProvider::new(&NginxConfig {
+            file: n.include.clone(),
+            baseline: backends.baseline.addr().to_string(),
+            canary: backends.canary.addr().to_string(),
+            server_params: None,
+            test_command: n.command(&["-t"]),
+            reload_command: n.command(&["-s", "reload"]),
+            timeout: Duration::from_secs(10),
+        });
+        // Before each timed rollback, let the 25 % reload finish (old worker gone).
+        let settle = async || {
+            let before = n.workers();
+            for _ in 0..500 {
+                let now = n.workers();
+                if now.len() == 1 && now != before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        row("nginx", measure(&p, Some(n.frontend), settle).await);
+    } else {
+        println!("| nginx    | skipped: nginx not found |");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("weight");
+    let set = script(
+        dir.path(),
+        "set",
+        &format!("echo \"$1\" > {0}.tmp && mv {0}.tmp {0}", state.display()),
+    );
+    let get = script(dir.path(), "get", &format!("cat {}", state.display()));
+    let p = ExecProvider::new(&ExecConfig {
+        command: vec![
+            Template::parse(&set).unwrap(),
+            Template::parse("{{percent}}").unwrap(),
+        ],
+        read_command: Some(vec![get]),
+        timeout: Duration::from_secs(10),
+        resolution: Weight::try_from_bp(1).unwrap(),
+        transient_exit_codes: vec![75],
+    });
+    row("exec", measure(&p, None, no_settle).await);
+
+    let flags = FlagService::start().await;
+    let url = format!("http://{}/flag", flags.addr);
+    let p = HttpProvider::new(&HttpConfig {
+        method: "PUT".into(),
+        url: Template::parse(&url).unwrap(),
+        headers: vec![],
+        body: Some(Template::parse(r#"{"rollout": {{percent}}}"#).unwrap()),
+        token: None,
+        token_header: "Authorization".into(),
+        token_prefix: "Bearer ".into(),
+        success_statuses: vec![],
+        timeout: Duration::from_secs(10),
+        resolution: Weight::try_from_bp(1).unwrap(),
+        read: Some(HttpRead {
+            url,
+            pointer: "/rollout".into(),
+        }),
+    })
+    .unwrap();
+    row("http", measure(&p, None, no_settle).await);
+    proxy.shutdown().await;
+}
+
+fn upstream(addr: SocketAddr) -> Upstream {
+    Upstream {
+        url: format!("http://{addr}"),
+        authority: addr.to_string(),
+    }
+}
+
+fn script(dir: &std::path::Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
