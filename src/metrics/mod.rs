@@ -16,6 +16,7 @@ use crate::model::{Arm, Weight};
 use crate::policy::MetricConfig;
 
 pub mod builtin;
+pub mod prometheus;
 
 use crate::policy::SourceConfig;
 use crate::traffic::proxy::ProxyHandle;
@@ -104,6 +105,14 @@ pub enum MetricsError {
         /// The limit.
         after: Duration,
     },
+    /// The source cannot be set up (missing token, unreadable CA file, malformed header).
+    #[error("source `{source_name}`: {message}")]
+    Setup {
+        /// Source name.
+        source_name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The source cannot produce this metric at all (a configuration problem).
     #[error("source `{source_name}` cannot serve metric `{metric}`: {message}")]
     Unsupported {
@@ -135,6 +144,7 @@ impl MetricsError {
             MetricsError::Ambiguous { .. } => "ambiguous",
             MetricsError::Invalid { .. } => "invalid",
             MetricsError::Timeout { .. } => "timeout",
+            MetricsError::Setup { .. } => "setup",
             MetricsError::Unsupported { .. } => "unsupported",
         }
     }
@@ -163,32 +173,39 @@ pub trait MetricsSource: Send + Sync {
 pub enum AnySource {
     /// The built-in proxy's counters.
     Builtin(builtin::BuiltinSource),
+    /// A Prometheus-compatible HTTP API.
+    Prometheus(prometheus::PrometheusSource),
 }
 
 impl MetricsSource for AnySource {
     fn name(&self) -> &'static str {
         match self {
             AnySource::Builtin(s) => s.name(),
+            AnySource::Prometheus(s) => s.name(),
         }
     }
 
     async fn fetch(&self, metric: &MetricConfig, window: &Window) -> Result<Fetched, MetricsError> {
         match self {
             AnySource::Builtin(s) => s.fetch(metric, window).await,
+            AnySource::Prometheus(s) => s.fetch(metric, window).await,
         }
     }
 
     async fn preflight(&self) -> Result<(), MetricsError> {
         match self {
             AnySource::Builtin(s) => s.preflight().await,
+            AnySource::Prometheus(s) => s.preflight().await,
         }
     }
 }
 
-/// Builds the source a policy names. The builtin source needs the running built-in proxy.
+/// Builds the source a policy names. The builtin source needs the running built-in proxy;
+/// the Prometheus source reads its bearer token and CA file here.
 ///
 /// # Errors
-/// [`MetricsError::Unsupported`] when the builtin source has no proxy to read.
+/// [`MetricsError::Unsupported`] when the builtin source has no proxy to read;
+/// [`MetricsError::Setup`] when the Prometheus client cannot be set up.
 pub fn build(cfg: &SourceConfig, proxy: Option<&ProxyHandle>) -> Result<AnySource, MetricsError> {
     match cfg {
         SourceConfig::Builtin => match proxy {
@@ -201,10 +218,8 @@ pub fn build(cfg: &SourceConfig, proxy: Option<&ProxyHandle>) -> Result<AnySourc
                         .to_string(),
             }),
         },
-        SourceConfig::Prometheus(_) => Err(MetricsError::Unsupported {
-            source_name: "prometheus",
-            metric: "*".to_string(),
-            message: "not available yet".to_string(),
-        }),
+        SourceConfig::Prometheus(c) => {
+            prometheus::PrometheusSource::new(c).map(AnySource::Prometheus)
+        }
     }
 }

@@ -156,7 +156,8 @@ pub struct PrometheusConfig {
     pub variables: BTreeMap<String, String>,
     /// Extra CA certificate (PEM) for TLS.
     pub ca_file: Option<PathBuf>,
-    /// Resolution of range queries for `series` metrics (default: the analysis interval).
+    /// Resolution of range queries for `series` metrics (default: the window's length,
+    /// about the analysis interval).
     pub series_step: Option<Duration>,
 }
 

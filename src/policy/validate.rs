@@ -518,8 +518,16 @@ fn template(
     ctx: &mut Ctx,
     s: &Spanned<String>,
     vars: &BTreeMap<String, String>,
+    needs_arm: bool,
 ) -> Option<Template> {
     match Template::parse(s.get_ref()) {
+        Ok(t) if needs_arm && !t.placeholders().contains(&"arm") => {
+            ctx.error(
+                s.span(),
+                "query has no `{{arm}}`: both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
+            );
+            None
+        }
         Ok(t) => {
             let unknown: Vec<&str> = t
                 .placeholders()
@@ -635,8 +643,8 @@ fn parse_data(
                 return None;
             }
             if let (Some(e), Some(t)) = (&c.events, &c.trials) {
-                let e = template(ctx, e, vars);
-                let t = template(ctx, t, vars);
+                let e = template(ctx, e, vars, true);
+                let t = template(ctx, t, vars, true);
                 return Some(DataChoice {
                     data: DataSpec::Counts {
                         events: e?,
@@ -646,7 +654,8 @@ fn parse_data(
                 });
             }
             let (k, v) = queries[0];
-            let t = template(ctx, v, vars)?;
+            // A scalar is judged on the canary alone; every other shape compares the arms.
+            let t = template(ctx, v, vars, k != "query")?;
             let (data, shape) = match k {
                 "histogram" => (DataSpec::Histogram(t), Shape::Histogram),
                 "series" => (DataSpec::Series(t), Shape::Series),
