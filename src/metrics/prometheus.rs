@@ -322,6 +322,12 @@ fn chain(error: &dyn std::error::Error) -> String {
     out
 }
 
+/// What went wrong in a request, without reqwest's own first line: it repeats the URL with
+/// the whole encoded query, which the error already names.
+fn request_failure(e: &reqwest::Error) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), chain)
+}
+
 /// What to ask Prometheus for one query.
 #[derive(Clone, Copy, Debug)]
 enum Eval {
@@ -432,7 +438,9 @@ impl PrometheusSource {
                     source_name: NAME,
                     after: self.timeout,
                 },
-                Some(r) if r.is_connect() => unreachable(format!("{}: {}", self.url, chain(r))),
+                Some(r) if r.is_connect() => {
+                    unreachable(format!("{}: {}", self.url, request_failure(r)))
+                }
                 Some(r) => match r.status() {
                     Some(s) if s.is_server_error() || s.as_u16() == 429 => {
                         unreachable(format!("{} answered HTTP {s}", self.url))
@@ -453,10 +461,10 @@ impl PrometheusSource {
                         query: query.to_string(),
                         message: format!(
                             "cannot read the answer ({}); native histograms are not supported, query the classic _bucket series",
-                            chain(r)
+                            request_failure(r)
                         ),
                     },
-                    None => unreachable(format!("{}: {}", self.url, chain(r))),
+                    None => unreachable(format!("{}: {}", self.url, request_failure(r))),
                 },
                 None => MetricsError::Query {
                     query: query.to_string(),

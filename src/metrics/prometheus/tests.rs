@@ -462,6 +462,12 @@ async fn unreachable_timeout_and_http_errors() {
         .unwrap_err();
     assert!(matches!(err, MetricsError::Unreachable { .. }), "{err:?}");
     assert!(err.is_transient());
+    // The cause, not reqwest's first line with the whole encoded query again.
+    let shown = err.to_string();
+    assert!(
+        shown.contains("onnect") && !shown.contains("query="),
+        "{shown}"
+    );
     assert!(source(format!("http://{addr}")).preflight().await.is_err());
 
     let slow = Fake::start(|_| Answer {
