@@ -26,7 +26,7 @@ use super::{Fetched, MetricsError, MetricsSource, RenderedQuery, Window};
 use crate::analysis::histogram::{Histogram, HistogramError};
 use crate::analysis::observation::{Counts, Observation, Segment};
 use crate::model::Arm;
-use crate::policy::{DataSpec, MetricConfig, PrometheusConfig, Secret, Template};
+use crate::policy::{DataSpec, MetricConfig, PrometheusConfig, Secret, Template, Variable};
 
 const NAME: &str = "prometheus";
 
@@ -36,7 +36,7 @@ pub struct PrometheusSource {
     client: Client,
     url: String,
     timeout: Duration,
-    variables: BTreeMap<String, String>,
+    variables: BTreeMap<String, Variable>,
     series_step: Option<Duration>,
 }
 
@@ -406,7 +406,10 @@ impl PrometheusSource {
         t.render(|name| match name {
             "arm" => Some(Cow::Borrowed(arm.as_str())),
             "window" => Some(Cow::Owned(range.clone())),
-            other => self.variables.get(other).map(|v| Cow::Owned(v.clone())),
+            other => self
+                .variables
+                .get(other)
+                .map(|v| Cow::Borrowed(v.value(arm))),
         })
         .map_err(|e| invalid(t.as_str(), e.to_string()))
     }

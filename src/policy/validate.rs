@@ -17,7 +17,7 @@ use super::raw::{
 use super::template::Template;
 use super::{
     BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout, Secret,
-    SourceConfig, TrafficConfig, Upstream,
+    SourceConfig, TrafficConfig, Upstream, Variable,
 };
 use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
@@ -421,7 +421,12 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
     {
         ctx.error(s.span(), "series_step must be positive");
     }
-    let variables = raw.variables.unwrap_or_default();
+    let mut variables = BTreeMap::new();
+    for (name, v) in raw.variables.unwrap_or_default() {
+        if let Some(var) = variable(ctx, &name, &v) {
+            variables.insert(name, var);
+        }
+    }
     for reserved in ["arm", "window"] {
         if variables.contains_key(reserved) {
             ctx.error(
@@ -439,6 +444,28 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
         ca_file: raw.ca_file.map(|f| PathBuf::from(f.into_inner())),
         series_step,
     })
+}
+
+/// A `[metrics.variables]` entry: a string, or `{ baseline = "..", canary = ".." }`.
+fn variable(ctx: &mut Ctx, name: &str, v: &Spanned<toml::Value>) -> Option<Variable> {
+    let text = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(str::to_string);
+    match v.get_ref() {
+        toml::Value::String(s) => return Some(Variable::Same(s.clone())),
+        toml::Value::Table(t) if t.len() == 2 => {
+            if let (Some(baseline), Some(canary)) = (text(t.get("baseline")), text(t.get("canary")))
+            {
+                return Some(Variable::PerArm { baseline, canary });
+            }
+        }
+        _ => {}
+    }
+    ctx.error(
+        v.span(),
+        format!(
+            "variable `{name}` must be a string or a table with two strings, e.g. {name} = {{ baseline = \"stable\", canary = \"canary\" }}"
+        ),
+    );
+    None
 }
 
 fn parse_metrics(
@@ -517,14 +544,20 @@ struct DataChoice {
 fn template(
     ctx: &mut Ctx,
     s: &Spanned<String>,
-    vars: &BTreeMap<String, String>,
+    vars: &BTreeMap<String, Variable>,
     needs_arm: bool,
 ) -> Option<Template> {
     match Template::parse(s.get_ref()) {
-        Ok(t) if needs_arm && !t.placeholders().contains(&"arm") => {
+        Ok(t)
+            if needs_arm
+                && !t
+                    .placeholders()
+                    .iter()
+                    .any(|p| *p == "arm" || vars.get(*p).is_some_and(Variable::is_per_arm)) =>
+        {
             ctx.error(
                 s.span(),
-                "query has no `{{arm}}`: both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
+                "query has no `{{arm}}` (nor a per-arm variable): both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
             );
             None
         }

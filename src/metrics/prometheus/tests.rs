@@ -219,7 +219,16 @@ fn config(url: String) -> PrometheusConfig {
         timeout: Duration::from_secs(2),
         token: None,
         headers: Vec::new(),
-        variables: BTreeMap::from([("job".to_string(), "api".to_string())]),
+        variables: BTreeMap::from([
+            ("job".to_string(), Variable::Same("api".to_string())),
+            (
+                "deployment".to_string(),
+                Variable::PerArm {
+                    baseline: "checkout-stable".to_string(),
+                    canary: "checkout-v2".to_string(),
+                },
+            ),
+        ]),
         ca_file: None,
         series_step: None,
     }
@@ -770,7 +779,7 @@ fn the_example_policy_validates_and_queries_need_the_arm() {
     let SourceConfig::Prometheus(p) = &policy.source else {
         panic!("{:?}", policy.source)
     };
-    assert_eq!(p.variables["job"], "coalmine-demo");
+    assert_eq!(p.variables["job"], Variable::Same("coalmine-demo".into()));
     let shapes: Vec<Shape> = policy.metrics.iter().map(|m| m.shape).collect();
     assert_eq!(shapes, vec![Shape::Counts, Shape::Histogram, Shape::Scalar]);
     PrometheusSource::new(p).unwrap();
@@ -785,4 +794,60 @@ fn the_example_policy_validates_and_queries_need_the_arm() {
         .to_string();
     assert!(err.contains("query has no `{{arm}}`"), "{err}");
     assert_eq!(err.matches("p.toml:").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn per_arm_variables_render_each_arms_value() {
+    let fake = Fake::start(buckets(1.0)).await;
+    let m = metric(
+        DataSpec::Histogram(t(
+            r#"sum by (le) (increase(lat_bucket{job="{{job}}",deployment="{{deployment}}"}[{{window}}]))"#,
+        )),
+        Shape::Histogram,
+    );
+    let f = source(fake.url()).fetch(&m, &window()).await.unwrap();
+    let q: Vec<&str> = f.queries.iter().map(|q| q.query.as_str()).collect();
+    assert_eq!(
+        q,
+        vec![
+            r#"sum by (le) (increase(lat_bucket{job="api",deployment="checkout-stable"}[15s]))"#,
+            r#"sum by (le) (increase(lat_bucket{job="api",deployment="checkout-v2"}[15s]))"#,
+        ]
+    );
+}
+
+#[test]
+fn per_arm_variables_in_policies() {
+    let text = include_str!("../../../policies/prometheus-demo.toml");
+    // A per-arm variable tells the arms apart on its own, without {{arm}}.
+    let per_arm = text
+        .replace(
+            r#"job = "coalmine-demo" "#,
+            r#"job = "coalmine-demo"
+deploy = { baseline = "baseline", canary = "canary" } "#,
+        )
+        .replace(r#"track="{{arm}}""#, r#"track="{{deploy}}""#);
+    assert!(per_arm.contains("deploy = {") && !per_arm.contains("{{arm}}"));
+    let policy = crate::policy::parse(&per_arm, "p.toml").unwrap();
+    let SourceConfig::Prometheus(p) = &policy.source else {
+        panic!()
+    };
+    assert_eq!(p.variables["deploy"].value(Arm::Canary), "canary");
+    for bad in [
+        r#"deploy = { baseline = "a" }"#,
+        r#"deploy = { baseline = "a", canary = 2 }"#,
+        "deploy = 3",
+    ] {
+        let text = text.replace(
+            r#"job = "coalmine-demo" "#,
+            &format!("job = \"x\"\n{bad}\n"),
+        );
+        let err = crate::policy::parse(&text, "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("variable `deploy` must be a string or a table"),
+            "{bad}: {err}"
+        );
+    }
 }
