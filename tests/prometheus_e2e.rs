@@ -584,6 +584,53 @@ fn prometheus_restarted_in_time_lets_the_rollout_finish() {
 }
 
 #[test]
+fn validate_preflight_evaluates_every_query() {
+    let Some(bin) = require_prometheus("preflight") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let services = start_services("healthy", proxy);
+    let prom = Prometheus::start(bin, &[services.baseline, services.canary]);
+    let path = policy(dir.path(), proxy, &services, &prom, &LIMITS);
+    let validate = |path: &Path| {
+        Command::new(BIN)
+            .args(["validate", "--preflight"])
+            .arg(path)
+            .env("COALMINE_E2E_TOKEN", "e2e-secret")
+            .output()
+            .expect("run coalmine")
+    };
+    let out = validate(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in ["errors", "latency", "error-ceiling"] {
+        assert!(
+            stdout.contains(&format!("metric `{m}`: queries ok")),
+            "{stdout}"
+        );
+    }
+    // A PromQL syntax error shows Prometheus's message and the rendered query before any
+    // traffic moves.
+    let text = std::fs::read_to_string(&path).expect("policy");
+    std::fs::write(&path, text.replace("sum by (le) (", "sum by (le) ((")).expect("policy");
+    let out = validate(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("metric `latency`: query rejected: Prometheus says bad_data")
+            && stderr.contains("parse error")
+            && stderr.contains("track=\"baseline\""),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_token_is_a_setup_error() {
     // Needs no Prometheus: the token is read before anything is contacted.
     let dir = tempfile::tempdir().expect("temp dir");
