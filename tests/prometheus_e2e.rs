@@ -146,10 +146,20 @@ struct Prometheus {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     proc: Option<Proc>,
+    /// `--web.config.file` (TLS), if any.
+    web_config: Option<PathBuf>,
 }
 
 impl Prometheus {
     fn start(bin: PathBuf, targets: &[SocketAddr]) -> Prometheus {
+        let mut p = Prometheus::new(bin, targets);
+        p.spawn();
+        p.wait_scraped(Duration::from_secs(30));
+        p
+    }
+
+    /// Configured, not started.
+    fn new(bin: PathBuf, targets: &[SocketAddr]) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir");
         let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         std::fs::write(
@@ -162,15 +172,13 @@ impl Prometheus {
         )
         .expect("write prometheus.yml");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut p = Prometheus {
+        Prometheus {
             bin,
             dir,
             addr,
             proc: None,
-        };
-        p.spawn();
-        p.wait_scraped(Duration::from_secs(30));
-        p
+            web_config: None,
+        }
     }
 
     fn spawn(&mut self) {
@@ -188,6 +196,11 @@ impl Prometheus {
                 ))
                 .arg(format!("--storage.tsdb.path={}", d.join("data").display()))
                 .arg(format!("--web.listen-address={}", self.addr))
+                .args(
+                    self.web_config
+                        .iter()
+                        .map(|w| format!("--web.config.file={}", w.display())),
+                )
                 .stdout(Stdio::null())
                 .stderr(log),
         ));
@@ -221,7 +234,12 @@ impl Prometheus {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.web_config.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -583,6 +601,16 @@ fn prometheus_restarted_in_time_lets_the_rollout_finish() {
     );
 }
 
+/// `coalmine validate --preflight PATH` with the policy's token set.
+fn validate_preflight(path: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["validate", "--preflight"])
+        .arg(path)
+        .env("COALMINE_E2E_TOKEN", "e2e-secret")
+        .output()
+        .expect("run coalmine")
+}
+
 #[test]
 fn validate_preflight_evaluates_every_query() {
     let Some(bin) = require_prometheus("preflight") else {
@@ -593,15 +621,7 @@ fn validate_preflight_evaluates_every_query() {
     let services = start_services("healthy", proxy);
     let prom = Prometheus::start(bin, &[services.baseline, services.canary]);
     let path = policy(dir.path(), proxy, &services, &prom, &LIMITS);
-    let validate = |path: &Path| {
-        Command::new(BIN)
-            .args(["validate", "--preflight"])
-            .arg(path)
-            .env("COALMINE_E2E_TOKEN", "e2e-secret")
-            .output()
-            .expect("run coalmine")
-    };
-    let out = validate(&path);
+    let out = validate_preflight(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -619,13 +639,97 @@ fn validate_preflight_evaluates_every_query() {
     // traffic moves.
     let text = std::fs::read_to_string(&path).expect("policy");
     std::fs::write(&path, text.replace("sum by (le) (", "sum by (le) ((")).expect("policy");
-    let out = validate(&path);
+    let out = validate_preflight(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("metric `latency`: query rejected: Prometheus says bad_data")
             && stderr.contains("parse error")
             && stderr.contains("track=\"baseline\""),
+        "{stderr}"
+    );
+}
+
+/// Writes a private CA and a server certificate for 127.0.0.1 signed by it; returns the
+/// paths of the CA certificate, the server certificate and its key.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    (paths.0, paths.1, paths.2)
+}
+
+#[test]
+fn tls_with_a_private_ca_file() {
+    let Some(bin) = require_prometheus("tls") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = private_ca(dir.path());
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("write web config");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let services = start_services("healthy", proxy);
+    let mut prom = Prometheus::new(bin, &[services.baseline, services.canary]);
+    prom.web_config = Some(web);
+    prom.spawn();
+    let plain = policy(dir.path(), proxy, &services, &prom, &LIMITS);
+    assert!(prom.url().starts_with("https://"));
+    let text = std::fs::read_to_string(&plain).expect("policy");
+    let with_ca = dir.path().join("with-ca.toml");
+    std::fs::write(
+        &with_ca,
+        text.replace(
+            "timeout = \"1s\"",
+            &format!("timeout = \"1s\"\nca_file = \"{}\"", ca.display()),
+        ),
+    )
+    .expect("policy");
+    // Prometheus needs a moment to listen; then the CA makes the difference.
+    let start = Instant::now();
+    let ok = loop {
+        let out = validate_preflight(&with_ca);
+        if out.status.success() || start.elapsed() > Duration::from_secs(20) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("metric `errors`: queries ok"), "{stdout}");
+    let out = validate_preflight(&plain);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("certificate"),
         "{stderr}"
     );
 }
