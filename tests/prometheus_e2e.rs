@@ -767,3 +767,31 @@ fn missing_token_is_a_setup_error() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("preflight: metrics"), "{err}");
 }
+
+#[test]
+fn prometheus_down_at_start_moves_no_traffic() {
+    // Needs no Prometheus: nothing listens on the policy's URL.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("p.toml");
+    let nothing = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = include_str!("../policies/prometheus-demo.toml")
+        .replace("http://127.0.0.1:9090", &format!("http://{nothing}"))
+        .replace("127.0.0.1:18080", "127.0.0.1:0");
+    std::fs::write(&path, text).expect("write policy");
+    let decisions = dir.path().join("d.jsonl");
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&path)
+        .arg("--decisions")
+        .arg(&decisions)
+        .output()
+        .expect("run coalmine");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("metrics source not ready, no traffic was moved")
+            && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(!decisions.exists(), "a rollout started");
+}
