@@ -851,3 +851,13 @@ deploy = { baseline = "baseline", canary = "canary" } "#,
         );
     }
 }
+
+#[tokio::test]
+async fn a_url_path_prefix_is_kept() {
+    let fake = Fake::start(|_| ok(&one("1"))).await;
+    source(format!("{}/prometheus", fake.url()))
+        .preflight()
+        .await
+        .unwrap();
+    assert_eq!(fake.seen()[0].path, "/prometheus/api/v1/query");
+}
