@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod demo;
+pub mod demo_services;
 pub mod judge;
 pub mod progress;
 pub mod run;
@@ -41,6 +42,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the embedded default: in-process services, the built-in proxy, load, one rollout.
     Demo(demo::DemoArgs),
+    /// Serve the demo's baseline and canary (with `/metrics`) and send load to a proxy
+    /// address, until Ctrl-C: for trying `coalmine run` with a real Prometheus.
+    DemoServices(demo_services::DemoServicesArgs),
     /// Run one rollout of a policy in the foreground.
     Run(run::RunArgs),
     /// Check policies; print `path:line:col: message` for every problem.
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> u8 {
     runtime.block_on(async move {
         match cli.command {
             Command::Demo(a) => demo::main(a).await,
+            Command::DemoServices(a) => demo_services::main(a).await,
             Command::Run(a) => run::main(a).await,
             Command::Validate(a) => validate::main(a).await,
             Command::Judge(_) => EXIT_OK,

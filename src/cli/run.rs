@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use super::progress::{Progress, summary};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::{RunOptions, RunReport, run};
-use crate::metrics;
+use crate::metrics::{self, MetricsSource};
 use crate::policy::{self, Policy};
 use crate::traffic;
 
@@ -158,6 +158,15 @@ pub(crate) async fn main(args: RunArgs) -> u8 {
         Ok(x) => x,
         Err(code) => return code,
     };
+    // Never send traffic to a canary that nobody can watch: the metrics source must answer
+    // before the first step (a source that fails later holds and rolls back by policy).
+    if let Err(e) = source.preflight().await {
+        eprintln!("error: metrics source not ready, no traffic was moved: {e}");
+        if let Some(p) = built.proxy {
+            p.shutdown().await;
+        }
+        return EXIT_FAILURE;
+    }
     let how = Presentation {
         decisions: args.output.decisions,
         json: args.output.json,

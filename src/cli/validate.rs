@@ -58,6 +58,55 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
     code
 }
 
+/// Fetches every metric once over the last analysis interval, so query errors (PromQL
+/// syntax, unaggregated series, histograms without `le`) show before a rollout. Missing
+/// data is only reported: the canary may not be deployed yet.
+async fn check_queries(
+    policy: &crate::policy::Policy,
+    source: &metrics::AnySource,
+    path: &std::path::Path,
+) -> bool {
+    let end = std::time::SystemTime::now();
+    let window = metrics::Window {
+        seq: 0,
+        start: end - policy.rollout.analysis_interval,
+        end,
+        weight: crate::model::Weight::ZERO,
+    };
+    let mut ok = true;
+    for m in &policy.metrics {
+        match source.fetch(m, &window).await {
+            Ok(f) => {
+                let data = |o: &crate::analysis::Observation| {
+                    if matches!(o, crate::analysis::Observation::Missing) {
+                        "no data now"
+                    } else {
+                        "data"
+                    }
+                };
+                let arms = f.segments.last().map_or_else(
+                    || "no data now".to_string(),
+                    |s| match m.shape {
+                        // Scalars are judged on the canary alone.
+                        crate::analysis::Shape::Scalar => format!("canary {}", data(&s.canary)),
+                        _ => format!("baseline {}, canary {}", data(&s.baseline), data(&s.canary)),
+                    },
+                );
+                println!(
+                    "{}: preflight: metric `{}`: queries ok ({arms})",
+                    path.display(),
+                    m.name
+                );
+            }
+            Err(e) => {
+                eprintln!("{}: preflight: metric `{}`: {e}", path.display(), m.name);
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
 async fn preflight(policy: &crate::policy::Policy, path: &std::path::Path) -> bool {
     let mut ok = true;
     let built = match traffic::build(&policy.traffic).await {
@@ -76,6 +125,8 @@ async fn preflight(policy: &crate::policy::Policy, path: &std::path::Path) -> bo
             if let Err(e) = s.preflight().await {
                 eprintln!("{}: preflight: metrics: {e}", path.display());
                 ok = false;
+            } else {
+                ok &= check_queries(policy, &s, path).await;
             }
         }
         Err(e) => {

@@ -8,6 +8,8 @@ pub mod runner;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sources;
 
 pub use machine::{Command, Decision, Event, Phase, Reason, step};
 pub use record::Record;

@@ -18,6 +18,7 @@ use crate::policy::MetricConfig;
 pub mod builtin;
 pub mod haproxy;
 pub mod mock;
+pub mod prometheus;
 
 use crate::policy::SourceConfig;
 use crate::traffic::proxy::ProxyHandle;
@@ -106,6 +107,14 @@ pub enum MetricsError {
         /// The limit.
         after: Duration,
     },
+    /// The source cannot be set up (missing token, unreadable CA file, malformed header).
+    #[error("source `{source_name}`: {message}")]
+    Setup {
+        /// Source name.
+        source_name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The source cannot produce this metric at all (a configuration problem).
     #[error("source `{source_name}` cannot serve metric `{metric}`: {message}")]
     Unsupported {
@@ -137,6 +146,7 @@ impl MetricsError {
             MetricsError::Ambiguous { .. } => "ambiguous",
             MetricsError::Invalid { .. } => "invalid",
             MetricsError::Timeout { .. } => "timeout",
+            MetricsError::Setup { .. } => "setup",
             MetricsError::Unsupported { .. } => "unsupported",
         }
     }
@@ -167,6 +177,8 @@ pub enum AnySource {
     Builtin(builtin::BuiltinSource),
     /// HAProxy's per-server counters.
     Haproxy(haproxy::HaproxySource),
+    /// A Prometheus-compatible HTTP API.
+    Prometheus(prometheus::PrometheusSource),
 }
 
 impl MetricsSource for AnySource {
@@ -174,6 +186,7 @@ impl MetricsSource for AnySource {
         match self {
             AnySource::Builtin(s) => s.name(),
             AnySource::Haproxy(s) => s.name(),
+            AnySource::Prometheus(s) => s.name(),
         }
     }
 
@@ -181,6 +194,7 @@ impl MetricsSource for AnySource {
         match self {
             AnySource::Builtin(s) => s.fetch(metric, window).await,
             AnySource::Haproxy(s) => s.fetch(metric, window).await,
+            AnySource::Prometheus(s) => s.fetch(metric, window).await,
         }
     }
 
@@ -188,14 +202,17 @@ impl MetricsSource for AnySource {
         match self {
             AnySource::Builtin(s) => s.preflight().await,
             AnySource::Haproxy(s) => s.preflight().await,
+            AnySource::Prometheus(s) => s.preflight().await,
         }
     }
 }
 
-/// Builds the source a policy names. The builtin source needs the running built-in proxy.
+/// Builds the source a policy names. The builtin source needs the running built-in proxy;
+/// the Prometheus source reads its bearer token and CA file here.
 ///
 /// # Errors
-/// [`MetricsError::Unsupported`] when the builtin source has no proxy to read.
+/// [`MetricsError::Unsupported`] when the builtin source has no proxy to read;
+/// [`MetricsError::Setup`] when the Prometheus client cannot be set up.
 pub fn build(cfg: &SourceConfig, proxy: Option<&ProxyHandle>) -> Result<AnySource, MetricsError> {
     match cfg {
         SourceConfig::Builtin => match proxy {
@@ -209,10 +226,8 @@ pub fn build(cfg: &SourceConfig, proxy: Option<&ProxyHandle>) -> Result<AnySourc
             }),
         },
         SourceConfig::Haproxy(c) => Ok(AnySource::Haproxy(haproxy::HaproxySource::new(c))),
-        SourceConfig::Prometheus(_) => Err(MetricsError::Unsupported {
-            source_name: "prometheus",
-            metric: "*".to_string(),
-            message: "not available yet".to_string(),
-        }),
+        SourceConfig::Prometheus(c) => {
+            prometheus::PrometheusSource::new(c).map(AnySource::Prometheus)
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::analysis::JudgeSpec;
 use crate::analysis::observation::Shape;
-use crate::model::Weight;
+use crate::model::{Arm, Weight};
 
 pub mod diag;
 mod providers;
@@ -284,6 +284,39 @@ pub enum Secret {
     File(PathBuf),
 }
 
+/// A query template variable (`[metrics.variables]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Variable {
+    /// The same value for both arms, e.g. a job or namespace.
+    Same(String),
+    /// One value per arm, e.g. each arm's deployment label when it is not literally
+    /// `baseline`/`canary`.
+    PerArm {
+        /// The baseline's value.
+        baseline: String,
+        /// The canary's value.
+        canary: String,
+    },
+}
+
+impl Variable {
+    /// The value for `arm`.
+    #[must_use]
+    pub fn value(&self, arm: Arm) -> &str {
+        match (self, arm) {
+            (Variable::Same(v), _) => v,
+            (Variable::PerArm { baseline, .. }, Arm::Baseline) => baseline,
+            (Variable::PerArm { canary, .. }, Arm::Canary) => canary,
+        }
+    }
+
+    /// Whether the value differs by arm.
+    #[must_use]
+    pub fn is_per_arm(&self) -> bool {
+        matches!(self, Variable::PerArm { .. })
+    }
+}
+
 /// `[metrics] type = "prometheus"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrometheusConfig {
@@ -296,10 +329,11 @@ pub struct PrometheusConfig {
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
     /// Variables for query templates.
-    pub variables: BTreeMap<String, String>,
+    pub variables: BTreeMap<String, Variable>,
     /// Extra CA certificate (PEM) for TLS.
     pub ca_file: Option<PathBuf>,
-    /// Resolution of range queries for `series` metrics (default: the analysis interval).
+    /// Resolution of range queries for `series` metrics (default: the window's length,
+    /// about the analysis interval).
     pub series_step: Option<Duration>,
 }
 

@@ -230,7 +230,8 @@ pub(crate) struct RawPrometheus {
     pub token_file: Option<Spanned<String>>,
     pub token: Option<Spanned<toml::Value>>,
     pub headers: Option<BTreeMap<String, String>>,
-    pub variables: Option<BTreeMap<String, String>>,
+    /// A string, or a table `{ baseline = "..", canary = ".." }` (checked in validate).
+    pub variables: Option<BTreeMap<String, Spanned<toml::Value>>>,
     pub ca_file: Option<Spanned<String>>,
     pub series_step: Option<Spanned<Dur>>,
 }

@@ -19,7 +19,7 @@ use super::raw::{
 use super::template::Template;
 use super::{
     BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout,
-    SourceConfig, TrafficConfig, Upstream,
+    SourceConfig, TrafficConfig, Upstream, Variable,
 };
 use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
@@ -520,7 +520,12 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
     {
         ctx.error(s.span(), "series_step must be positive");
     }
-    let variables = raw.variables.unwrap_or_default();
+    let mut variables = BTreeMap::new();
+    for (name, v) in raw.variables.unwrap_or_default() {
+        if let Some(var) = variable(ctx, &name, &v) {
+            variables.insert(name, var);
+        }
+    }
     for reserved in ["arm", "window"] {
         if variables.contains_key(reserved) {
             ctx.error(
@@ -540,6 +545,28 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
         ca_file: raw.ca_file.map(|f| PathBuf::from(f.into_inner())),
         series_step,
     })
+}
+
+/// A `[metrics.variables]` entry: a string, or `{ baseline = "..", canary = ".." }`.
+fn variable(ctx: &mut Ctx, name: &str, v: &Spanned<toml::Value>) -> Option<Variable> {
+    let text = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(str::to_string);
+    match v.get_ref() {
+        toml::Value::String(s) => return Some(Variable::Same(s.clone())),
+        toml::Value::Table(t) if t.len() == 2 => {
+            if let (Some(baseline), Some(canary)) = (text(t.get("baseline")), text(t.get("canary")))
+            {
+                return Some(Variable::PerArm { baseline, canary });
+            }
+        }
+        _ => {}
+    }
+    ctx.error(
+        v.span(),
+        format!(
+            "variable `{name}` must be a string or a table with two strings, e.g. {name} = {{ baseline = \"stable\", canary = \"canary\" }}"
+        ),
+    );
+    None
 }
 
 fn parse_metrics(
@@ -618,9 +645,23 @@ struct DataChoice {
 fn template(
     ctx: &mut Ctx,
     s: &Spanned<String>,
-    vars: &BTreeMap<String, String>,
+    vars: &BTreeMap<String, Variable>,
+    needs_arm: bool,
 ) -> Option<Template> {
     match Template::parse(s.get_ref()) {
+        Ok(t)
+            if needs_arm
+                && !t
+                    .placeholders()
+                    .iter()
+                    .any(|p| *p == "arm" || vars.get(*p).is_some_and(Variable::is_per_arm)) =>
+        {
+            ctx.error(
+                s.span(),
+                "query has no `{{arm}}` (nor a per-arm variable): both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
+            );
+            None
+        }
         Ok(t) => {
             let unknown: Vec<&str> = t
                 .placeholders()
@@ -746,8 +787,8 @@ fn parse_data(
                 return None;
             }
             if let (Some(e), Some(t)) = (&c.events, &c.trials) {
-                let e = template(ctx, e, vars);
-                let t = template(ctx, t, vars);
+                let e = template(ctx, e, vars, true);
+                let t = template(ctx, t, vars, true);
                 return Some(DataChoice {
                     data: DataSpec::Counts {
                         events: e?,
@@ -757,7 +798,8 @@ fn parse_data(
                 });
             }
             let (k, v) = queries[0];
-            let t = template(ctx, v, vars)?;
+            // A scalar is judged on the canary alone; every other shape compares the arms.
+            let t = template(ctx, v, vars, k != "query")?;
             let (data, shape) = match k {
                 "histogram" => (DataSpec::Histogram(t), Shape::Histogram),
                 "series" => (DataSpec::Series(t), Shape::Series),

@@ -1,0 +1,72 @@
+//! `coalmine demo-services`: the demo's baseline and canary services on their own, with a
+//! load generator, so a real Prometheus can scrape them while `coalmine run` drives a
+//! rollout through its built-in proxy (see `policies/prometheus-demo.toml`).
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+use super::{EXIT_FAILURE, EXIT_OK};
+use crate::demo::{Scenario, behaviours, load::Load, service::Service};
+
+/// Arguments of `coalmine demo-services`.
+#[derive(Debug, Args)]
+pub struct DemoServicesArgs {
+    /// What the canary does wrong.
+    #[arg(long, value_enum, default_value_t = Scenario::Healthy)]
+    pub scenario: Scenario,
+    /// Address of the baseline service (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:18081")]
+    pub baseline: SocketAddr,
+    /// Address of the canary service (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:18082")]
+    pub canary: SocketAddr,
+    /// Send load to this address: the built-in proxy of `coalmine run` (its `listen`).
+    /// Requests fail, and are counted, while nothing listens there.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18080")]
+    pub load_to: SocketAddr,
+    /// Requests per second sent to `--load-to` (0: no load).
+    #[arg(long, default_value_t = 400)]
+    pub rps: u32,
+    /// Seed for the services' errors and latencies.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Runs `coalmine demo-services` until Ctrl-C or SIGTERM.
+pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
+    let (b, c) = behaviours(args.scenario, args.seed);
+    let (baseline, canary) = match (
+        Service::start(args.baseline, b).await,
+        Service::start(args.canary, c).await,
+    ) {
+        (Ok(b), Ok(c)) => (b, c),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot start demo services: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    // Machine-readable lines on stdout (tests and scripts read them), the rest on stderr.
+    println!("baseline http://{}", baseline.addr());
+    println!("canary http://{}", canary.addr());
+    println!("load http://{} {} req/s", args.load_to, args.rps);
+    eprintln!(
+        "coalmine demo-services: scenario {:?}; metrics at http://{}/metrics and http://{}/metrics; Ctrl-C stops",
+        args.scenario,
+        baseline.addr(),
+        canary.addr()
+    );
+    let load = (args.rps > 0).then(|| Load::start(args.load_to, args.rps, 512));
+    let mut stop = super::run::abort_on_signal();
+    let _ = stop.changed().await;
+    if let Some(load) = load {
+        let s = load.stop().await;
+        eprintln!(
+            "load: {} sent, {} ok, {} 5xx, {} failed, {} skipped",
+            s.sent, s.ok, s.server_errors, s.failed, s.skipped
+        );
+    }
+    baseline.stop();
+    canary.stop();
+    EXIT_OK
+}

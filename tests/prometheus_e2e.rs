@@ -1,0 +1,802 @@
+//! End to end against a real Prometheus (Debian's `prometheus` package): the test starts the
+//! demo services (`coalmine demo-services`, sending load to the rollout's proxy port),
+//! Prometheus on a free loopback port scraping them every second, and `coalmine run` on a
+//! generated policy, then checks exit codes and decision records.
+//!
+//! Without a `prometheus` binary these tests fail under `CI=true` and print a loud skip
+//! otherwise.
+
+// Real processes on the wall clock: tokio's pausable time has nothing to pause here, and the
+// harness is plain blocking code.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
+
+fn prometheus_binary() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join("prometheus"))
+        .find(|p| p.is_file())
+}
+
+/// The Prometheus binary, `None` to skip (never under CI, where a missing one fails).
+fn require_prometheus(test: &str) -> Option<PathBuf> {
+    if let Some(p) = prometheus_binary() {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !ci,
+        "{test}: no `prometheus` binary on PATH or in /usr/bin, /usr/sbin; CI must install it \
+         (apt-get install prometheus; scripts/test does)"
+    );
+    eprintln!(
+        "\n************************************************************\n\
+         SKIPPED {test}: no `prometheus` binary (apt-get install prometheus)\n\
+         ************************************************************\n"
+    );
+    None
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A plain HTTP/1.0 GET: `(status, body)`, `None` when nothing answers.
+fn http_get(addr: SocketAddr, path_and_query: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+/// The demo services, started with `coalmine demo-services`.
+struct Services {
+    _proc: Proc,
+    baseline: SocketAddr,
+    canary: SocketAddr,
+}
+
+fn start_services(scenario: &str, load_to: SocketAddr) -> Services {
+    let mut proc = Proc::spawn(
+        Command::new(BIN)
+            .args(["demo-services", "--scenario", scenario])
+            .args(["--baseline", "127.0.0.1:0", "--canary", "127.0.0.1:0"])
+            .args(["--load-to", &load_to.to_string(), "--rps", "250"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = proc.child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = |arm: &str| -> SocketAddr {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("demo-services printed no {arm} address: {e}"));
+        line.strip_prefix(&format!("{arm} http://"))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line from demo-services: {line}"))
+    };
+    let baseline = addr("baseline");
+    let canary = addr("canary");
+    Services {
+        _proc: proc,
+        baseline,
+        canary,
+    }
+}
+
+/// A Prometheus server on a free loopback port with its own config and storage.
+struct Prometheus {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    proc: Option<Proc>,
+    /// `--web.config.file` (TLS), if any.
+    web_config: Option<PathBuf>,
+}
+
+impl Prometheus {
+    fn start(bin: PathBuf, targets: &[SocketAddr]) -> Prometheus {
+        let mut p = Prometheus::new(bin, targets);
+        p.spawn();
+        p.wait_scraped(Duration::from_secs(30));
+        p
+    }
+
+    /// Configured, not started.
+    fn new(bin: PathBuf, targets: &[SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: demo\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .expect("write prometheus.yml");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Prometheus {
+            bin,
+            dir,
+            addr,
+            proc: None,
+            web_config: None,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("prometheus.log"))
+            .expect("prometheus log");
+        self.proc = Some(Proc::spawn(
+            Command::new(&self.bin)
+                .arg(format!(
+                    "--config.file={}",
+                    d.join("prometheus.yml").display()
+                ))
+                .arg(format!("--storage.tsdb.path={}", d.join("data").display()))
+                .arg(format!("--web.listen-address={}", self.addr))
+                .args(
+                    self.web_config
+                        .iter()
+                        .map(|w| format!("--web.config.file={}", w.display())),
+                )
+                .stdout(Stdio::null())
+                .stderr(log),
+        ));
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Waits until both targets have been scraped at least twice, so `increase()` has data.
+    fn wait_scraped(&self, limit: Duration) {
+        let start = Instant::now();
+        let q = "/api/v1/query?query=count(count_over_time(up%5B5s%5D)%20%3E%3D%202)";
+        while start.elapsed() < limit {
+            if let Some((200, body)) = http_get(self.addr, q)
+                && body.contains(r#""value":["#)
+                && body.contains(r#","2"]"#)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let log =
+            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
+        panic!(
+            "prometheus on {} did not scrape both targets within {limit:?}; log:\n{log}",
+            self.addr
+        );
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.web_config.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// Limits of a generated policy.
+struct Limits {
+    error_limit: u32,
+    no_data_limit: &'static str,
+}
+
+const LIMITS: Limits = Limits {
+    error_limit: 3,
+    no_data_limit: "20s",
+};
+
+fn policy(dir: &Path, proxy: SocketAddr, s: &Services, prom: &Prometheus, l: &Limits) -> PathBuf {
+    let text = format!(
+        r#"name = "e2e"
+alpha = 0.005
+
+[rollout]
+steps = [10, 50, 100]
+step_duration = "6s"
+analysis_interval = "2s"
+min_requests = 30
+deadline = "50s"
+on_no_data = "rollback"
+no_data_limit = "{ndl}"
+error_limit = {el}
+
+[traffic]
+type = "proxy"
+listen = "{proxy}"
+baseline = "http://{b}"
+canary = "http://{c}"
+
+[metrics]
+type = "prometheus"
+url = "{url}"
+timeout = "3s"
+token_env = "COALMINE_E2E_TOKEN"
+
+[metrics.headers]
+X-Coalmine-Test = "e2e"
+
+[metrics.variables]
+job = "demo"
+
+[[metric]]
+name = "errors"
+events = 'sum(increase(coalmine_demo_requests_total{{job="{{{{job}}}}",track="{{{{arm}}}}",code=~"5.."}}[{{{{window}}}}])) or vector(0)'
+trials = 'sum(increase(coalmine_demo_requests_total{{job="{{{{job}}}}",track="{{{{arm}}}}"}}[{{{{window}}}}]))'
+
+[[metric]]
+name = "latency"
+histogram = 'sum by (le) (increase(coalmine_demo_request_duration_seconds_bucket{{job="{{{{job}}}}",track="{{{{arm}}}}"}}[{{{{window}}}}]))'
+allowed_ratio = 1.1
+
+[[metric]]
+name = "error-ceiling"
+judge = "threshold"
+query = '(sum(rate(coalmine_demo_requests_total{{track="{{{{arm}}}}",code=~"5.."}}[{{{{window}}}}])) or vector(0)) / sum(rate(coalmine_demo_requests_total{{track="{{{{arm}}}}"}}[{{{{window}}}}]))'
+max = 0.5
+"#,
+        ndl = l.no_data_limit,
+        el = l.error_limit,
+        b = s.baseline,
+        c = s.canary,
+        url = prom.url(),
+    );
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).expect("write policy");
+    path
+}
+
+/// A running `coalmine run`.
+struct Run {
+    proc: Proc,
+    decisions: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Run {
+    fn start(dir: &Path, policy: &Path) -> Run {
+        let decisions = dir.join("decisions.jsonl");
+        let stderr = dir.join("run.stderr");
+        let proc = Proc::spawn(
+            Command::new(BIN)
+                .arg("run")
+                .arg(policy)
+                .arg("--decisions")
+                .arg(&decisions)
+                .env("COALMINE_E2E_TOKEN", "e2e-secret")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).expect("stderr file")),
+        );
+        Run {
+            proc,
+            decisions,
+            stderr,
+        }
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.decisions)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn ticks(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["kind"] == "tick")
+            .collect()
+    }
+
+    /// Waits for a tick in which every metric had data.
+    fn wait_for_data(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let with_data = self.ticks().iter().any(|t| {
+                t["metrics"].as_array().is_some_and(|ms| {
+                    ms.iter()
+                        .all(|m| m["outcome"].is_string() && m["outcome"] != "nodata")
+                })
+            });
+            if with_data {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no tick with data within {limit:?}\n{}", self.diagnostics());
+    }
+
+    /// Waits for the exit code.
+    fn finish(&mut self, limit: Duration) -> i32 {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.proc.kill();
+        panic!(
+            "coalmine run did not finish within {limit:?}\n{}",
+            self.diagnostics()
+        );
+    }
+
+    fn diagnostics(&self) -> String {
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!("--- coalmine run stderr ---\n{err}")
+    }
+
+    fn final_record(&self) -> Value {
+        self.records()
+            .into_iter()
+            .rfind(|r| r["kind"] == "final")
+            .unwrap_or_else(|| panic!("no final record\n{}", self.diagnostics()))
+    }
+}
+
+/// What happens to Prometheus during a rollout.
+#[derive(Clone, Copy)]
+enum Outage {
+    None,
+    /// Stopped once the rollout has had a tick with data.
+    Stop,
+    /// Stopped, then started again on the same port and storage after this long.
+    Restart(Duration),
+}
+
+/// A finished rollout, with everything it ran against (kept alive until the checks end).
+struct Finished {
+    run: Run,
+    code: i32,
+    /// Ticks recorded before Prometheus was stopped.
+    ticks_before_outage: usize,
+    _env: (tempfile::TempDir, Services, Prometheus),
+}
+
+/// Runs one rollout of the generated policy against `scenario`; `None` to skip.
+fn rollout(test: &str, scenario: &str, limits: &Limits, outage: Outage) -> Option<Finished> {
+    let bin = require_prometheus(test)?;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let services = start_services(scenario, proxy);
+    let mut prom = Prometheus::start(bin, &[services.baseline, services.canary]);
+    let policy = policy(dir.path(), proxy, &services, &prom, limits);
+    let ready = started.elapsed();
+    let mut run = Run::start(dir.path(), &policy);
+    let mut ticks_before_outage = usize::MAX;
+    if !matches!(outage, Outage::None) {
+        run.wait_for_data(Duration::from_secs(20));
+        ticks_before_outage = run.ticks().len();
+        prom.stop();
+    }
+    if let Outage::Restart(after) = outage {
+        std::thread::sleep(after);
+        prom.spawn();
+    }
+    let code = run.finish(Duration::from_secs(60));
+    if std::env::var_os("COALMINE_E2E_SHOW").is_some() {
+        eprintln!("{test}:\n{}", run.diagnostics());
+    }
+    if std::env::var_os("COALMINE_E2E_TIMES").is_some() {
+        eprintln!(
+            "{test}: ready after {ready:.1?}, finished after {:.1?}",
+            started.elapsed()
+        );
+    }
+    Some(Finished {
+        run,
+        code,
+        ticks_before_outage,
+        _env: (dir, services, prom),
+    })
+}
+
+fn decisions_of(ticks: &[Value]) -> Vec<String> {
+    ticks
+        .iter()
+        .map(|t| t["decision"]["action"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn healthy_canary_promotes_with_queries_recorded() {
+    let Some(f) = rollout("healthy", "healthy", &LIMITS, Outage::None) else {
+        return;
+    };
+    assert_eq!(f.code, 0, "expected a promotion\n{}", f.run.diagnostics());
+    assert_eq!(f.run.final_record()["next_phase"], "promoted");
+    let ticks = f.run.ticks();
+    // The first tick whose fetch succeeded (a slow machine may time out once).
+    let first = ticks
+        .iter()
+        .map(|t| &t["metrics"][0])
+        .find(|m| m["error"].is_null())
+        .expect("a tick with a successful fetch");
+    let queries: Vec<&str> = first["queries"]
+        .as_array()
+        .expect("queries")
+        .iter()
+        .filter_map(|q| q["query"].as_str())
+        .collect();
+    assert_eq!(queries.len(), 4, "{first}");
+    assert!(
+        queries[3].starts_with(
+            r#"sum(increase(coalmine_demo_requests_total{job="demo",track="canary"}["#
+        ),
+        "{queries:?}"
+    );
+    // Data came from Prometheus: requests were counted per arm.
+    let requests: f64 = ticks
+        .iter()
+        .filter_map(|t| t["requests"]["window"][1].as_f64())
+        .sum();
+    assert!(requests > 30.0, "canary requests {requests}");
+}
+
+fn assert_rolled_back_by(f: &Finished, metric: &str) {
+    assert_eq!(f.code, 1, "expected a rollback\n{}", f.run.diagnostics());
+    let reason = &f.run.final_record()["detail"];
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("metric `{metric}` failed"))),
+        "{reason}\n{}",
+        f.run.diagnostics()
+    );
+}
+
+#[test]
+fn erroring_canary_rolls_back_naming_the_metric() {
+    if let Some(f) = rollout("errors", "errors", &LIMITS, Outage::None) {
+        assert_rolled_back_by(&f, "errors");
+    }
+}
+
+#[test]
+fn slow_canary_rolls_back() {
+    if let Some(f) = rollout("latency", "latency", &LIMITS, Outage::None) {
+        assert_rolled_back_by(&f, "latency");
+    }
+}
+
+#[test]
+fn prometheus_stopped_holds_then_rolls_back_at_the_error_limit() {
+    let Some(f) = rollout("stopped", "healthy", &LIMITS, Outage::Stop) else {
+        return;
+    };
+    assert_eq!(f.code, 1, "expected a rollback\n{}", f.run.diagnostics());
+    let after = f.run.ticks().split_off(f.ticks_before_outage);
+    let actions = decisions_of(&after);
+    assert!(
+        actions.iter().all(|a| a == "hold" || a == "rollback"),
+        "advanced or promoted without Prometheus: {actions:?}"
+    );
+    assert_eq!(actions.last().map(String::as_str), Some("rollback"));
+    let last = after.last().expect("ticks after the stop");
+    assert_eq!(
+        last["decision"]["reason"]["cause"], "query-errors",
+        "{last}"
+    );
+    assert_eq!(last["decision"]["reason"]["ticks"], 3);
+    assert!(
+        last["metrics"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unreachable: ")),
+        "{last}"
+    );
+    assert!(
+        !f.run
+            .records()
+            .iter()
+            .any(|r| r["next_phase"] == "promoted"),
+        "promoted while Prometheus was down"
+    );
+}
+
+#[test]
+fn prometheus_stopped_rolls_back_at_the_no_data_limit_when_errors_are_tolerated() {
+    let limits = Limits {
+        error_limit: 0,
+        no_data_limit: "5s",
+    };
+    let Some(f) = rollout("no-data-limit", "healthy", &limits, Outage::Stop) else {
+        return;
+    };
+    assert_eq!(f.code, 1, "expected a rollback\n{}", f.run.diagnostics());
+    let fin = f.run.final_record();
+    let detail = fin["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.starts_with("no data for errors, latency, error-ceiling"),
+        "{fin}"
+    );
+}
+
+#[test]
+fn prometheus_restarted_in_time_lets_the_rollout_finish() {
+    let limits = Limits {
+        error_limit: 5,
+        no_data_limit: "20s",
+    };
+    let outage = Outage::Restart(Duration::from_millis(2500));
+    let Some(f) = rollout("restarted", "healthy", &limits, outage) else {
+        return;
+    };
+    assert_eq!(f.code, 0, "expected a promotion\n{}", f.run.diagnostics());
+    let errored = f
+        .run
+        .ticks()
+        .iter()
+        .filter(|t| t["metrics"][0]["error"].is_string())
+        .count();
+    assert!(
+        errored >= 1,
+        "the outage was not seen\n{}",
+        f.run.diagnostics()
+    );
+}
+
+/// `coalmine validate --preflight PATH` with the policy's token set.
+fn validate_preflight(path: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["validate", "--preflight"])
+        .arg(path)
+        .env("COALMINE_E2E_TOKEN", "e2e-secret")
+        .output()
+        .expect("run coalmine")
+}
+
+#[test]
+fn validate_preflight_evaluates_every_query() {
+    let Some(bin) = require_prometheus("preflight") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let services = start_services("healthy", proxy);
+    let prom = Prometheus::start(bin, &[services.baseline, services.canary]);
+    let path = policy(dir.path(), proxy, &services, &prom, &LIMITS);
+    let out = validate_preflight(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in ["errors", "latency", "error-ceiling"] {
+        assert!(
+            stdout.contains(&format!("metric `{m}`: queries ok")),
+            "{stdout}"
+        );
+    }
+    // A PromQL syntax error shows Prometheus's message and the rendered query before any
+    // traffic moves.
+    let text = std::fs::read_to_string(&path).expect("policy");
+    std::fs::write(&path, text.replace("sum by (le) (", "sum by (le) ((")).expect("policy");
+    let out = validate_preflight(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("metric `latency`: query rejected: Prometheus says bad_data")
+            && stderr.contains("parse error")
+            && stderr.contains("track=\"baseline\""),
+        "{stderr}"
+    );
+}
+
+/// Writes a private CA and a server certificate for 127.0.0.1 signed by it; returns the
+/// paths of the CA certificate, the server certificate and its key.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    (paths.0, paths.1, paths.2)
+}
+
+#[test]
+fn tls_with_a_private_ca_file() {
+    let Some(bin) = require_prometheus("tls") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = private_ca(dir.path());
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("write web config");
+    let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let services = start_services("healthy", proxy);
+    let mut prom = Prometheus::new(bin, &[services.baseline, services.canary]);
+    prom.web_config = Some(web);
+    prom.spawn();
+    let plain = policy(dir.path(), proxy, &services, &prom, &LIMITS);
+    assert!(prom.url().starts_with("https://"));
+    let text = std::fs::read_to_string(&plain).expect("policy");
+    let with_ca = dir.path().join("with-ca.toml");
+    std::fs::write(
+        &with_ca,
+        text.replace(
+            "timeout = \"3s\"",
+            &format!("timeout = \"3s\"\nca_file = \"{}\"", ca.display()),
+        ),
+    )
+    .expect("policy");
+    // Prometheus needs a moment to listen; then the CA makes the difference.
+    let start = Instant::now();
+    let ok = loop {
+        let out = validate_preflight(&with_ca);
+        if out.status.success() || start.elapsed() > Duration::from_secs(20) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("metric `errors`: queries ok"), "{stdout}");
+    let out = validate_preflight(&plain);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_token_is_a_setup_error() {
+    // Needs no Prometheus: the token is read before anything is contacted.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("p.toml");
+    let text = include_str!("../policies/prometheus-demo.toml")
+        .replace(
+            "timeout = \"5s\"",
+            "timeout = \"5s\"\ntoken_env = \"COALMINE_E2E_NO_SUCH_TOKEN\"",
+        )
+        .replace("127.0.0.1:18080", "127.0.0.1:0");
+    std::fs::write(&path, text).expect("write policy");
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&path)
+        .env_remove("COALMINE_E2E_NO_SUCH_TOKEN")
+        .output()
+        .expect("run coalmine");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("`COALMINE_E2E_NO_SUCH_TOKEN` is not set"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["validate", "--preflight"])
+        .arg(&path)
+        .output()
+        .expect("run coalmine");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("preflight: metrics"), "{err}");
+}
+
+#[test]
+fn prometheus_down_at_start_moves_no_traffic() {
+    // Needs no Prometheus: nothing listens on the policy's URL.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("p.toml");
+    let nothing = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = include_str!("../policies/prometheus-demo.toml")
+        .replace("http://127.0.0.1:9090", &format!("http://{nothing}"))
+        .replace("127.0.0.1:18080", "127.0.0.1:0");
+    std::fs::write(&path, text).expect("write policy");
+    let decisions = dir.path().join("d.jsonl");
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&path)
+        .arg("--decisions")
+        .arg(&decisions)
+        .output()
+        .expect("run coalmine");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("metrics source not ready, no traffic was moved")
+            && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(!decisions.exists(), "a rollout started");
+}
