@@ -31,6 +31,11 @@ fn invalid_fixtures_report_every_problem() {
             Ok(_) => panic!("{name} should be invalid"),
             Err(d) => d.to_string(),
         };
+        // COALMINE_BLESS=1 rewrites the expected files; review them with `git diff`.
+        if std::env::var_os("COALMINE_BLESS").is_some() {
+            fs::write(f.with_extension("expected"), format!("{got}\n")).unwrap();
+            continue;
+        }
         assert_eq!(
             got.trim_end(),
             expected.trim_end(),
