@@ -42,6 +42,19 @@ pub fn num(x: f64) -> String {
     }
 }
 
+/// A count: whole numbers as integers, fractional ones (PromQL `increase()` extrapolates)
+/// with one decimal.
+#[must_use]
+pub fn count(x: f64) -> String {
+    if x.is_finite() && (x - x.round()).abs() < 1e-6 {
+        format!("{:.0}", x.round())
+    } else if x.is_finite() {
+        format!("{x:.1}")
+    } else {
+        num(x)
+    }
+}
+
 /// An interval `[lo, hi]` with [`num`].
 #[must_use]
 pub fn interval(lo: f64, hi: f64) -> String {
@@ -89,5 +102,7 @@ mod tests {
         assert_eq!(secs(0.0123), "12.3ms");
         assert_eq!(secs(0.000_85), "850µs");
         assert_eq!(interval(0.5, 2.0), "[0.500, 2.000]");
+        assert_eq!(count(7.448_499_999_999_999), "7.4");
+        assert_eq!(count(12.0), "12");
     }
 }

@@ -372,8 +372,8 @@ impl LatencyJudge {
             format!(
                 "; strongest evidence above {}: canary {} slow vs baseline {}, slow-rate ratio {}",
                 fmt::secs(t.baseline_threshold),
-                t.canary_slow,
-                t.baseline_slow,
+                fmt::count(t.canary_slow),
+                fmt::count(t.baseline_slow),
                 fmt::num(t.ratio)
             )
         });
