@@ -217,7 +217,12 @@ pub fn write(
             .map(|o| o.median_decision_requests);
         let ratio = match oracle {
             Some(o) if c.regression && o > 0.0 && c.kind != Kind::Oracle => {
-                format!("{:.2}×", c.median_decision_requests / o)
+                let r = c.median_decision_requests / o;
+                if r.is_nan() {
+                    "never".to_string()
+                } else {
+                    format!("{r:.2}×")
+                }
             }
             _ => String::new(),
         };

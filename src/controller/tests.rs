@@ -417,6 +417,16 @@ fn policy_with(rollout: &str, metrics: &str) -> policy::Policy {
 const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n";
 const TIMING: &str = "steps = [5, 25, 100]\nstep_duration = \"60s\"\nanalysis_interval = \"10s\"\nmin_requests = 100\ndeadline = \"10m\"";
 
+async fn run_quiet(
+    policy: &policy::Policy,
+    traffic: &MockTrafficProvider,
+    source: &MockSource,
+) -> super::runner::RunReport {
+    run(policy, traffic, source, RunOptions::default(), &mut Quiet)
+        .await
+        .expect("the run starts")
+}
+
 fn healthy_source() -> MockSource {
     let source = MockSource::new();
     source.script(
@@ -435,15 +445,7 @@ async fn healthy_run_promotes_through_every_step() {
     let policy = policy_with(TIMING, ERRORS);
     let traffic = MockTrafficProvider::new();
     let source = healthy_source();
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert_eq!(report.outcome, FinalOutcome::Promoted);
     assert_eq!(report.exit_code, 0);
     assert_eq!(traffic.calls(), vec![w(5.0), w(25.0), Weight::FULL]);
@@ -517,15 +519,7 @@ async fn no_data_holds_then_rolls_back() {
     let traffic = MockTrafficProvider::new();
     let source = MockSource::new();
     source.script("errors", vec![Answer::Missing]);
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert!(matches!(
         report.outcome,
         FinalOutcome::RolledBack {
@@ -554,15 +548,7 @@ async fn outage_within_limit_recovers_and_promotes() {
     script.extend(vec![Answer::Unreachable; 3]);
     script.push(ok);
     source.script("errors", script);
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert_eq!(report.outcome, FinalOutcome::Promoted);
     // The outage held the first step: it lasted past its 60 s.
     assert!(report.ticks > 12, "{}", report.ticks);
@@ -574,15 +560,7 @@ async fn long_outage_rolls_back_with_the_error() {
     let traffic = MockTrafficProvider::new();
     let source = MockSource::new();
     source.script("errors", vec![Answer::Unreachable]);
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     let FinalOutcome::RolledBack {
         reason: Reason::QueryErrors { ticks, last },
     } = &report.outcome
@@ -599,15 +577,7 @@ async fn transient_provider_errors_are_retried() {
     let traffic = MockTrafficProvider::new();
     traffic.script([Behaviour::Transient, Behaviour::Ignore]);
     let source = healthy_source();
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert_eq!(report.outcome, FinalOutcome::Promoted);
     // Transient failure, ignored set (read-back mismatch), then success.
     assert_eq!(traffic.calls()[..3], [w(5.0), w(5.0), w(5.0)]);
@@ -619,15 +589,7 @@ async fn a_provider_that_never_works_fails_with_exit_3() {
     let traffic = MockTrafficProvider::new();
     traffic.always(Behaviour::Permanent);
     let source = MockSource::new();
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert!(
         matches!(report.outcome, FinalOutcome::Failed { .. }),
         "{:?}",
@@ -642,15 +604,7 @@ async fn slow_provider_times_out_and_is_retried() {
     let traffic = MockTrafficProvider::new();
     traffic.script([Behaviour::Slow(s(5))]);
     let source = healthy_source();
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert_eq!(report.outcome, FinalOutcome::Promoted);
     assert_eq!(traffic.calls()[..2], [w(5.0), w(5.0)]);
 }
@@ -669,15 +623,7 @@ async fn deadline_rolls_back_a_rollout_that_cannot_finish() {
             requests: 20.0,
         }],
     );
-    let report = run(
-        &policy,
-        &traffic,
-        &source,
-        RunOptions::default(),
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
+    let report = run_quiet(&policy, &traffic, &source).await;
     assert!(matches!(
         report.outcome,
         FinalOutcome::RolledBack {

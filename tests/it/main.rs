@@ -3,4 +3,5 @@
 mod cli;
 mod fuzz;
 mod policy_fixtures;
+mod proxy;
 mod support;
