@@ -20,6 +20,8 @@ struct Window {
     share: f64,
     requests: [u64; 2],
     errors: [u64; 2],
+    /// The true error rate of both arms in this window.
+    p: f64,
 }
 
 /// One run's windows: 100 req/s with a shared burst factor, a 0.5 % error rate on both arms.
@@ -40,6 +42,7 @@ fn windows(seed: u64) -> Vec<Window> {
                 share,
                 requests: [nb, nc],
                 errors: [eb, ec],
+                p,
             }
         })
         .collect()
@@ -86,6 +89,7 @@ fn sequential_error_test_false_rollbacks_stay_under_alpha() {
                 share: w.share,
                 requests: w.requests,
                 errors: w.errors,
+                p: w.p,
             };
             // Double the canary's errors.
             w2.errors[1] *= 2;
@@ -119,5 +123,45 @@ fn a_fixed_horizon_test_looked_at_every_window_is_not_valid() {
     assert!(
         rollbacks as f64 / 200.0 > ALPHA,
         "repeated fixed-horizon looks: {rollbacks} of 200"
+    );
+}
+
+#[test]
+fn the_confidence_sequence_covers_the_true_ratio() {
+    // A canary at twice the baseline's error rate, through the same 5 % → 25 % rollout:
+    // the running-intersection interval for the rate ratio, computed at every window,
+    // contains 2 at every window in at least 1 − α of runs (time-uniform coverage).
+    let runs = 300;
+    let mut covered = 0;
+    for seed in 0..runs {
+        let mut spec = EventJudgeSpec::new(ALPHA);
+        spec.pass_ratio = f64::INFINITY;
+        let mut judge = EventJudge::new(spec);
+        let mut rng = SmallRng::seed_from_u64(50_000 + seed);
+        let mut always = true;
+        for w in windows(seed) {
+            // Re-draw the canary's errors at twice the true rate.
+            let ec = Binomial::new(w.requests[1], (2.0 * w.p).min(1.0))
+                .map_or(0, |d| d.sample(&mut rng));
+            let w2 = Window {
+                share: w.share,
+                requests: w.requests,
+                errors: [w.errors[0], ec],
+                p: w.p,
+            };
+            let v = judge.observe("errors", &segment(&w2));
+            let coalmine::analysis::Stats::ErrorEvents(s) = v.stats else {
+                panic!("error stats")
+            };
+            if !(s.ci_ratio[0] <= 2.0 && 2.0 <= s.ci_ratio[1]) {
+                always = false;
+            }
+        }
+        covered += u64::from(always);
+    }
+    eprintln!("the interval covered the true ratio throughout in {covered} of {runs} runs");
+    assert!(
+        covered as f64 >= (1.0 - ALPHA) * runs as f64,
+        "{covered} of {runs}"
     );
 }

@@ -45,7 +45,11 @@ async fn send(proxy: SocketAddr, n: usize) -> (usize, Vec<u16>) {
             .unwrap();
         let resp = client.request(req).await.expect("proxy answers");
         statuses.push(resp.status().as_u16());
-        if resp.headers().get(ARM_HEADER).is_some_and(|v| v == "canary") {
+        if resp
+            .headers()
+            .get(ARM_HEADER)
+            .is_some_and(|v| v == "canary")
+        {
             canary += 1;
         }
         let _ = resp.into_body().collect().await;
@@ -97,7 +101,10 @@ async fn an_unreachable_upstream_is_a_502_and_an_error() {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let b = Service::start(any, behaviour("baseline", 1)).await.unwrap();
     // A port nothing listens on.
-    let dead = std::net::TcpListener::bind(any).unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind(any)
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let cfg = ProxyConfig {
         listen: any,
         baseline: upstream(b.addr()),
