@@ -104,6 +104,7 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
         Phase::Pending,
         Event::Start {
             now: Duration::ZERO,
+            pre_checks: false,
         },
         plan,
     );

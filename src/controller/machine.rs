@@ -53,6 +53,13 @@ pub enum Reason {
         /// Why.
         why: String,
     },
+    /// A pre-rollout check failed: no traffic was moved.
+    PreCheck {
+        /// The hook's name.
+        hook: String,
+        /// What it said.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -84,6 +91,9 @@ impl fmt::Display for Reason {
             }
             Reason::Provider { error } => write!(f, "traffic provider failed: {error}"),
             Reason::Aborted { why } => write!(f, "aborted: {why}"),
+            Reason::PreCheck { hook, detail } => {
+                write!(f, "pre-rollout check `{hook}` failed: {detail}")
+            }
         }
     }
 }
@@ -110,6 +120,8 @@ pub struct Progress {
 pub enum Phase {
     /// Not started.
     Pending,
+    /// Running the pre-rollout checks; no traffic has moved.
+    PreChecks,
     /// Waiting for a step's weight to be applied.
     Shifting {
         /// Step index.
@@ -153,6 +165,7 @@ impl Phase {
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Pending => "pending",
+            Phase::PreChecks => "pre-checks",
             Phase::Shifting { .. } => "shifting",
             Phase::Progressing(_) => "progressing",
             Phase::Promoting { .. } => "promoting",
@@ -191,6 +204,15 @@ pub struct MetricStatus {
 pub enum Event {
     /// Begin the rollout.
     Start {
+        /// Offset from the start.
+        now: Duration,
+        /// Whether pre-rollout checks must pass before traffic moves.
+        pre_checks: bool,
+    },
+    /// The pre-rollout checks finished.
+    PreChecksDone {
+        /// The first failed check and what it said, if any failed.
+        failed: Option<(String, String)>,
         /// Offset from the start.
         now: Duration,
     },
@@ -258,6 +280,8 @@ pub enum Decision {
 /// What the runner must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
+    /// Run the pre-rollout checks and report with [`Event::PreChecksDone`].
+    RunPreChecks,
     /// Write a tick's decision record (always first, before acting).
     Record(Decision),
     /// Set the weight, after waiting `delay` (retry backoff).
@@ -293,7 +317,18 @@ fn rollback(reason: Reason, record: bool) -> (Phase, Vec<Command>) {
 #[must_use]
 pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>) {
     match (phase, event) {
-        (Phase::Pending, Event::Start { .. }) => shift_to(0, plan),
+        (Phase::Pending, Event::Start { pre_checks, .. }) => {
+            if pre_checks {
+                (Phase::PreChecks, vec![Command::RunPreChecks])
+            } else {
+                shift_to(0, plan)
+            }
+        }
+        (Phase::PreChecks, Event::PreChecksDone { failed, .. }) => match failed {
+            None => shift_to(0, plan),
+            // Nothing moved; setting 0 makes sure of it (idempotent).
+            Some((hook, detail)) => rollback(Reason::PreCheck { hook, detail }, false),
+        },
         (phase, Event::Abort { why, .. }) if !phase.is_terminal() => match phase {
             Phase::RollingBack { .. } => (phase, Vec::new()),
             _ => rollback(Reason::Aborted { why }, false),

@@ -2,12 +2,15 @@
 //! ([`runner`]) that moves traffic, fetches metrics, judges them and records every decision
 //! ([`record`]) before acting on it.
 
+pub mod hooks;
 pub mod machine;
 pub mod record;
 pub mod runner;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hooks;
 #[cfg(test)]
 mod tests_sources;
 

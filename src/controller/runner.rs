@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::hooks::{Notifier, run_hook};
 use super::machine::{Command, Decision, Event, MetricStatus, Phase, Reason, step};
 use super::record::{
     MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, WindowRecord, rfc3339,
@@ -24,6 +25,7 @@ use crate::analysis::{MetricJudge, Observation, Segment, Stats};
 use crate::metrics::{MetricsSource, Window};
 use crate::model::Weight;
 use crate::policy::Policy;
+use crate::policy::hooks::HookWhen;
 use crate::traffic::TrafficProvider;
 
 /// Receives every record as it is written (progress display, tests).
@@ -131,6 +133,7 @@ struct Shell<'a, T, M> {
     ticks: u64,
     steps_reached: usize,
     log_failed: Option<String>,
+    notifier: Option<Notifier>,
 }
 
 impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
@@ -161,6 +164,9 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             ));
         }
         self.observer.on_record(r);
+        if let Some(n) = &mut self.notifier {
+            n.send(r);
+        }
     }
 
     fn transition(&mut self, before: &Phase, after: &Phase, event: &str, detail: Option<String>) {
@@ -187,6 +193,58 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             detail,
         };
         self.record(&r);
+    }
+
+    /// Runs the hooks for `when` in order, recording each; returns the first failure.
+    async fn run_hooks(
+        &mut self,
+        when: HookWhen,
+        phase: &Phase,
+        outcome: &str,
+    ) -> Option<(String, String)> {
+        let reason = match phase {
+            Phase::RolledBack { reason } | Phase::RollingBack { reason, .. } => reason.to_string(),
+            _ => String::new(),
+        };
+        let env: Vec<(String, String)> = [
+            ("COALMINE_ROLLOUT", self.policy.name.clone()),
+            ("COALMINE_HOOK_WHEN", when.as_str().to_string()),
+            ("COALMINE_OUTCOME", outcome.to_string()),
+            ("COALMINE_REASON", reason),
+            ("COALMINE_WEIGHT", format!("{}", self.weight.percent())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let hooks: Vec<_> = self
+            .policy
+            .hooks
+            .iter()
+            .filter(|h| h.when == when)
+            .cloned()
+            .collect();
+        let mut failed = None;
+        for hook in hooks {
+            let result = run_hook(&hook, &env).await;
+            let (event, detail) = match &result {
+                Ok(said) => (
+                    "hook-ran",
+                    format!("{} ({}): {said}", hook.name, when.as_str()),
+                ),
+                Err(e) => (
+                    "hook-failed",
+                    format!("{} ({}): {e}", hook.name, when.as_str()),
+                ),
+            };
+            self.transition(phase, phase, event, Some(detail));
+            if let Err(e) = result {
+                failed = Some((hook.name.clone(), e));
+                if when == HookWhen::PreRollout {
+                    break;
+                }
+            }
+        }
+        failed
     }
 
     /// Feeds an abort to the machine, records it, and returns the commands.
@@ -427,10 +485,19 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         ticks: 0,
         steps_reached: 0,
         log_failed: None,
+        notifier: policy.notify.clone().map(Notifier::new),
     };
     let mut abort = opts.abort;
     let mut phase = Phase::Pending;
-    let (next, cmds) = step(phase.clone(), Event::Start { now: shell.now() }, plan);
+    let pre_checks = policy.hooks.iter().any(|h| h.when == HookWhen::PreRollout);
+    let (next, cmds) = step(
+        phase.clone(),
+        Event::Start {
+            now: shell.now(),
+            pre_checks,
+        },
+        plan,
+    );
     shell.transition(&phase, &next, "started", None);
     phase = next;
     let mut queue: VecDeque<Command> = cmds.into();
@@ -478,6 +545,21 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                 }
                 Command::Finish => break 'outer,
                 Command::Record(_) => {}
+                Command::RunPreChecks => {
+                    let failed = shell
+                        .run_hooks(HookWhen::PreRollout, &phase, "pending")
+                        .await;
+                    let event = Event::PreChecksDone {
+                        failed,
+                        now: shell.now(),
+                    };
+                    let (n, c) = step(phase.clone(), event, plan);
+                    if !matches!(n, Phase::PreChecks) && !matches!(n, Phase::RollingBack { .. }) {
+                        shell.transition(&phase, &n, "checks-passed", None);
+                    }
+                    phase = n;
+                    queue.extend(c);
+                }
             }
         }
         if phase.is_terminal() {
@@ -594,6 +676,22 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         window_start = now;
     }
 
+    match &phase {
+        Phase::Promoted => {
+            shell
+                .run_hooks(HookWhen::Promoted, &phase, "promoted")
+                .await;
+        }
+        Phase::RolledBack { .. } => {
+            shell
+                .run_hooks(HookWhen::RolledBack, &phase, "rolled-back")
+                .await;
+        }
+        _ => {}
+    }
+    if let Some(n) = &mut shell.notifier {
+        n.flush().await;
+    }
     let outcome = match &phase {
         Phase::Promoted => FinalOutcome::Promoted,
         Phase::RolledBack { reason } => FinalOutcome::RolledBack {

@@ -77,7 +77,14 @@ const NODATA: Option<Outcome> = Some(Outcome::NoData);
 
 #[test]
 fn start_shifts_to_first_step() {
-    let (p, c) = step(Phase::Pending, Event::Start { now: s(0) }, &plan());
+    let (p, c) = step(
+        Phase::Pending,
+        Event::Start {
+            now: s(0),
+            pre_checks: false,
+        },
+        &plan(),
+    );
     assert_eq!(
         p,
         Phase::Shifting {

@@ -16,6 +16,7 @@ use crate::analysis::observation::Shape;
 use crate::model::{Arm, Weight};
 
 pub mod diag;
+pub mod hooks;
 mod providers;
 pub mod raw;
 pub mod template;
@@ -48,6 +49,10 @@ pub struct Policy {
     pub metrics: Vec<MetricConfig>,
     /// Kayenta-style score over the `mann-whitney` metrics (present when there are any).
     pub scoring: Option<crate::analysis::mw_judge::Scoring>,
+    /// Smoke checks before traffic moves, actions after the decision.
+    pub hooks: Vec<hooks::Hook>,
+    /// A webhook told about transitions.
+    pub notify: Option<hooks::Notify>,
 }
 
 /// Steps and timing of a rollout.

@@ -90,7 +90,7 @@ pub(super) fn secret(
     }
 }
 
-fn positive_dur(
+pub(super) fn positive_dur(
     ctx: &mut Ctx,
     v: Option<&Spanned<super::raw::Dur>>,
     default: Duration,
@@ -130,7 +130,7 @@ fn distinct(ctx: &mut Ctx, baseline: &Spanned<String>, canary: &Spanned<String>,
 }
 
 /// An argv list: non-empty, the program non-empty.
-fn argv(ctx: &mut Ctx, v: &Spanned<Vec<Spanned<String>>>, what: &str) -> bool {
+pub(super) fn argv(ctx: &mut Ctx, v: &Spanned<Vec<Spanned<String>>>, what: &str) -> bool {
     match v.get_ref().first() {
         None => {
             ctx.error(
@@ -366,7 +366,7 @@ fn sample(name: &str) -> Option<std::borrow::Cow<'static, str>> {
     }
 }
 
-fn http_url(ctx: &mut Ctx, s: &Spanned<String>, rendered: &str, what: &str) {
+pub(super) fn http_url(ctx: &mut Ctx, s: &Spanned<String>, rendered: &str, what: &str) {
     let ok = ["http://", "https://"]
         .iter()
         .any(|p| rendered.strip_prefix(p).is_some_and(|r| !r.is_empty()))

@@ -63,6 +63,8 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
     let rollout = take(&mut root, "rollout");
     let traffic = take(&mut root, "traffic");
     let scoring = take(&mut root, "scoring");
+    let hook = take(&mut root, "hook");
+    let notify = take(&mut root, "notify");
     let metrics = take(&mut root, "metrics");
     let metric = take(&mut root, "metric");
 
@@ -124,6 +126,8 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         .iter()
         .any(|m| matches!(m.judge, JudgeSpec::MannWhitney(_)));
     let scoring = parse_scoring(&mut ctx, scoring.as_ref(), &metrics, has_mw);
+    let hooks = super::hooks::parse_hooks(&mut ctx, hook.as_ref());
+    let notify = super::hooks::parse_notify(&mut ctx, notify.as_ref());
     if !ctx.diags.is_empty() {
         return Err(Diagnostics::new(origin, source, ctx.diags));
     }
@@ -142,6 +146,8 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         source: src_cfg,
         metrics,
         scoring,
+        hooks,
+        notify,
     })
 }
 

@@ -54,6 +54,20 @@ pub async fn run(
     timeout: Duration,
     transient: &[i32],
 ) -> Result<Finished, TrafficError> {
+    run_with_env(provider, argv, timeout, transient, &[]).await
+}
+
+/// [`run`] with extra environment variables for the program.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_env(
+    provider: &'static str,
+    argv: &[String],
+    timeout: Duration,
+    transient: &[i32],
+    env: &[(String, String)],
+) -> Result<Finished, TrafficError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(TrafficError::Rejected {
             provider,
@@ -63,6 +77,7 @@ pub async fn run(
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -25,17 +25,17 @@ fn invalid_fixtures_report_every_problem() {
     for f in files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let src = fs::read_to_string(&f).unwrap();
-        let expected = fs::read_to_string(f.with_extension("expected"))
-            .unwrap_or_else(|e| panic!("{name}: expected file: {e}"));
         let got = match policy::parse(&src, &name) {
             Ok(_) => panic!("{name} should be invalid"),
             Err(d) => d.to_string(),
         };
-        // COALMINE_BLESS=1 rewrites the expected files; review them with `git diff`.
+        // COALMINE_BLESS=1 writes the expected files; review them with `git diff`.
         if std::env::var_os("COALMINE_BLESS").is_some() {
             fs::write(f.with_extension("expected"), format!("{got}\n")).unwrap();
             continue;
         }
+        let expected = fs::read_to_string(f.with_extension("expected"))
+            .unwrap_or_else(|e| panic!("{name}: expected file: {e}"));
         assert_eq!(
             got.trim_end(),
             expected.trim_end(),

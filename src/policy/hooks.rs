@@ -1,0 +1,214 @@
+//! `[[hook]]` (pre-rollout smoke checks, actions after a promotion or a rollback) and
+//! `[notify]` (a webhook told about every transition).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::diag::Ctx;
+use super::providers::{argv, http_url, positive_dur};
+use super::raw::Dur;
+
+/// When a hook runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookWhen {
+    /// Before any traffic moves; a failure ends the rollout with nothing changed.
+    PreRollout,
+    /// After the canary got all traffic.
+    Promoted,
+    /// After the canary's weight went back to 0.
+    RolledBack,
+}
+
+impl HookWhen {
+    /// The name used in policies and records.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookWhen::PreRollout => "pre-rollout",
+            HookWhen::Promoted => "promoted",
+            HookWhen::RolledBack => "rolled-back",
+        }
+    }
+}
+
+/// What a hook does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookAction {
+    /// Runs a program (argv, never a shell string); exit 0 is success.
+    Command(Vec<String>),
+    /// Sends a GET request; a 2xx status is success.
+    Http(String),
+}
+
+/// One `[[hook]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// Unique name, for records.
+    pub name: String,
+    /// When it runs.
+    pub when: HookWhen,
+    /// What it does.
+    pub action: HookAction,
+    /// Time limit of one attempt.
+    pub timeout: Duration,
+    /// Extra attempts after a failure (1 s apart).
+    pub retries: u32,
+}
+
+/// How notifications are shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// The decision record itself (JSON).
+    Record,
+    /// `{"text": "..."}`, which Slack, Mattermost and Discord (`/slack`) webhooks take.
+    Slack,
+}
+
+/// `[notify]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notify {
+    /// Where each notification is POSTed.
+    pub webhook: String,
+    /// Which events (record `event` names); empty: every transition and the end.
+    pub events: Vec<String>,
+    /// Payload shape.
+    pub format: NotifyFormat,
+    /// Time limit of one request.
+    pub timeout: Duration,
+}
+
+/// Event names a `[notify]` may select.
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "started",
+    "hook-ran",
+    "checks-passed",
+    "weight-applied",
+    "apply-failed",
+    "aborted",
+    "hook-failed",
+    "promoted",
+    "rolled-back",
+    "failed",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    name: Spanned<String>,
+    when: HookWhen,
+    command: Option<Spanned<Vec<Spanned<String>>>>,
+    http: Option<Spanned<String>>,
+    timeout: Option<Spanned<Dur>>,
+    retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Spanned<String>,
+    events: Option<Vec<Spanned<String>>>,
+    format: Option<NotifyFormat>,
+    timeout: Option<Spanned<Dur>>,
+}
+
+pub(super) fn parse_hooks(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Vec<Hook> {
+    let Some(v) = v else { return Vec::new() };
+    let DeValue::Array(items) = v.get_ref() else {
+        ctx.error(
+            v.span(),
+            "`hook` must be an array of tables: write [[hook]]",
+        );
+        return Vec::new();
+    };
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for item in items {
+        let Some(raw) = ctx.de::<RawHook>(item) else {
+            continue;
+        };
+        let name = raw.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            ctx.error(raw.name.span(), "hook name must not be empty");
+        } else if !names.insert(name.clone()) {
+            ctx.error(raw.name.span(), format!("duplicate hook name `{name}`"));
+        }
+        let action = match (&raw.command, &raw.http) {
+            (Some(c), None) => {
+                argv(ctx, c, "hook command");
+                HookAction::Command(c.get_ref().iter().map(|a| a.get_ref().clone()).collect())
+            }
+            (None, Some(u)) => {
+                http_url(ctx, u, u.get_ref(), "hook http");
+                HookAction::Http(u.get_ref().clone())
+            }
+            (Some(c), Some(_)) => {
+                ctx.error(
+                    c.span(),
+                    format!("hook `{name}` needs command or http, not both"),
+                );
+                continue;
+            }
+            (None, None) => {
+                ctx.error(
+                    item.span().start..item.span().start,
+                    format!(
+                        "hook `{name}` needs command = [\"program\", \"arg\"] or http = \"url\""
+                    ),
+                );
+                continue;
+            }
+        };
+        let timeout = positive_dur(
+            ctx,
+            raw.timeout.as_ref(),
+            Duration::from_secs(30),
+            "hook timeout",
+        );
+        out.push(Hook {
+            name,
+            when: raw.when,
+            action,
+            timeout,
+            retries: raw.retries.unwrap_or(0),
+        });
+    }
+    out
+}
+
+pub(super) fn parse_notify(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Notify> {
+    let raw: RawNotify = ctx.de(v?)?;
+    http_url(ctx, &raw.webhook, raw.webhook.get_ref(), "webhook");
+    let mut events = Vec::new();
+    for e in raw.events.unwrap_or_default() {
+        if NOTIFY_EVENTS.contains(&e.get_ref().as_str()) {
+            events.push(e.get_ref().clone());
+        } else {
+            ctx.error(
+                e.span(),
+                format!(
+                    "unknown event `{}`; expected some of {}",
+                    e.get_ref(),
+                    NOTIFY_EVENTS.join(", ")
+                ),
+            );
+        }
+    }
+    let timeout = positive_dur(
+        ctx,
+        raw.timeout.as_ref(),
+        Duration::from_secs(5),
+        "notify timeout",
+    );
+    Some(Notify {
+        webhook: raw.webhook.into_inner(),
+        events,
+        format: raw.format.unwrap_or(NotifyFormat::Record),
+        timeout,
+    })
+}
