@@ -83,6 +83,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
     };
     let load = Load::start(proxy_addr, args.rps, 512);
     let how = Presentation {
+        status_addr: args.output.status_addr,
         decisions: args.output.decisions.clone(),
         json: args.output.json,
         quiet: args.output.quiet,

@@ -57,7 +57,8 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
         canary.addr()
     );
     let load = (args.rps > 0).then(|| Load::start(args.load_to, args.rps, 512));
-    let mut stop = super::run::abort_on_signal();
+    let (tx, mut stop) = tokio::sync::watch::channel(None);
+    super::run::abort_on_signal(tx);
     let _ = stop.changed().await;
     if let Some(load) = load {
         let s = load.stop().await;

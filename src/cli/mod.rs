@@ -10,6 +10,7 @@ pub mod demo_services;
 pub mod judge;
 pub mod progress;
 pub mod run;
+pub mod status;
 pub mod validate;
 
 /// Exit code: the canary was promoted (or the command succeeded).

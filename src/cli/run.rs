@@ -6,10 +6,11 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::progress::{Progress, summary};
+use super::status::{StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::{RunOptions, RunReport, run};
 use crate::metrics::{self, MetricsSource};
-use crate::policy::{self, Policy};
+use crate::policy::{self, Approval, Policy};
 use crate::traffic;
 
 /// Arguments of `coalmine run`.
@@ -34,6 +35,10 @@ pub struct OutputArgs {
     /// No progress lines on stderr (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve /health/live, /health/ready, /status, /metrics, POST /approve and POST /abort
+    /// on this address while the rollout runs (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub status_addr: Option<std::net::SocketAddr>,
 }
 
 /// Reads and validates a policy; prints problems and returns `Err(exit code)`.
@@ -53,9 +58,8 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
     })
 }
 
-/// A channel that turns Ctrl-C or SIGTERM into an abort (the rollout rolls back).
-pub(crate) fn abort_on_signal() -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
+/// Turns Ctrl-C or SIGTERM into an abort on `tx` (the rollout rolls back).
+pub(crate) fn abort_on_signal(tx: watch::Sender<Option<String>>) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -78,7 +82,6 @@ pub(crate) fn abort_on_signal() -> watch::Receiver<Option<String>> {
             let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
         }
     });
-    rx
 }
 
 /// Builds the traffic provider (starting the built-in proxy if the policy uses it) and the
@@ -102,6 +105,7 @@ pub(crate) async fn setup(
 
 /// How to present a run.
 pub(crate) struct Presentation {
+    pub(crate) status_addr: Option<std::net::SocketAddr>,
     pub(crate) decisions: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) quiet: bool,
@@ -120,12 +124,38 @@ pub(crate) async fn drive(
     {
         eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
     }
+    if policy.rollout.approval != Approval::None && how.status_addr.is_none() {
+        eprintln!(
+            "error: the policy's [rollout] approval needs --status-addr ADDR, where an operator \
+             approves with POST /approve"
+        );
+        return EXIT_INVALID;
+    }
+    let (abort_tx, abort_rx) = watch::channel(None);
+    abort_on_signal(abort_tx.clone());
+    let mut board = how.status_addr.map(|_| StatusBoard::new(abort_tx));
+    if let (Some(b), Some(addr)) = (&board, how.status_addr) {
+        match b.serve(addr).await {
+            Ok(bound) => eprintln!("coalmine: status server on http://{bound}"),
+            Err(e) => {
+                eprintln!("error: cannot serve status on {addr}: {e}");
+                return EXIT_FAILURE;
+            }
+        }
+    }
     let opts = RunOptions {
         decisions: how.decisions,
-        abort: Some(abort_on_signal()),
+        abort: Some(abort_rx),
+        approve: board.as_ref().map(StatusBoard::approvals),
     };
     let mut progress = Progress { quiet: how.quiet };
-    let report = match run(policy, &built.provider, source, opts, &mut progress).await {
+    let mut observers = Tee(
+        &mut progress,
+        board
+            .as_mut()
+            .map(|b| b as &mut dyn crate::controller::Observer),
+    );
+    let report = match run(policy, &built.provider, source, opts, &mut observers).await {
         Ok(r) => r,
         Err(e) => {
             let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
@@ -168,6 +198,7 @@ pub(crate) async fn main(args: RunArgs) -> u8 {
         return EXIT_FAILURE;
     }
     let how = Presentation {
+        status_addr: args.output.status_addr,
         decisions: args.output.decisions,
         json: args.output.json,
         quiet: args.output.quiet,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::analysis::Outcome;
 use crate::model::Weight;
-use crate::policy::{Advance, OnNoData, Rollout};
+use crate::policy::{Advance, Approval, OnNoData, Rollout};
 
 /// Why a rollout is rolled back (or failed).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -113,6 +113,8 @@ pub struct Progress {
     pub no_data_since: Option<Duration>,
     /// Consecutive ticks with query errors.
     pub error_ticks: u32,
+    /// An operator approved leaving this step.
+    pub approved: bool,
 }
 
 /// Where a rollout is.
@@ -243,6 +245,11 @@ pub enum Event {
         /// Requests per arm in this window, when the metrics tell.
         requests: Option<[f64; 2]>,
     },
+    /// An operator approved leaving the current step (see `[rollout] approval`).
+    Approve {
+        /// Offset from the start.
+        now: Duration,
+    },
     /// An operator or a signal asked to stop: roll back.
     Abort {
         /// Why.
@@ -344,6 +351,7 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                     requests: [0.0, 0.0],
                     no_data_since: None,
                     error_ticks: 0,
+                    approved: false,
                 }),
                 Vec::new(),
             )
@@ -373,6 +381,10 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
             } else {
                 rollback(Reason::Provider { error }, false)
             }
+        }
+        (Phase::Progressing(mut p), Event::Approve { .. }) => {
+            p.approved = true;
+            (Phase::Progressing(p), Vec::new())
         }
         (
             Phase::Progressing(p),
@@ -586,6 +598,25 @@ fn tick(
         );
     }
     let next = p.step + 1;
+    let promotes = plan.steps.get(next).is_none_or(|w| *w >= Weight::FULL);
+    let needs_approval = match plan.approval {
+        Approval::None => false,
+        Approval::Promotion => promotes,
+        Approval::EveryStep => true,
+    };
+    if needs_approval && !p.approved {
+        let what = if promotes {
+            "promotion".to_string()
+        } else {
+            format!("step {} ({})", next + 1, plan.steps[next])
+        };
+        return (
+            Phase::Progressing(p),
+            vec![Command::Record(Decision::Hold {
+                reason: format!("ready; waiting for an operator to approve the {what}"),
+            })],
+        );
+    }
     let (phase, mut cmds) = shift_to(next, plan);
     let decision = match &phase {
         Phase::Promoting { .. } => Decision::Promote,

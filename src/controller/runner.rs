@@ -47,6 +47,52 @@ pub struct RunOptions {
     pub decisions: Option<PathBuf>,
     /// Set to `Some(reason)` to abort the rollout (it rolls back).
     pub abort: Option<watch::Receiver<Option<String>>>,
+    /// Each change approves leaving the current step (see `[rollout] approval`).
+    pub approve: Option<watch::Receiver<u64>>,
+}
+
+/// What ended a wait between ticks.
+enum Wake {
+    Tick,
+    Abort(String),
+    Approve,
+}
+
+/// Waits for the next tick, an abort or an approval. A closed channel stops counting.
+async fn wait(
+    next_tick: Instant,
+    abort: &mut Option<watch::Receiver<Option<String>>>,
+    approve: &mut Option<watch::Receiver<u64>>,
+) -> Wake {
+    let aborted = async {
+        match abort.as_mut() {
+            Some(rx) => match rx.changed().await {
+                Ok(()) => rx.borrow().clone(),
+                Err(_) => {
+                    *abort = None;
+                    None
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let approved = async {
+        match approve.as_mut() {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    *approve = None;
+                    return false;
+                }
+                true
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep_until(next_tick) => Wake::Tick,
+        why = aborted => why.map_or(Wake::Tick, Wake::Abort),
+        ok = approved => if ok { Wake::Approve } else { Wake::Tick },
+    }
 }
 
 /// How a rollout ended.
@@ -488,6 +534,7 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         notifier: policy.notify.clone().map(Notifier::new),
     };
     let mut abort = opts.abort;
+    let mut approve = opts.approve;
     let mut phase = Phase::Pending;
     let pre_checks = policy.hooks.iter().any(|h| h.when == HookWhen::PreRollout);
     let (next, cmds) = step(
@@ -577,28 +624,20 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         };
         let step_before = progress.step;
         let step_requests_before = progress.requests;
-        // Wait for the next tick, or an abort.
-        let aborted = match abort.as_mut() {
-            Some(rx) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(next_tick) => None,
-                    changed = rx.changed() => match changed {
-                        Ok(()) => rx.borrow().clone(),
-                        Err(_) => {
-                            abort = None;
-                            None
-                        }
-                    },
-                }
+        // Wait for the next tick, an abort or an approval.
+        match wait(next_tick, &mut abort, &mut approve).await {
+            Wake::Abort(why) => {
+                queue.extend(shell.abort(&mut phase, why));
+                continue;
             }
-            None => {
-                tokio::time::sleep_until(next_tick).await;
-                None
+            Wake::Approve => {
+                let (n, c) = step(phase.clone(), Event::Approve { now: shell.now() }, plan);
+                shell.transition(&phase, &n, "approved", None);
+                phase = n;
+                queue.extend(c);
+                continue;
             }
-        };
-        if let Some(why) = aborted {
-            queue.extend(shell.abort(&mut phase, why));
-            continue;
+            Wake::Tick => {}
         }
         if Instant::now() < next_tick {
             continue;

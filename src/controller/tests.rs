@@ -39,6 +39,7 @@ fn progressing(step: usize, weight: Weight, since: u64) -> Phase {
         requests: [0.0, 0.0],
         no_data_since: None,
         error_ticks: 0,
+        approved: false,
     })
 }
 
@@ -495,6 +496,7 @@ async fn bad_canary_rolls_back_and_the_record_precedes_the_rollback() {
     let opts = RunOptions {
         decisions: Some(log.clone()),
         abort: None,
+        approve: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await
@@ -657,6 +659,7 @@ async fn abort_signal_rolls_back() {
     let opts = RunOptions {
         decisions: None,
         abort: Some(rx),
+        approve: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await
@@ -685,4 +688,39 @@ fn the_run_future_is_send() {
         &mut quiet,
     );
     assert_send(&fut);
+}
+
+#[test]
+fn an_approval_gate_holds_a_ready_step_until_approved() {
+    let mut plan = plan();
+    plan.approval = policy::Approval::Promotion;
+    // The 5 % step needs no approval under "promotion".
+    let (p, _) = step(
+        progressing(0, w(5.0), 0),
+        tick(60, &[INC], [1000.0, 100.0]),
+        &plan,
+    );
+    assert!(matches!(p, Phase::Shifting { step: 1, .. }));
+    // The 25 % step is ready but waits.
+    let (p, c) = step(
+        progressing(1, w(25.0), 60),
+        tick(120, &[INC], [1000.0, 300.0]),
+        &plan,
+    );
+    assert!(
+        matches!(&c[0], Command::Record(Decision::Hold { reason }) if reason.contains("approve the promotion"))
+    );
+    let (p, c) = step(p, Event::Approve { now: s(125) }, &plan);
+    assert!(c.is_empty());
+    let (p, _) = step(p, tick(130, &[INC], [0.0, 0.0]), &plan);
+    assert_eq!(p, Phase::Promoting { attempt: 0 });
+    // A Fail still rolls back while waiting.
+    plan.approval = policy::Approval::EveryStep;
+    let (p, _) = step(
+        progressing(0, w(5.0), 0),
+        tick(60, &[INC], [1000.0, 100.0]),
+        &plan,
+    );
+    let (p, _) = step(p, tick(70, &[FAIL], [0.0, 0.0]), &plan);
+    assert!(matches!(p, Phase::RollingBack { .. }));
 }

@@ -34,6 +34,7 @@ fn progressing() -> Phase {
         requests: [1000.0, 1000.0],
         no_data_since: None,
         error_ticks: 0,
+        approved: false,
     })
 }
 

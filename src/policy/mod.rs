@@ -24,7 +24,7 @@ pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use providers::WEIGHT_PLACEHOLDERS;
-pub use raw::{Advance, OnNoData};
+pub use raw::{Advance, Approval, OnNoData};
 pub use template::Template;
 pub use validate::parse;
 
@@ -80,6 +80,8 @@ pub struct Rollout {
     pub apply_retries: u32,
     /// Time limit of one traffic change.
     pub apply_timeout: Duration,
+    /// Which step changes wait for an operator's approval.
+    pub approval: Approval,
 }
 
 impl Rollout {
@@ -98,6 +100,7 @@ impl Rollout {
             error_limit: 10,
             apply_retries: 5,
             apply_timeout: Duration::from_secs(10),
+            approval: Approval::None,
         }
     }
 }

@@ -68,6 +68,19 @@ pub enum Advance {
     Pass,
 }
 
+/// Which step changes wait for an operator's approval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Approval {
+    /// None: the controller decides alone.
+    #[default]
+    None,
+    /// The promotion to 100 % waits for approval.
+    Promotion,
+    /// Every step change waits for approval.
+    EveryStep,
+}
+
 /// What no data does past the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,6 +106,7 @@ pub(crate) struct RawRollout {
     pub error_limit: Option<u32>,
     pub apply_retries: Option<u32>,
     pub apply_timeout: Option<Spanned<Dur>>,
+    pub approval: Option<Approval>,
 }
 
 /// `[[metric]]` keys shared by every judge.

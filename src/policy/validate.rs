@@ -376,6 +376,7 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         ctx.error(at_span, "apply_timeout must be positive");
     }
     r.apply_timeout = at;
+    r.approval = raw.approval.unwrap_or_default();
     (ctx.diags.len() == before).then_some(r)
 }
 

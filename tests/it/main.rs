@@ -4,4 +4,5 @@ mod cli;
 mod fuzz;
 mod policy_fixtures;
 mod proxy;
+mod status;
 mod support;

@@ -1,0 +1,362 @@
+//! The status server of a running rollout (`--status-addr`): health endpoints, the current
+//! state as JSON, the rollout's own Prometheus metrics, and the operator's two levers.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /health/live` | 200 while the process runs |
+//! | `GET /health/ready` | 200 while the rollout is in progress, 503 once it has ended |
+//! | `GET /status` | the phase, weight, step, last decision and every metric's state (JSON) |
+//! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
+//! | `POST /approve` | approves the step change waiting for an operator (`[rollout] approval`) |
+//! | `POST /abort` | rolls back |
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::analysis::{Outcome, Stats};
+use crate::controller::record::RecordKind;
+use crate::controller::{Decision, Observer, Record};
+use crate::model::Weight;
+
+/// One metric's latest state.
+#[derive(Clone, Debug, Serialize)]
+struct MetricState {
+    metric: String,
+    judge: &'static str,
+    outcome: Option<Outcome>,
+    reason: String,
+    log_e: Option<f64>,
+    log_threshold: Option<f64>,
+    p_value: Option<f64>,
+}
+
+/// What `/status` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Snapshot {
+    rollout: String,
+    phase: &'static str,
+    weight: Weight,
+    step: Option<usize>,
+    steps: usize,
+    elapsed_s: f64,
+    ticks: u64,
+    finished: bool,
+    last_event: Option<String>,
+    last_decision: Option<Decision>,
+    metrics: Vec<MetricState>,
+}
+
+/// Shared state between the controller's observer side and the HTTP side.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusBoard {
+    snap: Arc<Mutex<Snapshot>>,
+    abort: watch::Sender<Option<String>>,
+    approve: watch::Sender<u64>,
+}
+
+impl StatusBoard {
+    /// A board that aborts through `abort`.
+    pub(crate) fn new(abort: watch::Sender<Option<String>>) -> Self {
+        StatusBoard {
+            snap: Arc::default(),
+            abort,
+            approve: watch::channel(0).0,
+        }
+    }
+
+    /// Approvals, for [`crate::controller::RunOptions::approve`].
+    pub(crate) fn approvals(&self) -> watch::Receiver<u64> {
+        self.approve.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        self.snap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, r: &Record) {
+        let mut s = self.lock();
+        s.rollout.clone_from(&r.rollout);
+        s.phase = r.next_phase;
+        s.weight = r.weight;
+        s.step = r.step;
+        s.steps = r.steps;
+        s.elapsed_s = r.elapsed_s;
+        s.finished = r.kind == RecordKind::Final;
+        if r.event.is_some() {
+            s.last_event.clone_from(&r.event);
+        }
+        if r.kind == RecordKind::Tick {
+            s.ticks += 1;
+            s.last_decision.clone_from(&r.decision);
+            s.metrics = r
+                .metrics
+                .iter()
+                .map(|m| {
+                    let (log_e, log_threshold, p_value) = match &m.stats {
+                        Stats::ErrorEvents(x) => {
+                            (Some(x.log_e), Some(x.log_threshold), Some(x.p_value))
+                        }
+                        Stats::SlowEvents(x) => {
+                            (Some(x.log_e), Some(x.log_threshold), Some(x.p_value))
+                        }
+                        _ => (None, None, None),
+                    };
+                    MetricState {
+                        metric: m.metric.clone(),
+                        judge: m.judge,
+                        outcome: m.outcome,
+                        reason: m.reason.clone(),
+                        log_e,
+                        log_threshold,
+                        p_value,
+                    }
+                })
+                .collect();
+        }
+    }
+
+    /// Starts serving on `addr`; returns the bound address.
+    pub(crate) async fn serve(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let board = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let board = board.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let board = board.clone();
+                        async move { Ok::<_, Infallible>(board.answer(&req)) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, ctype: &'static str, body: String| {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(ctype),
+            );
+            r
+        };
+        let json = "application/json";
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/health/live") => {
+                reply(StatusCode::OK, json, r#"{"status":"live"}"#.into())
+            }
+            (&Method::GET, "/health/ready") => {
+                let s = self.lock();
+                if s.finished {
+                    let body = format!(r#"{{"status":"finished","phase":"{}"}}"#, s.phase);
+                    reply(StatusCode::SERVICE_UNAVAILABLE, json, body)
+                } else {
+                    let body = format!(r#"{{"status":"ready","phase":"{}"}}"#, s.phase);
+                    reply(StatusCode::OK, json, body)
+                }
+            }
+            (&Method::GET, "/status") => {
+                let body = serde_json::to_string_pretty(&*self.lock()).unwrap_or_default();
+                reply(StatusCode::OK, json, body)
+            }
+            (&Method::GET, "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                exposition(&self.lock()),
+            ),
+            (&Method::POST, "/approve") => {
+                self.approve.send_modify(|n| *n += 1);
+                reply(StatusCode::ACCEPTED, json, r#"{"approved":true}"#.into())
+            }
+            (&Method::POST, "/abort") => {
+                let _ = self
+                    .abort
+                    .send(Some("aborted through the status server".to_string()));
+                reply(StatusCode::ACCEPTED, json, r#"{"aborting":true}"#.into())
+            }
+            (
+                _,
+                "/health/live" | "/health/ready" | "/status" | "/metrics" | "/approve" | "/abort",
+            ) => reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json,
+                r#"{"error":"method not allowed"}"#.into(),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                json,
+                r#"{"error":"not found"}"#.into(),
+            ),
+        }
+    }
+}
+
+impl Observer for StatusBoard {
+    fn on_record(&mut self, r: &Record) {
+        self.update(r);
+    }
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+fn exposition(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let r = label(&s.rollout);
+    let mut gauge = |name: &str, help: &str, lines: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in lines {
+            let _ = writeln!(out, "{name}{{rollout=\"{r}\"{labels}}} {v}");
+        }
+    };
+    gauge(
+        "coalmine_canary_weight_percent",
+        "Canary weight in force, percent.",
+        vec![(String::new(), s.weight.percent())],
+    );
+    gauge(
+        "coalmine_rollout_step",
+        "Current step, 1-based (0 before the first).",
+        vec![(String::new(), s.step.unwrap_or(0) as f64)],
+    );
+    gauge(
+        "coalmine_rollout_phase",
+        "1 for the phase the rollout is in.",
+        vec![(format!(",phase=\"{}\"", s.phase), 1.0)],
+    );
+    gauge(
+        "coalmine_analysis_ticks",
+        "Analysis ticks so far.",
+        vec![(String::new(), s.ticks as f64)],
+    );
+    gauge(
+        "coalmine_metric_outcome",
+        "1 for each metric's current outcome.",
+        s.metrics
+            .iter()
+            .map(|m| {
+                let o = m.outcome.map_or("error", Outcome::as_str);
+                (
+                    format!(",metric=\"{}\",outcome=\"{o}\"", label(&m.metric)),
+                    1.0,
+                )
+            })
+            .collect(),
+    );
+    gauge(
+        "coalmine_metric_log_evalue",
+        "Natural log of each sequential metric's e-value (it fails at the log threshold).",
+        s.metrics
+            .iter()
+            .filter_map(|m| Some((format!(",metric=\"{}\"", label(&m.metric)), m.log_e?)))
+            .collect(),
+    );
+    gauge(
+        "coalmine_metric_log_threshold",
+        "Natural log of 1/alpha for each sequential metric.",
+        s.metrics
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    format!(",metric=\"{}\"", label(&m.metric)),
+                    m.log_threshold?,
+                ))
+            })
+            .collect(),
+    );
+    gauge(
+        "coalmine_metric_p_value",
+        "Anytime-valid p-value of each sequential metric.",
+        s.metrics
+            .iter()
+            .filter_map(|m| Some((format!(",metric=\"{}\"", label(&m.metric)), m.p_value?)))
+            .collect(),
+    );
+    out
+}
+
+/// Forwards records to two observers.
+pub(crate) struct Tee<'a>(
+    pub(crate) &'a mut dyn Observer,
+    pub(crate) Option<&'a mut dyn Observer>,
+);
+
+impl Observer for Tee<'_> {
+    fn on_record(&mut self, r: &Record) {
+        self.0.on_record(r);
+        if let Some(o) = &mut self.1 {
+            o.on_record(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn exposition_has_weight_and_metrics() {
+        let s = Snapshot {
+            rollout: "demo".into(),
+            phase: "progressing",
+            weight: Weight::try_from_percent(25.0).unwrap(),
+            step: Some(2),
+            steps: 3,
+            metrics: vec![MetricState {
+                metric: "error-rate".into(),
+                judge: "sequential",
+                outcome: Some(Outcome::Inconclusive),
+                reason: String::new(),
+                log_e: Some(1.5),
+                log_threshold: Some(3.0),
+                p_value: Some(0.2),
+            }],
+            ..Snapshot::default()
+        };
+        let text = exposition(&s);
+        assert!(
+            text.contains("coalmine_canary_weight_percent{rollout=\"demo\"} 25\n"),
+            "{text}"
+        );
+        assert!(text.contains("coalmine_rollout_phase{rollout=\"demo\",phase=\"progressing\"} 1"));
+        assert!(
+            text.contains("coalmine_metric_log_evalue{rollout=\"demo\",metric=\"error-rate\"} 1.5")
+        );
+        assert!(text.contains(
+            "coalmine_metric_outcome{rollout=\"demo\",metric=\"error-rate\",outcome=\"inconclusive\"} 1"
+        ));
+    }
+}
