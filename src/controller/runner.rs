@@ -372,9 +372,15 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
     async fn analyse(
         &mut self,
         window: &Window,
+        judge_it: bool,
     ) -> (Vec<MetricStatus>, Vec<MetricRecord>, Option<[f64; 2]>) {
         let source = self.source;
         let fetches = join_all(self.policy.metrics.iter().map(|m| source.fetch(m, window))).await;
+        if !judge_it {
+            // Warming up: the window is fetched (sources keep their windows contiguous)
+            // and its data discarded.
+            return (Vec::new(), Vec::new(), None);
+        }
         let mut statuses = Vec::new();
         let mut records = Vec::new();
         let mut requests: Option<[f64; 2]> = None;
@@ -549,6 +555,7 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
     phase = next;
     let mut queue: VecDeque<Command> = cmds.into();
     let mut seq: u64 = 0;
+    let mut first_traffic: Option<Duration> = None;
     let mut next_tick = Instant::now();
     let mut window_start = Duration::ZERO;
 
@@ -560,6 +567,11 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                         tokio::time::sleep(delay).await;
                     }
                     let event = shell.apply(weight).await;
+                    if first_traffic.is_none()
+                        && matches!(event, Event::Applied { weight, .. } if weight.bp() > 0)
+                    {
+                        first_traffic = Some(shell.now());
+                    }
                     let (label, detail) = match &event {
                         Event::Applied { .. } => ("weight-applied", None),
                         Event::ApplyFailed { error, .. } => ("apply-failed", Some(error.clone())),
@@ -652,17 +664,32 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         };
         seq += 1;
         shell.ticks += 1;
-        let (statuses, records, requests) = shell.analyse(&window).await;
+        // A window that starts inside the warm-up is discarded whole.
+        let warming = first_traffic.is_some_and(|t| window_start < t + plan.warmup);
+        let (statuses, records, requests) = shell.analyse(&window, !warming).await;
         let now = shell.now();
-        let (n, c) = step(
-            phase.clone(),
-            Event::Tick {
-                now,
-                metrics: statuses,
-                requests,
-            },
-            plan,
-        );
+        let (n, c) = if warming {
+            // Nothing judged: the phase stays, with its reason on record.
+            let since = now.saturating_sub(first_traffic.unwrap_or(now));
+            let hold = Decision::Hold {
+                reason: format!(
+                    "warming up: {:.0}s of {:.0}s, data discarded",
+                    since.as_secs_f64(),
+                    plan.warmup.as_secs_f64()
+                ),
+            };
+            (phase.clone(), vec![Command::Record(hold)])
+        } else {
+            step(
+                phase.clone(),
+                Event::Tick {
+                    now,
+                    metrics: statuses,
+                    requests,
+                },
+                plan,
+            )
+        };
         let decision = c.iter().find_map(|c| match c {
             Command::Record(d) => Some(d.clone()),
             _ => None,

@@ -521,6 +521,87 @@ async fn bad_canary_rolls_back_and_the_record_precedes_the_rollback() {
     assert_eq!(fin["weight"], 0.0);
 }
 
+fn cold_start_source() -> MockSource {
+    // The canary is bad for its first three windows (cold caches), then as good as the
+    // baseline.
+    let source = MockSource::new();
+    let cold = Answer::Rates {
+        baseline: 0.01,
+        canary: 0.3,
+        requests: 2000.0,
+    };
+    let warm = Answer::Rates {
+        baseline: 0.01,
+        canary: 0.01,
+        requests: 2000.0,
+    };
+    source.script("errors", vec![cold.clone(), cold.clone(), cold, warm]);
+    source
+}
+
+#[tokio::test(start_paused = true)]
+async fn warmup_discards_the_first_windows_and_records_why() {
+    // Without a warm-up the cold start rolls the canary back ...
+    let policy = policy_with(TIMING, ERRORS);
+    let report = run_quiet(&policy, &MockTrafficProvider::new(), &cold_start_source()).await;
+    assert!(
+        matches!(report.outcome, FinalOutcome::RolledBack { .. }),
+        "{:?}",
+        report.outcome
+    );
+    // ... with 30 s of warm-up the three cold windows are discarded and it promotes.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let policy = policy_with(&format!("{TIMING}\nwarmup = \"30s\""), ERRORS);
+    let opts = RunOptions {
+        decisions: Some(log.clone()),
+        abort: None,
+        approve: None,
+    };
+    let source = cold_start_source();
+    let report = run(
+        &policy,
+        &MockTrafficProvider::new(),
+        &source,
+        opts,
+        &mut Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    let ticks: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "tick")
+        .collect();
+    for t in &ticks[..3] {
+        assert_eq!(t["decision"]["action"], "hold", "{t}");
+        let reason = t["decision"]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("warming up"), "{reason}");
+        assert!(t.get("metrics").is_none(), "{t}");
+    }
+    assert!(
+        ticks[3]["metrics"].as_array().unwrap().len() == 1,
+        "{}",
+        ticks[3]
+    );
+    // Every window was still fetched, so the judged windows stay contiguous.
+    assert_eq!(source.windows()[3].seq, 3);
+}
+
+#[test]
+fn warmup_must_be_shorter_than_the_deadline() {
+    let text = "name = \"t\"\n[rollout]\ndeadline = \"5m\"\nwarmup = \"5m\"\n[traffic]\n\
+                type = \"proxy\"\nlisten = \"127.0.0.1:0\"\nbaseline = \"http://127.0.0.1:1\"\n\
+                canary = \"http://127.0.0.1:2\"\n[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n";
+    let err = policy::parse(text, "t.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("t.toml:4:10: warmup 5m must be shorter than the deadline 5m"),
+        "{err}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_data_holds_then_rolls_back() {
     let timing = format!("{TIMING}\non_no_data = \"rollback\"\nno_data_limit = \"30s\"");

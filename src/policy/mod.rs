@@ -82,6 +82,9 @@ pub struct Rollout {
     pub apply_timeout: Duration,
     /// Which step changes wait for an operator's approval.
     pub approval: Approval,
+    /// Data from the first this-long after the canary first gets traffic is discarded
+    /// (warm-up artefacts: cold caches, JIT); the rollout holds meanwhile.
+    pub warmup: Duration,
 }
 
 impl Rollout {
@@ -101,6 +104,7 @@ impl Rollout {
             apply_retries: 5,
             apply_timeout: Duration::from_secs(10),
             approval: Approval::None,
+            warmup: Duration::ZERO,
         }
     }
 }

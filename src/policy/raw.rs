@@ -107,6 +107,7 @@ pub(crate) struct RawRollout {
     pub apply_retries: Option<u32>,
     pub apply_timeout: Option<Spanned<Dur>>,
     pub approval: Option<Approval>,
+    pub warmup: Option<Spanned<Dur>>,
 }
 
 /// `[[metric]]` keys shared by every judge.

@@ -377,6 +377,18 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     }
     r.apply_timeout = at;
     r.approval = raw.approval.unwrap_or_default();
+    let (wu, wu_span) = dur(raw.warmup.as_ref(), Duration::ZERO);
+    if wu >= r.deadline {
+        ctx.error(
+            wu_span,
+            format!(
+                "warmup {} must be shorter than the deadline {}",
+                humantime::format_duration(wu),
+                humantime::format_duration(r.deadline)
+            ),
+        );
+    }
+    r.warmup = wu;
     (ctx.diags.len() == before).then_some(r)
 }
 
