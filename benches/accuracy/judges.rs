@@ -20,6 +20,8 @@ pub enum Kind {
     Sequential,
     /// The default policy with `share = "observed"` (only where routing is not per request).
     SequentialObserved,
+    /// The default policy with `warmup = "2m"` (only in the warm-up scenario).
+    SequentialWarmup,
     /// Kayenta-style Mann-Whitney on per-interval series, fail-fast.
     Kayenta,
     /// Flagger-style canary-only thresholds with a failed-checks counter.
@@ -32,9 +34,10 @@ pub enum Kind {
 
 impl Kind {
     /// All judges, in table order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Sequential,
         Kind::SequentialObserved,
+        Kind::SequentialWarmup,
         Kind::Kayenta,
         Kind::Flagger,
         Kind::Fixed,
@@ -46,6 +49,7 @@ impl Kind {
         match self {
             Kind::Sequential => "sequential",
             Kind::SequentialObserved => "sequential-observed",
+            Kind::SequentialWarmup => "sequential-warmup",
             Kind::Kayenta => "kayenta",
             Kind::Flagger => "flagger",
             Kind::Fixed => "fixed-horizon",

@@ -86,6 +86,12 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
             }
             Box::new(Sequential::new(&s.observed))
         }
+        Kind::SequentialWarmup => {
+            if sc.latency != Some(LatencyMode::Warmup) {
+                return None;
+            }
+            Box::new(Sequential::new(&s.specs))
+        }
         Kind::Kayenta => Box::new(KayentaStyle::new()),
         Kind::Flagger => Box::new(FlaggerStyle::new(sc.p0, report::baseline_p99())),
         Kind::Fixed => Box::new(Fixed::new(s.alpha)),
@@ -95,7 +101,17 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
         }
     };
     let _ = share;
-    let plan = &s.plan;
+    let mut warm_plan;
+    let plan = if kind == Kind::SequentialWarmup {
+        warm_plan = s.plan.clone();
+        warm_plan.warmup = Duration::from_secs(120);
+        &warm_plan
+    } else {
+        &s.plan
+    };
+    // The canary gets traffic at t = 0; as the runner does, windows that start inside the
+    // warm-up are discarded without a decision.
+    let warmup = plan.warmup.as_secs_f64();
     let horizon = plan.deadline.as_secs_f64();
     let analysed = plan.steps.iter().filter(|w| **w < Weight::FULL).count();
     let mut w = 0.0;
@@ -154,9 +170,12 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
         }
         let win = world.tick(w);
         t = win.t;
-        requests_total += win.requests[0] + win.requests[1];
-        canary_requests += win.requests[1];
-        harm += win.requests[1] as f64 * (win.true_error[1] - win.true_error[0]);
+        requests_total += win.served[0] + win.served[1];
+        canary_requests += win.served[1];
+        harm += win.served[1] as f64 * (win.true_error[1] - win.true_error[0]);
+        if t - interval < warmup - 1e-9 {
+            continue;
+        }
         let step_idx = match &phase {
             Phase::Progressing(p) => p.step,
             _ => 0,
@@ -275,6 +294,22 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
         Scenario {
             variant: "gaps-30%",
             fault: Fault::Gaps(0.3),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    v.push((
+        Scenario {
+            variant: "late-20%",
+            fault: Fault::Late(0.2),
+            ..base.clone()
+        },
+        0.05,
+    ));
+    v.push((
+        Scenario {
+            variant: "duplicated-10%",
+            fault: Fault::Duplicated(0.1),
             ..base.clone()
         },
         0.05,
@@ -434,13 +469,18 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
 fn main() {
     let mode = std::env::var("COALMINE_BENCH").unwrap_or_default();
     let quick = mode == "quick";
-    // `cargo bench` passes `--bench`; a filter argument selects judges by name.
+    // `cargo bench` passes `--bench`; a filter argument selects judges by name, or
+    // scenarios by name or variant (`cargo bench --bench accuracy -- late`).
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let (aa_runs, power_runs) = if quick { (400, 150) } else { (4000, 500) };
     let cells_spec: Vec<(Kind, Scenario, f64)> = scenarios(quick)
         .into_iter()
         .flat_map(|(sc, share)| Kind::ALL.into_iter().map(move |k| (k, sc.clone(), share)))
-        .filter(|(k, _, _)| filter.as_deref().is_none_or(|f| k.name().contains(f)))
+        .filter(|(k, sc, _)| {
+            filter
+                .as_deref()
+                .is_none_or(|f| k.name().contains(f) || sc.name == f || sc.variant.contains(f))
+        })
         .collect();
     let started = report::now();
     let next = AtomicUsize::new(0);

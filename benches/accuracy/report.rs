@@ -249,7 +249,7 @@ pub fn write(
             c.harm_errors,
         );
     }
-    let _ = writeln!(md, "\n{}", targets(cells));
+    let _ = writeln!(md, "\n{}", targets(cells, quick));
     let _ = writeln!(
         md,
         "\nRun time: {:.0} s. Command: `{}cargo bench --bench accuracy`.",
@@ -272,7 +272,7 @@ pub fn write(
 }
 
 /// The README targets for the default judge, checked on these cells.
-fn targets(cells: &[Cell]) -> String {
+fn targets(cells: &[Cell], quick: bool) -> String {
     let seq = |c: &&Cell| c.kind == Kind::Sequential;
     let mut out = String::from("Targets for `sequential`:\n");
     // 1. False rollbacks ≤ 5 % (upper CI ≤ 6 %) where assignment is per request.
@@ -286,14 +286,22 @@ fn targets(cells: &[Cell]) -> String {
         })
         .collect();
     let worst = fr.iter().map(|c| c.rollback_rate_ci[1]).fold(0.0, f64::max);
-    let ok1 = fr
-        .iter()
-        .all(|c| c.rollback_rate <= 0.05 && c.rollback_rate_ci[1] <= 0.06);
+    let worst_rate = fr.iter().map(|c| c.rollback_rate).fold(0.0, f64::max);
+    let rates_ok = worst_rate <= 0.05;
+    let ok1 = rates_ok && fr.iter().all(|c| c.rollback_rate_ci[1] <= 0.06);
+    let verdict = if ok1 {
+        "MET"
+    } else if quick && rates_ok {
+        // 400 runs give intervals of about ±2 points: the bound is for the full mode.
+        "rates MET, bound not judged in quick mode"
+    } else {
+        "NOT MET"
+    };
     let _ = writeln!(
         out,
-        "- false rollbacks on A/A and improvements ≤ 5% (upper 95% bound ≤ 6%) in {} per-request cells: {} (worst upper bound {:.1}%)",
+        "- false rollbacks on A/A and improvements ≤ 5% (upper 95% bound ≤ 6%) in {} per-request cells: {verdict} (worst rate {:.1}%, worst upper bound {:.1}%)",
         fr.len(),
-        if ok1 { "MET" } else { "NOT MET" },
+        worst_rate * 100.0,
         worst * 100.0
     );
     // 2. Never promotes with missing data.

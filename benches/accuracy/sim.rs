@@ -52,6 +52,32 @@ pub enum Fault {
     CanaryMissing,
     /// Each window is missing for both arms with this probability.
     Gaps(f64),
+    /// Each window's samples arrive late with this probability: the window reports nothing
+    /// and its counts arrive with the next window's.
+    Late(f64),
+    /// Each window's samples are counted twice with this probability (a duplicated scrape
+    /// target or a replayed remote-write batch).
+    Duplicated(f64),
+}
+
+/// Counts a window reports (what the metrics source returns).
+#[derive(Clone, Debug)]
+struct Reported {
+    requests: [u64; 2],
+    errors: [u64; 2],
+    latency: [Histogram; 2],
+}
+
+impl Reported {
+    fn add(&mut self, o: &Reported) {
+        for arm in 0..2 {
+            self.requests[arm] += o.requests[arm];
+            self.errors[arm] += o.errors[arm];
+            self.latency[arm]
+                .merge(&o.latency[arm])
+                .expect("same bounds");
+        }
+    }
 }
 
 /// One benchmark scenario.
@@ -215,8 +241,11 @@ impl Latency {
 pub struct Window {
     /// Seconds since the rollout started, at the end of the window.
     pub t: f64,
-    /// Requests per arm (baseline, canary).
+    /// Requests per arm (baseline, canary), as reported.
     pub requests: [u64; 2],
+    /// Requests per arm really served in this window (differs from `requests` under
+    /// late or duplicated samples).
+    pub served: [u64; 2],
     /// Errors per arm.
     pub errors: [u64; 2],
     /// Latency histograms per arm.
@@ -245,6 +274,8 @@ pub struct World {
     interval: f64,
     t: f64,
     burst: f64,
+    /// Late samples waiting for the next window.
+    late: Option<Reported>,
 }
 
 fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
@@ -331,6 +362,7 @@ impl World {
             interval,
             t: 0.0,
             burst: 1.0,
+            late: None,
         }
     }
 
@@ -390,20 +422,44 @@ impl World {
         };
         let hb = multinomial(&mut self.rng, nb, &self.base_probs);
         let hc = multinomial(&mut self.rng, nc, &canary_probs);
-        let (canary_missing, all_missing) = match self.sc.fault {
-            Fault::None => (false, false),
-            Fault::CanaryMissing => (true, false),
-            Fault::Gaps(q) => (false, self.rng.random::<f64>() < q),
-        };
-        self.t += dt;
-        Window {
-            t: self.t,
+        let mut rep = Reported {
             requests: [nb, nc],
             errors: [eb, ec],
             latency: [
                 Histogram::try_new(self.bounds.clone(), hb).expect("valid histogram"),
                 Histogram::try_new(self.bounds.clone(), hc).expect("valid histogram"),
             ],
+        };
+        let (canary_missing, all_missing) = match self.sc.fault {
+            Fault::None => (false, false),
+            Fault::CanaryMissing => (true, false),
+            Fault::Gaps(q) => (false, self.rng.random::<f64>() < q),
+            Fault::Late(q) => {
+                if let Some(held) = self.late.take() {
+                    rep.add(&held);
+                }
+                if self.rng.random::<f64>() < q {
+                    self.late = Some(rep.clone());
+                    (false, true)
+                } else {
+                    (false, false)
+                }
+            }
+            Fault::Duplicated(q) => {
+                if self.rng.random::<f64>() < q {
+                    let copy = rep.clone();
+                    rep.add(&copy);
+                }
+                (false, false)
+            }
+        };
+        self.t += dt;
+        Window {
+            t: self.t,
+            requests: rep.requests,
+            served: [nb, nc],
+            errors: rep.errors,
+            latency: rep.latency,
             canary_missing,
             all_missing,
             true_error: [pb, pc],
