@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coalmine::model::Weight;
-use coalmine::policy::{HaproxyConfig, HaproxySocket, NginxConfig, ProxyConfig, Upstream};
+use coalmine::policy::{ProxyConfig, Upstream};
 use coalmine::traffic::TrafficProvider;
 use coalmine::traffic::haproxy::HaproxyProvider;
 use coalmine::traffic::nginx::NginxProvider;
@@ -129,15 +129,7 @@ async fn main() {
 
     if let Some(bin) = find_tool("nginx") {
         let nginx = Nginx::start(&bin, &backends).await;
-        let p = NginxProvider::new(&NginxConfig {
-            file: nginx.include.clone(),
-            baseline: backends.baseline.addr().to_string(),
-            canary: backends.canary.addr().to_string(),
-            server_params: None,
-            test_command: nginx.command(&["-t"]),
-            reload_command: nginx.command(&["-s", "reload"]),
-            timeout: Duration::from_secs(30),
-        });
+        let p = NginxProvider::new(&nginx.config(&backends, None, Duration::from_secs(30)));
         let old = nginx.workers();
         p.set_weight(half()).await.expect("nginx weight");
         nginx.wait_reloaded(&old).await;
@@ -148,13 +140,7 @@ async fn main() {
 
     if let Some(bin) = find_tool("haproxy") {
         let h = Haproxy::start(&bin, &backends).await;
-        let p = HaproxyProvider::new(&HaproxyConfig {
-            socket: HaproxySocket::Unix(h.socket.clone()),
-            backend: "checkout".into(),
-            baseline: "stable".into(),
-            canary: "canary".into(),
-            timeout: Duration::from_secs(5),
-        });
+        let p = HaproxyProvider::new(&h.unix_config(Duration::from_secs(5)));
         p.set_weight(half()).await.expect("haproxy weight");
         rows.push(measure("haproxy (50%)", h.frontend).await);
     } else {

@@ -18,10 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use coalmine::model::Weight;
-use coalmine::policy::{
-    ExecConfig, HaproxyConfig, HaproxySocket, HttpConfig, HttpRead, NginxConfig, ProxyConfig,
-    Template, Upstream,
-};
+use coalmine::policy::{ExecConfig, HttpConfig, HttpRead, ProxyConfig, Template, Upstream};
 use coalmine::traffic::TrafficProvider;
 use coalmine::traffic::exec::ExecProvider;
 use coalmine::traffic::haproxy::HaproxyProvider;
@@ -132,13 +129,7 @@ async fn main() {
 
     if let Some(bin) = find_tool("haproxy") {
         let h = Haproxy::start(&bin, &backends).await;
-        let p = HaproxyProvider::new(&HaproxyConfig {
-            socket: HaproxySocket::Unix(h.socket.clone()),
-            backend: "checkout".into(),
-            baseline: "stable".into(),
-            canary: "canary".into(),
-            timeout: Duration::from_secs(5),
-        });
+        let p = HaproxyProvider::new(&h.unix_config(Duration::from_secs(5)));
         row("haproxy", measure(&p, Some(h.frontend), no_settle).await);
     } else {
         println!("| haproxy  | skipped: haproxy not found |");
@@ -146,15 +137,7 @@ async fn main() {
 
     if let Some(bin) = find_tool("nginx") {
         let n = Nginx::start(&bin, &backends).await;
-        let p = NginxProvider::new(&NginxConfig {
-            file: n.include.clone(),
-            baseline: backends.baseline.addr().to_string(),
-            canary: backends.canary.addr().to_string(),
-            server_params: None,
-            test_command: n.command(&["-t"]),
-            reload_command: n.command(&["-s", "reload"]),
-            timeout: Duration::from_secs(10),
-        });
+        let p = NginxProvider::new(&n.config(&backends, None, Duration::from_secs(10)));
         // Before each timed rollback, let the 25 % reload finish (old worker gone).
         let settle = async || {
             let before = n.workers();

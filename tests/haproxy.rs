@@ -11,13 +11,7 @@ use common::{Backends, Haproxy, assert_split, canary_answers, require_tool};
 use std::time::Duration;
 
 fn config(socket: HaproxySocket) -> HaproxyConfig {
-    HaproxyConfig {
-        socket,
-        backend: "checkout".into(),
-        baseline: "stable".into(),
-        canary: "canary".into(),
-        timeout: Duration::from_secs(2),
-    }
+    Haproxy::config(socket, Duration::from_secs(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,15 +13,11 @@ use coalmine::traffic::{TrafficProvider, conformance};
 use common::{Backends, Nginx, assert_split, canary_answers, require_tool};
 
 fn config(n: &Nginx, backends: &Backends) -> NginxConfig {
-    NginxConfig {
-        file: n.include.clone(),
-        baseline: backends.baseline.addr().to_string(),
-        canary: backends.canary.addr().to_string(),
-        server_params: Some("max_fails=3 fail_timeout=10s".into()),
-        test_command: n.command(&["-t"]),
-        reload_command: n.command(&["-s", "reload"]),
-        timeout: Duration::from_secs(10),
-    }
+    n.config(
+        backends,
+        Some("max_fails=3 fail_timeout=10s".into()),
+        Duration::from_secs(10),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,77 +11,19 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
+use common::{Guard, free_port, require_tool};
+
 const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
-
-fn prometheus_binary() -> Option<PathBuf> {
-    let from_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    from_path
-        .into_iter()
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
-}
-
-/// The Prometheus binary, `None` to skip (never under CI, where a missing one fails).
-fn require_prometheus(test: &str) -> Option<PathBuf> {
-    if let Some(p) = prometheus_binary() {
-        return Some(p);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !ci,
-        "{test}: no `prometheus` binary on PATH or in /usr/bin, /usr/sbin; CI must install it \
-         (apt-get install prometheus; scripts/test does)"
-    );
-    eprintln!(
-        "\n************************************************************\n\
-         SKIPPED {test}: no `prometheus` binary (apt-get install prometheus)\n\
-         ************************************************************\n"
-    );
-    None
-}
-
-/// A child process killed when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Proc { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 /// A plain HTTP/1.0 GET: `(status, body)`, `None` when nothing answers.
 fn http_get(addr: SocketAddr, path_and_query: &str) -> Option<(u16, String)> {
@@ -100,13 +42,13 @@ fn http_get(addr: SocketAddr, path_and_query: &str) -> Option<(u16, String)> {
 
 /// The demo services, started with `coalmine demo-services`.
 struct Services {
-    _proc: Proc,
+    _proc: Guard,
     baseline: SocketAddr,
     canary: SocketAddr,
 }
 
 fn start_services(scenario: &str, load_to: SocketAddr) -> Services {
-    let mut proc = Proc::spawn(
+    let mut proc = Guard::spawn(
         Command::new(BIN)
             .args(["demo-services", "--scenario", scenario])
             .args(["--baseline", "127.0.0.1:0", "--canary", "127.0.0.1:0"])
@@ -114,7 +56,7 @@ fn start_services(scenario: &str, load_to: SocketAddr) -> Services {
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
-    let stdout = proc.child.stdout.take().expect("piped stdout");
+    let stdout = proc.0.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -145,7 +87,7 @@ struct Prometheus {
     bin: PathBuf,
     dir: tempfile::TempDir,
     addr: SocketAddr,
-    proc: Option<Proc>,
+    proc: Option<Guard>,
     /// `--web.config.file` (TLS), if any.
     web_config: Option<PathBuf>,
 }
@@ -188,7 +130,7 @@ impl Prometheus {
             .append(true)
             .open(d.join("prometheus.log"))
             .expect("prometheus log");
-        self.proc = Some(Proc::spawn(
+        self.proc = Some(Guard::spawn(
             Command::new(&self.bin)
                 .arg(format!(
                     "--config.file={}",
@@ -316,7 +258,7 @@ max = 0.5
 
 /// A running `coalmine run`.
 struct Run {
-    proc: Proc,
+    proc: Guard,
     decisions: PathBuf,
     stderr: PathBuf,
 }
@@ -325,7 +267,7 @@ impl Run {
     fn start(dir: &Path, policy: &Path) -> Run {
         let decisions = dir.join("decisions.jsonl");
         let stderr = dir.join("run.stderr");
-        let proc = Proc::spawn(
+        let proc = Guard::spawn(
             Command::new(BIN)
                 .arg("run")
                 .arg(policy)
@@ -379,7 +321,7 @@ impl Run {
     fn finish(&mut self, limit: Duration) -> i32 {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.proc.child.try_wait() {
+            if let Ok(Some(status)) = self.proc.0.try_wait() {
                 return status.code().unwrap_or(-1);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -425,7 +367,7 @@ struct Finished {
 
 /// Runs one rollout of the generated policy against `scenario`; `None` to skip.
 fn rollout(test: &str, scenario: &str, limits: &Limits, outage: Outage) -> Option<Finished> {
-    let bin = require_prometheus(test)?;
+    let bin = require_tool("prometheus", "prometheus")?;
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -618,7 +560,7 @@ fn validate_preflight(path: &Path) -> std::process::Output {
 
 #[test]
 fn validate_preflight_evaluates_every_query() {
-    let Some(bin) = require_prometheus("preflight") else {
+    let Some(bin) = require_tool("prometheus", "prometheus") else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -681,7 +623,7 @@ fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[test]
 fn tls_with_a_private_ca_file() {
-    let Some(bin) = require_prometheus("tls") else {
+    let Some(bin) = require_tool("prometheus", "prometheus") else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coalmine::demo::service::{Behaviour, Service};
+use coalmine::policy::{HaproxyConfig, HaproxySocket, NginxConfig};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -51,10 +52,25 @@ pub fn free_port() -> u16 {
 /// A child process killed (and reaped) when dropped.
 pub struct Guard(pub Child);
 
-impl Drop for Guard {
-    fn drop(&mut self) {
+impl Guard {
+    /// Starts `cmd`, panicking with the command line when it cannot start.
+    pub fn spawn(cmd: &mut Command) -> Guard {
+        Guard(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+        )
+    }
+
+    /// Kills and reaps the process now (dropping does the same).
+    pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -145,6 +161,22 @@ impl Haproxy {
             frontend,
             child: Guard(child),
         }
+    }
+
+    /// The provider configuration for this instance's `checkout` backend through `socket`.
+    pub fn config(socket: HaproxySocket, timeout: Duration) -> HaproxyConfig {
+        HaproxyConfig {
+            socket,
+            backend: "checkout".into(),
+            baseline: "stable".into(),
+            canary: "canary".into(),
+            timeout,
+        }
+    }
+
+    /// [`Haproxy::config`] through the unix admin socket.
+    pub fn unix_config(&self, timeout: Duration) -> HaproxyConfig {
+        Self::config(HaproxySocket::Unix(self.socket.clone()), timeout)
     }
 }
 
@@ -247,6 +279,25 @@ impl Nginx {
         let mut v = self.base.clone();
         v.extend(extra.iter().map(ToString::to_string));
         v
+    }
+
+    /// The provider configuration for this instance (its include file, test and reload
+    /// commands).
+    pub fn config(
+        &self,
+        backends: &Backends,
+        server_params: Option<String>,
+        timeout: Duration,
+    ) -> NginxConfig {
+        NginxConfig {
+            file: self.include.clone(),
+            baseline: backends.baseline.addr().to_string(),
+            canary: backends.canary.addr().to_string(),
+            server_params,
+            test_command: self.command(&["-t"]),
+            reload_command: self.command(&["-s", "reload"]),
+            timeout,
+        }
     }
 }
 
