@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coalmine::model::Weight;
-use coalmine::policy::{ProxyConfig, Upstream};
+use coalmine::policy::{ProxyConfig, Readiness, Upstream};
 use coalmine::traffic::TrafficProvider;
 use coalmine::traffic::haproxy::HaproxyProvider;
 use coalmine::traffic::nginx::NginxProvider;
@@ -121,6 +121,7 @@ async fn main() {
             authority: backends.canary.addr().to_string(),
         },
         upstream_timeout: Duration::from_secs(30),
+        readiness: Readiness::default(),
     };
     let proxy = ProxyHandle::start(&cfg, Some(1)).await.expect("proxy");
     proxy.provider().set_weight(half()).await.expect("weight");

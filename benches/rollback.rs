@@ -18,7 +18,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use coalmine::model::Weight;
-use coalmine::policy::{ExecConfig, HttpConfig, HttpRead, ProxyConfig, Template, Upstream};
+use coalmine::policy::{
+    ExecConfig, HttpConfig, HttpRead, ProxyConfig, Readiness, Template, Upstream,
+};
 use coalmine::traffic::TrafficProvider;
 use coalmine::traffic::exec::ExecProvider;
 use coalmine::traffic::haproxy::HaproxyProvider;
@@ -120,6 +122,7 @@ async fn main() {
             baseline: upstream(backends.baseline.addr()),
             canary: upstream(backends.canary.addr()),
             upstream_timeout: Duration::from_secs(5),
+            readiness: Readiness::default(),
         },
         Some(1),
     )

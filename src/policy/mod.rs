@@ -24,7 +24,7 @@ pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use providers::WEIGHT_PLACEHOLDERS;
-pub use raw::{Advance, Approval, OnNoData};
+pub use raw::{Advance, Approval, OnExternalChange, OnNoData};
 pub use template::Template;
 pub use validate::parse;
 
@@ -85,6 +85,13 @@ pub struct Rollout {
     /// Data from the first this-long after the canary first gets traffic is discarded
     /// (warm-up artefacts: cold caches, JIT); the rollout holds meanwhile.
     pub warmup: Duration,
+    /// The baseline counts as unhealthy (no comparison is trusted, nothing promotes) when its
+    /// own error rate is shown to exceed this (in 0..=1; 1 turns the check off).
+    pub baseline_max_error_rate: f64,
+    /// What a weight in force that the controller did not apply does.
+    pub on_external_change: OnExternalChange,
+    /// A step may end before `step_duration` once every metric passes.
+    pub early_pass: bool,
 }
 
 impl Rollout {
@@ -105,6 +112,9 @@ impl Rollout {
             apply_timeout: Duration::from_secs(10),
             approval: Approval::None,
             warmup: Duration::ZERO,
+            baseline_max_error_rate: 0.1,
+            on_external_change: OnExternalChange::Pause,
+            early_pass: false,
         }
     }
 }
@@ -120,6 +130,32 @@ pub struct ProxyConfig {
     pub canary: Upstream,
     /// Time limit for one upstream request; a timeout counts as an error.
     pub upstream_timeout: Duration,
+    /// How `run` checks that the canary answers before it moves any traffic to it.
+    pub readiness: Readiness,
+}
+
+/// The canary's HTTP readiness probe (`[traffic] readiness_*` of the built-in proxy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Path requested from the canary, e.g. `/` or `/healthz`.
+    pub path: String,
+    /// Statuses that mean ready (empty: any 2xx).
+    pub statuses: Vec<u16>,
+    /// Time limit of one probe.
+    pub timeout: Duration,
+    /// Probes before giving up (one second apart).
+    pub attempts: u32,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            path: "/".to_string(),
+            statuses: Vec::new(),
+            timeout: Duration::from_secs(2),
+            attempts: 3,
+        }
+    }
 }
 
 /// An HTTP upstream.

@@ -18,8 +18,8 @@ use super::raw::{
 };
 use super::template::Template;
 use super::{
-    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout,
-    SourceConfig, TrafficConfig, Upstream, Variable,
+    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Readiness,
+    Rollout, SourceConfig, TrafficConfig, Upstream, Variable,
 };
 use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
@@ -389,7 +389,27 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         );
     }
     r.warmup = wu;
+    rollout_safety(ctx, &raw, &mut r);
     (ctx.diags.len() == before).then_some(r)
+}
+
+/// `baseline_max_error_rate`, `on_external_change` and `early_pass`.
+fn rollout_safety(ctx: &mut Ctx, raw: &RawRollout, r: &mut Rollout) {
+    if let Some(b) = &raw.baseline_max_error_rate {
+        let v = *b.get_ref();
+        if v > 0.0 && v <= 1.0 {
+            r.baseline_max_error_rate = v;
+        } else {
+            ctx.error(
+                b.span(),
+                format!(
+                    "baseline_max_error_rate must be in (0, 1] (1 turns the check off), got {v}"
+                ),
+            );
+        }
+    }
+    r.on_external_change = raw.on_external_change.unwrap_or_default();
+    r.early_pass = raw.early_pass.unwrap_or(false);
 }
 
 fn parse_upstream(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<Upstream> {
@@ -443,11 +463,13 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
             if timeout.is_zero() {
                 ctx.error(tspan, "upstream_timeout must be positive");
             }
+            let readiness = parse_readiness(ctx, &raw);
             Some(TrafficConfig::Proxy(ProxyConfig {
                 listen: listen.ok()?,
                 baseline: baseline?,
                 canary: canary?,
                 upstream_timeout: timeout,
+                readiness: readiness?,
             }))
         }
         "haproxy" => providers::haproxy(ctx, &rest).map(TrafficConfig::Haproxy),
@@ -466,6 +488,49 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
             None
         }
     }
+}
+
+/// The canary readiness probe of the built-in proxy (`readiness_*` keys).
+fn parse_readiness(ctx: &mut Ctx, raw: &RawProxy) -> Option<Readiness> {
+    let before = ctx.diags.len();
+    let mut r = Readiness::default();
+    if let Some(p) = &raw.readiness_path {
+        let path = p.get_ref().trim();
+        if path.starts_with('/') && !path.contains(char::is_whitespace) {
+            r.path = path.to_string();
+        } else {
+            ctx.error(
+                p.span(),
+                format!("readiness_path must be a path starting with `/`, e.g. \"/healthz\", got `{path}`"),
+            );
+        }
+    }
+    if let Some(list) = &raw.readiness_statuses {
+        for s in list.get_ref() {
+            match u16::try_from(*s.get_ref()) {
+                Ok(code) if (100..=599).contains(&code) => r.statuses.push(code),
+                _ => ctx.error(
+                    s.span(),
+                    format!(
+                        "readiness status {} is not an HTTP status (100 to 599)",
+                        s.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+    let (t, tspan) = dur(raw.readiness_timeout.as_ref(), r.timeout);
+    if t.is_zero() {
+        ctx.error(tspan, "readiness_timeout must be positive");
+    }
+    r.timeout = t;
+    if let Some(a) = &raw.readiness_attempts {
+        if *a.get_ref() == 0 {
+            ctx.error(a.span(), "readiness_attempts must be at least 1");
+        }
+        r.attempts = *a.get_ref();
+    }
+    (ctx.diags.len() == before).then_some(r)
 }
 
 fn parse_source(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coalmine::demo::service::{Behaviour, Service};
 use coalmine::model::Weight;
-use coalmine::policy::{ProxyConfig, Upstream};
+use coalmine::policy::{ProxyConfig, Readiness, Upstream};
 use coalmine::traffic::TrafficProvider;
 use coalmine::traffic::proxy::{ARM_HEADER, ProxyHandle};
 use http_body_util::{BodyExt, Empty};
@@ -67,6 +67,7 @@ async fn observed_split_follows_the_weight() {
         baseline: upstream(b.addr()),
         canary: upstream(c.addr()),
         upstream_timeout: Duration::from_secs(5),
+        readiness: Readiness::default(),
     };
     let proxy = ProxyHandle::start(&cfg, None).await.unwrap();
     let provider = proxy.provider();
@@ -110,6 +111,7 @@ async fn an_unreachable_upstream_is_a_502_and_an_error() {
         baseline: upstream(b.addr()),
         canary: upstream(dead),
         upstream_timeout: Duration::from_secs(2),
+        readiness: Readiness::default(),
     };
     let proxy = ProxyHandle::start(&cfg, Some(3)).await.unwrap();
     proxy.provider().set_weight(Weight::FULL).await.unwrap();
