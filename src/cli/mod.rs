@@ -27,7 +27,8 @@ Exit codes:
   0  promoted (or the command succeeded)
   1  rolled back
   2  invalid input: policy, files or usage
-  3  operational failure: traffic could not be moved or a dependency failed";
+  3  operational failure: the provider, the metrics source or the canary was not ready
+     (no traffic was moved), or traffic could not be moved";
 
 /// coalmine: canary analysis with metrics-driven auto-rollback.
 #[derive(Debug, Parser)]
@@ -46,7 +47,8 @@ pub enum Command {
     /// Serve the demo's baseline and canary (with `/metrics`) and send load to a proxy
     /// address, until Ctrl-C: for trying `coalmine run` with a real Prometheus.
     DemoServices(demo_services::DemoServicesArgs),
-    /// Run one rollout of a policy in the foreground.
+    /// Run one rollout of a policy in the foreground. Before any traffic moves it checks
+    /// that the provider and the metrics source answer and that the canary is ready.
     Run(run::RunArgs),
     /// Check policies; print `path:line:col: message` for every problem.
     Validate(validate::ValidateArgs),

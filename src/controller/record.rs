@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::health::Health;
 use super::machine::Decision;
 use crate::analysis::{Outcome, Stats};
 use crate::metrics::RenderedQuery;
@@ -95,6 +96,9 @@ pub struct Record {
     /// Requests (ticks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestsRecord>,
+    /// The baseline's health, when error counts tell (ticks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Health>,
     /// Metrics (ticks).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricRecord>,

@@ -144,6 +144,10 @@ async fn handle(
         );
         return Ok(r);
     }
+    if req.uri().path() == "/healthz" {
+        // Readiness (`[traffic] readiness_path`): always ready, never counted.
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    }
     let (error, latency) = shared.draw();
     tokio::time::sleep(latency).await;
     shared.record(error, latency);

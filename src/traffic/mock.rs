@@ -88,6 +88,11 @@ impl MockTrafficProvider {
     pub fn weight(&self) -> Weight {
         self.lock().weight
     }
+
+    /// Puts `w` in force from outside (a human, another controller): not recorded as a call.
+    pub fn force(&self, w: Weight) {
+        self.lock().weight = w;
+    }
 }
 
 impl TrafficProvider for MockTrafficProvider {
