@@ -1,5 +1,6 @@
 //! The status server of a running rollout: health, status and metrics while it runs, an
-//! approval gate released with POST /approve, and POST /abort rolling back.
+//! approval gate released with POST /approve, POST /pause and /resume, and POST /abort
+//! rolling back.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -136,4 +137,41 @@ fn approval_without_a_status_server_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--status-addr"));
+}
+
+#[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "waiting on a child process from a synchronous test"
+)]
+fn pause_holds_the_weight_until_resume() {
+    let addr = free_addr();
+    let (mut child, _dir) = start("", addr);
+    wait_for(addr, &mut child, |v| {
+        v["ticks"].as_u64().is_some_and(|t| t >= 2)
+    });
+    assert_eq!(http(addr, "POST", "/resume").unwrap().0, 409, "not paused");
+    assert_eq!(http(addr, "POST", "/pause").unwrap().0, 202);
+    wait_for(addr, &mut child, |v| v["phase"] == "paused");
+    let weight = |addr| {
+        let (_, body) = http(addr, "GET", "/status").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["weight"].as_f64().unwrap(),
+            v["phase"].as_str().unwrap().to_string(),
+        )
+    };
+    let (held, _) = weight(addr);
+    // Longer than a step (8 s in the demo policy): a running rollout would have moved on.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(weight(addr), (held, "paused".to_string()));
+    assert_eq!(
+        http(addr, "POST", "/pause").unwrap().0,
+        409,
+        "already paused"
+    );
+    assert_eq!(http(addr, "POST", "/resume").unwrap().0, 202);
+    let (code, json) = finish(child);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["outcome"], "promoted");
 }
