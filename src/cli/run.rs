@@ -196,6 +196,9 @@ pub(crate) async fn main(args: RunArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    for w in policy.warnings() {
+        eprintln!("warning: {w}");
+    }
     let (built, source) = match setup(&policy, None).await {
         Ok(x) => x,
         Err(code) => return code,

@@ -48,6 +48,9 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
             policy.source.kind(),
             metrics.join(", ")
         );
+        for w in policy.warnings() {
+            eprintln!("{}: warning: {w}", path.display());
+        }
         if args.preflight && !preflight(&policy, path).await {
             code = code.max(EXIT_FAILURE);
         }

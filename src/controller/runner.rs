@@ -584,11 +584,7 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
         let mut statuses = Vec::new();
         let mut records = Vec::new();
         let mut requests: Option<[f64; 2]> = None;
-        let counts_requests = self
-            .policy
-            .metrics
-            .iter()
-            .any(|m| matches!(m.shape, Shape::Counts | Shape::Histogram));
+        let counts_requests = self.policy.counts_requests();
         for ((m, judge), res) in self
             .policy
             .metrics

@@ -453,3 +453,34 @@ pub struct MetricConfig {
     /// Recorded and reported, never acted on.
     pub dry_run: bool,
 }
+
+impl Policy {
+    /// Whether any metric reports request counts (counts or histograms), so that
+    /// `[rollout] min_requests` applies.
+    #[must_use]
+    pub fn counts_requests(&self) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| matches!(m.shape, Shape::Counts | Shape::Histogram))
+    }
+
+    /// Settings that are valid but cannot do what they seem to say (printed by `validate`
+    /// and `run`; never fatal).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rollout.min_requests > 0 && !self.counts_requests() {
+            out.push(format!(
+                "min_requests = {} does not apply: no metric counts requests (none gives counts \
+                 or a histogram), so steps end on step_duration{}",
+                self.rollout.min_requests,
+                if self.scoring.is_some() {
+                    " and the score's [scoring] min_points"
+                } else {
+                    ""
+                }
+            ));
+        }
+        out
+    }
+}

@@ -189,3 +189,24 @@ fn every_shipped_policy_promotes_a_healthy_canary_and_rolls_back_errors() {
         .collect();
     assert!(report.is_empty(), "{}", report.join("\n\n"));
 }
+
+#[test]
+fn validate_warns_about_a_min_requests_that_nothing_counts() {
+    let kayenta = root().join("tests/fixtures/policies/valid/kayenta.toml");
+    let out = crate::support::run(&["validate", kayenta.to_str().unwrap()]);
+    let (_, err) = crate::support::text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning is not an error: {err}"
+    );
+    assert!(
+        err.contains(
+            "kayenta.toml: warning: min_requests = 100 does not apply: no metric counts requests"
+        ) && err.contains("[scoring] min_points"),
+        "{err}"
+    );
+    let demo = root().join("policies/demo.toml");
+    let out = crate::support::run(&["validate", demo.to_str().unwrap()]);
+    assert!(!crate::support::text(&out).1.contains("warning"), "{out:?}");
+}
