@@ -740,5 +740,8 @@ fn prometheus_down_at_start_moves_no_traffic() {
             && err.contains("unreachable"),
         "{err}"
     );
-    assert!(!decisions.exists(), "a rollout started");
+    // The failed check is on record, and no traffic was moved.
+    let log = std::fs::read_to_string(&decisions).expect("the checks are recorded");
+    assert!(!log.contains("weight-applied"), "{log}");
+    assert!(log.contains("\"event\":\"not-started\""), "{log}");
 }
