@@ -779,11 +779,13 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
     }
 }
 
-/// The first planned step after `step` whose weight is above `weight` (the plan's length
-/// when none is: promote).
-fn next_step(step: usize, weight: Weight, plan: &Rollout) -> usize {
-    (step + 1..plan.steps.len())
-        .find(|&i| plan.steps[i] > weight)
+/// The first planned step whose weight is above `weight` (the plan's length when none is:
+/// promote). Steps increase, so from a planned step this is the next one; from an adopted
+/// weight it is the first step above it, wherever that was in the plan.
+fn next_step(weight: Weight, plan: &Rollout) -> usize {
+    plan.steps
+        .iter()
+        .position(|w| *w > weight)
         .unwrap_or(plan.steps.len())
 }
 
@@ -863,7 +865,9 @@ fn external_change(
             } else if found == Weight::FULL {
                 (Phase::Promoted, vec![record, note, Command::Finish])
             } else {
-                let mut q = Progress::new(p.step, found, now, p.paused_for);
+                // The step is the last planned one at or below the weight found.
+                let step = next_step(found, plan).saturating_sub(1);
+                let mut q = Progress::new(step, found, now, p.paused_for);
                 q.approved = p.approved;
                 (Phase::Progressing(q), vec![record, note])
             }
@@ -1102,7 +1106,7 @@ fn tick(
     if !waiting.is_empty() {
         return hold(p, waiting.join("; "), notes);
     }
-    let next = next_step(p.step, p.weight, plan);
+    let next = next_step(p.weight, plan);
     let promotes = plan.steps.get(next).is_none_or(|w| *w >= Weight::FULL);
     let needs_approval = match plan.approval {
         Approval::None => false,

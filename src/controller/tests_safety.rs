@@ -350,6 +350,13 @@ fn external_change_can_roll_back_or_be_adopted() {
     assert_eq!(notes(&c), vec!["adopted"]);
     let (p, _) = step(p, healthy_baseline(90, metrics(INC, PASS)), &plan);
     assert!(matches!(p, Phase::Shifting { step: 1, target, .. } if target == w(25.0)));
+    // Adopting 10 % in the 25 % step goes back to the 25 % step next, not on to 100 %.
+    let (p, _) = step(progressing(1, w(25.0), 0), found(30, w(10.0)), &plan);
+    let (p, _) = step(p, healthy_baseline(90, metrics(INC, PASS)), &plan);
+    assert!(
+        matches!(p, Phase::Shifting { step: 1, target, .. } if target == w(25.0)),
+        "{p:?}"
+    );
     // Adopting 30 % (above the 25 % step) skips it.
     let (p, _) = step(progressing(0, w(5.0), 0), found(30, w(30.0)), &plan);
     let (p, c) = step(p, healthy_baseline(90, metrics(INC, PASS)), &plan);
