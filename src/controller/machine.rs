@@ -210,6 +210,8 @@ pub struct Paused {
     pub since: Duration,
     /// The weight in force as last read back.
     pub in_force: Weight,
+    /// The metrics failing while paused that the operator has been told about.
+    pub alerted: Vec<String>,
 }
 
 /// Where a rollout is.
@@ -446,6 +448,11 @@ pub enum Note {
     BaselineHealthy(Health),
     /// The rollout paused.
     Paused(PauseCause),
+    /// Metrics failed while paused: not acted on (a human has control), but told.
+    FailingWhilePaused {
+        /// The failing metrics and what they said.
+        metrics: Vec<(String, String)>,
+    },
     /// An operator resumed it.
     Resumed {
         /// The weight the controller puts back in force (or keeps).
@@ -468,6 +475,7 @@ impl Note {
             Note::BaselineUnhealthy(_) => "baseline-unhealthy",
             Note::BaselineHealthy(_) => "baseline-healthy",
             Note::Paused(_) => "paused",
+            Note::FailingWhilePaused { .. } => "failing-while-paused",
             Note::Resumed { .. } => "resumed",
             Note::Adopted { .. } => "adopted",
         }
@@ -485,6 +493,14 @@ impl Note {
             Note::Paused(c) => format!(
                 "{}; waiting for an operator (POST /resume or /abort); the deadline is suspended",
                 pause_text(c, at)
+            ),
+            Note::FailingWhilePaused { metrics } => format!(
+                "while paused (not acted on, an operator has control): {}",
+                metrics
+                    .iter()
+                    .map(|(m, why)| format!("metric `{m}` failed: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
             Note::Resumed { weight } => format!("resumed by an operator at {weight}"),
             Note::Adopted { found, applied } => {
@@ -693,6 +709,7 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                     cause: cause.clone(),
                     since: now,
                     in_force,
+                    alerted: Vec::new(),
                 }),
                 vec![Command::Notify(Note::Paused(cause))],
             )
@@ -843,6 +860,7 @@ fn external_change(
                     cause: cause.clone(),
                     since: now,
                     in_force: found,
+                    alerted: Vec::new(),
                 }),
                 vec![
                     Command::Record(Decision::Pause { reason }),
@@ -920,22 +938,31 @@ fn paused_tick(
         secs(now.saturating_sub(z.since)),
         pause_text(&z.cause, &|d| secs(d))
     );
-    let failing: Vec<&str> = metrics
+    let failing: Vec<&MetricStatus> = metrics
         .iter()
         .filter(|m| !m.dry_run && m.outcome == Some(Outcome::Fail))
-        .map(|m| m.metric.as_str())
         .collect();
+    let mut cmds = Vec::new();
     if !failing.is_empty() {
+        let names: Vec<&str> = failing.iter().map(|m| m.metric.as_str()).collect();
         let _ = write!(
             reason,
             "; not acted on while paused: {} failing",
-            failing.join(", ")
+            names.join(", ")
         );
+        // Tell the operator once per metric: they may not be watching.
+        let new: Vec<(String, String)> = failing
+            .iter()
+            .filter(|m| !z.alerted.contains(&m.metric))
+            .map(|m| (m.metric.clone(), m.reason.clone()))
+            .collect();
+        if !new.is_empty() {
+            z.alerted.extend(new.iter().map(|(m, _)| m.clone()));
+            cmds.push(Command::Notify(Note::FailingWhilePaused { metrics: new }));
+        }
     }
-    (
-        Phase::Paused(z),
-        vec![Command::Record(Decision::Hold { reason })],
-    )
+    cmds.insert(0, Command::Record(Decision::Hold { reason }));
+    (Phase::Paused(z), cmds)
 }
 
 fn hold(p: Progress, reason: String, mut notes: Vec<Command>) -> (Phase, Vec<Command>) {
