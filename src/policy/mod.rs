@@ -122,6 +122,20 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
 }
 
+impl ProxyConfig {
+    /// A proxy on `listen` in front of `baseline` and `canary`, every other key at its
+    /// default (as if the policy left it out).
+    #[must_use]
+    pub fn new(listen: SocketAddr, baseline: Upstream, canary: Upstream) -> Self {
+        ProxyConfig {
+            listen,
+            baseline,
+            canary,
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// An HTTP upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
