@@ -118,7 +118,8 @@ pub struct ProxyConfig {
     pub baseline: Upstream,
     /// Canary upstream.
     pub canary: Upstream,
-    /// Time limit for one upstream request; a timeout counts as an error.
+    /// Time limit for the upstream's response headers, and for each wait for more of its
+    /// body; either timeout counts as an error.
     pub upstream_timeout: Duration,
 }
 

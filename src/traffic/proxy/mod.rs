@@ -7,6 +7,15 @@
 //! epoch it was routed in, even if it completes after the change. Memory is constant in
 //! the number of requests (two counters and a log-spaced latency histogram per arm and
 //! epoch). Changing the weight never drops a connection: routing is per request.
+//!
+//! A request is counted once, when its response ends: after the last byte of the body, or
+//! when it fails. A response whose body breaks after the headers (reset, fewer bytes than
+//! `Content-Length`, the upstream silent for longer than `upstream_timeout` mid-body) is an
+//! error, like a 5xx or an unreachable upstream. Latency is measured to the last byte and
+//! only for requests that did not fail: a failed request is an error, not a fast request.
+//! A request the client abandons before its end is counted without an error, with the time
+//! it had taken so far (a lower bound of its latency), so that a canary too slow for its
+//! clients is not silently left out of the counts.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +32,7 @@ use crate::analysis::histogram::{log_bounds, log_bucket_index};
 use crate::model::{Arm, Weight};
 use crate::policy::ProxyConfig;
 
+mod metered;
 mod server;
 
 pub use server::ARM_HEADER;
@@ -66,12 +76,14 @@ pub struct Epoch {
 }
 
 impl Epoch {
-    /// Records one completed request.
+    /// Records one completed request: an error, or a success with its latency (to the
+    /// last byte). Failed requests stay out of the latency histogram.
     pub fn record(&self, arm: Arm, latency: Duration, error: bool) {
         let a = &self.arms[arm.index()];
-        a.buckets[log_bucket_index(latency.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
         if error {
             a.errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            a.buckets[log_bucket_index(latency.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
         }
         // Requests last, so a reader that sees the request also sees its error and bucket.
         a.requests.fetch_add(1, Ordering::Release);
@@ -83,9 +95,10 @@ impl Epoch {
 pub struct ArmSnapshot {
     /// Completed requests.
     pub requests: u64,
-    /// 5xx responses and upstream failures.
+    /// 5xx responses, upstream failures and bodies broken after the headers.
     pub errors: u64,
-    /// Latency histogram over [`log_bounds`].
+    /// Latency histogram over [`log_bounds`] of the requests that did not fail (to the last
+    /// byte): it sums to `requests - errors`.
     pub buckets: Vec<u64>,
 }
 
@@ -334,12 +347,15 @@ mod tests {
         e0.record(Arm::Baseline, Duration::from_millis(10), false);
         let (_, e1) = s.route();
         e1.record(Arm::Canary, Duration::from_millis(20), true);
+        e1.record(Arm::Canary, Duration::from_millis(30), false);
         s.set_weight(Weight::try_from_percent(25.0).unwrap());
         let snap = s.snapshot();
         assert_eq!(snap.len(), 2, "a repeated weight starts no epoch");
         assert_eq!(snap[0].arms[0].requests, 1);
         assert_eq!(snap[1].weight.bp(), 2500);
+        assert_eq!(snap[1].arms[1].requests, 2);
         assert_eq!(snap[1].arms[1].errors, 1);
+        // The failed request has no latency.
         assert_eq!(snap[1].arms[1].buckets.iter().sum::<u64>(), 1);
     }
 

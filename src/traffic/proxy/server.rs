@@ -20,10 +20,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ProxyState;
+use super::metered::{BoxError, MeteredBody, Tally};
 use crate::model::Arm;
 use crate::policy::ProxyConfig;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, BoxError>;
 type UpstreamClient = Client<HttpConnector, Incoming>;
 
 /// Header added to every response: which arm served it.
@@ -92,10 +93,12 @@ async fn forward(
         Arm::Baseline => &cfg.baseline,
         Arm::Canary => &cfg.canary,
     };
-    let start = Instant::now();
+    let mut tally = Tally::new(epoch, arm, Instant::now());
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = format!("http://{}{pq}", upstream.authority).parse::<Uri>() else {
+        // Not routed anywhere: a client's mistake, counted against no arm.
+        tally.discard();
         return Ok(text(
             StatusCode::BAD_REQUEST,
             "bad request target\n".to_string(),
@@ -116,15 +119,17 @@ async fn forward(
     let arm_value = HeaderValue::from_static(arm.as_str());
     let mut resp = match result {
         Ok(Ok(resp)) => {
-            epoch.record(arm, start.elapsed(), resp.status().is_server_error());
+            let status_error = resp.status().is_server_error();
             let (mut parts, body) = resp.into_parts();
             for h in HOP_BY_HOP {
                 parts.headers.remove(*h);
             }
+            // Counted when the body ends: after its last byte, or as an error if it breaks.
+            let body = MeteredBody::new(body, tally, status_error, cfg.upstream_timeout);
             Response::from_parts(parts, body.boxed())
         }
         Ok(Err(e)) => {
-            epoch.record(arm, start.elapsed(), true);
+            tally.finish(true);
             text(
                 StatusCode::BAD_GATEWAY,
                 format!(
@@ -134,7 +139,7 @@ async fn forward(
             )
         }
         Err(_) => {
-            epoch.record(arm, start.elapsed(), true);
+            tally.finish(true);
             text(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
