@@ -121,6 +121,13 @@ pub struct ProxyConfig {
     /// Time limit for the upstream's response headers, and for each wait for more of its
     /// body; either timeout counts as an error.
     pub upstream_timeout: Duration,
+    /// Time a client has for a whole request head (from its connection's accept, or from
+    /// the first byte of its next request on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Request headers a client may send; more is a 431.
+    pub max_headers: usize,
 }
 
 impl ProxyConfig {
@@ -133,6 +140,9 @@ impl ProxyConfig {
             baseline,
             canary,
             upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: crate::net::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: crate::net::DEFAULT_IDLE_TIMEOUT,
+            max_headers: crate::net::DEFAULT_MAX_HEADERS,
         }
     }
 }

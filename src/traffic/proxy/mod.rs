@@ -16,6 +16,12 @@
 //! A request the client abandons before its end is counted without an error, with the time
 //! it had taken so far (a lower bound of its latency), so that a canary too slow for its
 //! clients is not silently left out of the counts.
+//!
+//! The proxy's own failures are never an arm's: a connection refused at the connection cap
+//! (503), an upstream connection that cannot be opened for a reason of this host (no
+//! descriptors: 503), accept errors and connections closed by the header-read and idle
+//! timeouts are counted in [`LocalStats`], not in any epoch. The client side is served by
+//! [`crate::net::serve`] with the policy's limits.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +36,7 @@ use tokio::task::JoinHandle;
 use super::{TrafficError, TrafficProvider};
 use crate::analysis::histogram::{log_bounds, log_bucket_index};
 use crate::model::{Arm, Weight};
+use crate::net::{ConnBudget, ServerStats, ServerStatsSnapshot};
 use crate::policy::ProxyConfig;
 
 mod metered;
@@ -113,12 +120,27 @@ pub struct EpochSnapshot {
     pub arms: [ArmSnapshot; 2],
 }
 
+/// The proxy's own failures, counted against no arm (cumulative since the proxy started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LocalStats {
+    /// Requests and connections the proxy failed for its own reasons, each answered 503:
+    /// `upstream_local_errors + server.rejected_at_cap`.
+    pub local_errors: u64,
+    /// Routed requests whose upstream connection could not be opened for a reason of this
+    /// host (out of descriptors, buffers or local ports); not counted in any epoch.
+    pub upstream_local_errors: u64,
+    /// The client side: accepts, accept errors, shed and timed-out connections.
+    pub server: ServerStatsSnapshot,
+}
+
 /// Routing state shared by the server, the provider and the metrics source.
 #[derive(Debug)]
 pub struct ProxyState {
     current: RwLock<Arc<Epoch>>,
     epochs: Mutex<Vec<Arc<Epoch>>>,
     rng: Mutex<SmallRng>,
+    server: Arc<ServerStats>,
+    upstream_local_errors: AtomicU64,
 }
 
 impl ProxyState {
@@ -138,6 +160,20 @@ impl ProxyState {
             current: RwLock::new(first.clone()),
             epochs: Mutex::new(vec![first]),
             rng: Mutex::new(rng),
+            server: Arc::default(),
+            upstream_local_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The proxy's own failures so far, none of them counted against an arm.
+    #[must_use]
+    pub fn local_stats(&self) -> LocalStats {
+        let server = self.server.snapshot();
+        let upstream_local_errors = self.upstream_local_errors.load(Ordering::Relaxed);
+        LocalStats {
+            local_errors: upstream_local_errors + server.rejected_at_cap,
+            upstream_local_errors,
+            server,
         }
     }
 
@@ -271,11 +307,24 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
-    /// Binds `cfg.listen` and starts serving. `seed` makes routing reproducible.
+    /// Binds `cfg.listen` and starts serving. `seed` makes routing reproducible. Client
+    /// connections count against the process's [`ConnBudget::global`].
     ///
     /// # Errors
     /// [`TrafficError::Rejected`] when the address cannot be bound.
     pub async fn start(cfg: &ProxyConfig, seed: Option<u64>) -> Result<Self, TrafficError> {
+        Self::start_with_budget(cfg, seed, ConnBudget::global()).await
+    }
+
+    /// [`ProxyHandle::start`] with its own connection budget (tests of the cap).
+    ///
+    /// # Errors
+    /// [`TrafficError::Rejected`] when the address cannot be bound.
+    pub async fn start_with_budget(
+        cfg: &ProxyConfig,
+        seed: Option<u64>,
+        budget: Arc<ConnBudget>,
+    ) -> Result<Self, TrafficError> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| TrafficError::Rejected {
@@ -288,7 +337,13 @@ impl ProxyHandle {
         })?;
         let state = Arc::new(ProxyState::new(seed));
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(server::serve(listener, state.clone(), cfg.clone(), rx));
+        let task = tokio::spawn(server::serve(
+            listener,
+            state.clone(),
+            cfg.clone(),
+            budget,
+            rx,
+        ));
         Ok(ProxyHandle {
             addr,
             state,
