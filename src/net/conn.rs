@@ -181,7 +181,8 @@ impl Drop for Busy {
     }
 }
 
-/// A handle on the connection a request arrived on, found in the request's extensions.
+/// A handle on the connection a request arrived on, found in the extensions of requests
+/// with an `Upgrade` header.
 /// A handler that keeps using the connection after its response (an upgraded tunnel) holds
 /// [`ConnActivity::busy`] for as long as it does.
 #[derive(Clone, Debug)]

@@ -164,8 +164,9 @@ fn full_response() -> String {
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets requests in flight
-/// finish for up to `limits.drain`. `handler` answers each request; the request's
-/// extensions carry its [`ConnActivity`]. Upgrades (101) are supported.
+/// finish for up to `limits.drain`. `handler` answers each request; the extensions of a
+/// request with an `Upgrade` header carry its [`ConnActivity`]. Upgrades (101) are
+/// supported.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     limits: ServeLimits,
@@ -256,7 +257,10 @@ async fn connection<H: Handler>(
     let per_request = conn.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let busy = per_request.busy();
-        req.extensions_mut().insert(per_request.clone());
+        if req.headers().contains_key(hyper::header::UPGRADE) {
+            // Only an upgrade outlives its response (saves an allocation per request).
+            req.extensions_mut().insert(per_request.clone());
+        }
         let fut = handler.call(req);
         async move {
             let resp = fut.await?;

@@ -74,7 +74,10 @@ pub(super) struct MeteredBody {
     /// The status was a 5xx: the request is an error however its body ends.
     status_error: bool,
     stall_limit: Duration,
-    stall: Pin<Box<Sleep>>,
+    /// Armed when the upstream first makes us wait (most bodies never do), re-armed after
+    /// each frame that follows.
+    stall: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
     failed: bool,
 }
 
@@ -94,7 +97,8 @@ impl MeteredBody {
             tally,
             status_error,
             stall_limit,
-            stall: Box::pin(tokio::time::sleep(stall_limit)),
+            stall: None,
+            progressed: false,
             failed: false,
         }
     }
@@ -117,10 +121,8 @@ impl Body for MeteredBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
                     this.tally.finish(this.status_error);
-                } else {
-                    let next = Instant::now() + this.stall_limit;
-                    this.stall.as_mut().reset(next);
                 }
+                this.progressed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -133,7 +135,20 @@ impl Body for MeteredBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.stall.as_mut().poll(cx).is_ready() {
+                let limit = this.stall_limit;
+                let stall = match &mut this.stall {
+                    Some(s) => {
+                        if std::mem::take(&mut this.progressed) {
+                            s.as_mut().reset(Instant::now() + limit);
+                        }
+                        s
+                    }
+                    None => {
+                        this.progressed = false;
+                        this.stall.insert(Box::pin(tokio::time::sleep(limit)))
+                    }
+                };
+                if stall.as_mut().poll(cx).is_ready() {
                     this.failed = true;
                     this.tally.finish(true);
                     return Poll::Ready(Some(Err(BodyStalled(this.stall_limit).into())));
