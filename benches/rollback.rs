@@ -18,9 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use coalmine::model::Weight;
-use coalmine::policy::{
-    ExecConfig, HttpConfig, HttpRead, ProxyConfig, Readiness, Template, Upstream,
-};
+use coalmine::policy::{ExecConfig, HttpConfig, HttpRead, ProxyConfig, Template, Upstream};
 use coalmine::traffic::TrafficProvider;
 use coalmine::traffic::exec::ExecProvider;
 use coalmine::traffic::haproxy::HaproxyProvider;
@@ -118,11 +116,12 @@ async fn main() {
 
     let proxy = ProxyHandle::start(
         &ProxyConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            baseline: upstream(backends.baseline.addr()),
-            canary: upstream(backends.canary.addr()),
             upstream_timeout: Duration::from_secs(5),
-            readiness: Readiness::default(),
+            ..ProxyConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                upstream(backends.baseline.addr()),
+                upstream(backends.canary.addr()),
+            )
         },
         Some(1),
     )

@@ -249,6 +249,9 @@ pub(crate) struct RawProxy {
     pub readiness_statuses: Option<Spanned<Vec<Spanned<i64>>>>,
     pub readiness_timeout: Option<Spanned<Dur>>,
     pub readiness_attempts: Option<Spanned<u32>>,
+    pub header_read_timeout: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub max_headers: Option<Spanned<i64>>,
 }
 
 /// `[metrics] type = "builtin"`.

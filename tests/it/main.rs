@@ -3,10 +3,13 @@
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
+mod floods;
 mod fuzz;
+mod limits;
 mod policies;
 mod policy_fixtures;
 mod proxy;
+mod raw_http;
 mod rollout;
 mod status;
 mod support;
