@@ -365,6 +365,16 @@ pub enum Event {
         /// Offset from the start.
         now: Duration,
     },
+    /// A weight was set, but the read-back found another that is neither it nor the one
+    /// in force before: someone changed traffic at the same moment.
+    Preempted {
+        /// The weight set.
+        weight: Weight,
+        /// The weight found in force.
+        found: Weight,
+        /// Offset from the start.
+        now: Duration,
+    },
     /// An analysis tick.
     Tick {
         /// Offset from the start.
@@ -692,6 +702,31 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 rollback(Reason::Provider { error }, false)
             }
         }
+        // Someone else's change landed between coalmine's and its read-back: as at a tick,
+        // never override it (pause by default).
+        (
+            Phase::Shifting {
+                step,
+                target,
+                paused_for,
+                ..
+            },
+            Event::Preempted { found, now, .. },
+        ) => external_change(
+            Progress::new(step, target, now, paused_for),
+            found,
+            now,
+            plan,
+        ),
+        (Phase::Promoting { .. }, Event::Preempted { found, now, .. }) => {
+            let last = plan.steps.len().saturating_sub(1);
+            external_change(
+                Progress::new(last, Weight::FULL, now, Duration::ZERO),
+                found,
+                now,
+                plan,
+            )
+        }
         (Phase::Progressing(mut p), Event::Approve { .. }) => {
             p.approved = true;
             (Phase::Progressing(p), Vec::new())
@@ -766,6 +801,16 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
         {
             (Phase::RolledBack { reason }, vec![Command::Finish])
         }
+        (Phase::RollingBack { reason, attempt }, Event::Preempted { weight, found, now }) => step(
+            Phase::RollingBack { reason, attempt },
+            Event::ApplyFailed {
+                weight,
+                error: format!("set {weight} but {found} is in force"),
+                transient: true,
+                now,
+            },
+            plan,
+        ),
         (Phase::RollingBack { reason, attempt }, Event::ApplyFailed { weight, error, .. }) => {
             // Rolling back is the safe state: retry harder than for a step, whatever the
             // error, and fail loudly when it cannot be reached.
@@ -900,7 +945,19 @@ fn resume(z: Paused, now: Duration) -> (Phase, Vec<Command>) {
     p.excluded += paused;
     p.last_tick = now;
     let note = Command::Notify(Note::Resumed { weight: p.weight });
-    if z.in_force == p.weight {
+    if p.weight == Weight::FULL {
+        // Paused while promoting: the promotion goes on.
+        (
+            Phase::Promoting { attempt: 0 },
+            vec![
+                note,
+                Command::Apply {
+                    weight: Weight::FULL,
+                    delay: Duration::ZERO,
+                },
+            ],
+        )
+    } else if z.in_force == p.weight {
         (Phase::Progressing(p), vec![note])
     } else {
         // The operator resumed the plan: put the step's weight back; the step starts over.

@@ -507,12 +507,21 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             }
         }
         // Read back what is really in force.
+        let before = self.weight;
         match tokio::time::timeout(limit, self.traffic.current()).await {
             Ok(Ok(cur)) => {
                 self.weight = cur;
                 if self.within_resolution(cur, weight) {
                     Event::Applied {
                         weight,
+                        now: self.now(),
+                    }
+                } else if !self.within_resolution(cur, before) {
+                    // Neither ours nor the old weight (which a slow provider may still
+                    // show): someone else set it just now.
+                    Event::Preempted {
+                        weight,
+                        found: cur,
                         now: self.now(),
                     }
                 } else {
@@ -842,6 +851,12 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                     let (label, detail) = match &event {
                         Event::Applied { .. } => ("weight-applied", None),
                         Event::ApplyFailed { error, .. } => ("apply-failed", Some(error.clone())),
+                        Event::Preempted { weight, found, .. } => (
+                            "preempted",
+                            Some(format!(
+                                "set {weight}, then {found} was in force: changed outside coalmine"
+                            )),
+                        ),
                         _ => ("event", None),
                     };
                     let (n, c) = step(phase.clone(), event, plan);

@@ -324,3 +324,36 @@ async fn http_provider_a_flag_set_to_zero_by_hand_is_never_overwritten() {
     assert_eq!(report.outcome, FinalOutcome::Promoted);
     assert_eq!(*f.pct.lock().unwrap(), 100.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_change_right_after_coalmines_own_is_not_retried_over() {
+    // coalmine sets 25 %, and before its read-back someone sets 0 %: a retry would override
+    // them. It pauses instead, and nothing is set again until the deadline has long passed.
+    let policy = policy_with(TIMING, ERRORS);
+    let traffic = MockTrafficProvider::new();
+    traffic.script([
+        crate::traffic::mock::Behaviour::Ok,
+        crate::traffic::mock::Behaviour::Overridden(Weight::ZERO),
+    ]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let t = traffic.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(t.weight(), Weight::ZERO, "never overwritten");
+        tx.send(Lever::Resume).unwrap();
+    });
+    let (report, recs) = run_logged(
+        &policy,
+        &traffic,
+        &source(vec![rates(0.01, 0.01)]),
+        Some(rx),
+    )
+    .await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted, "after the resume");
+    assert_eq!(
+        traffic.calls(),
+        vec![w(5.0), w(25.0), w(25.0), Weight::FULL]
+    );
+    assert!(recs.iter().any(|r| r["event"] == "preempted"), "{recs:#?}");
+    assert!(recs.iter().any(|r| r["event"] == "paused"));
+}

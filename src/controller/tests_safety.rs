@@ -7,6 +7,8 @@ use super::machine::{
     Command, Decision, Event, MetricStatus, Note, PauseCause, Phase, Reason, WindowFacts, judging,
     step,
 };
+use std::time::Duration;
+
 use super::tests::{plan, progressing, s, w};
 use crate::analysis::Outcome;
 use crate::model::Weight;
@@ -489,4 +491,43 @@ fn a_failed_readiness_check_moves_nothing() {
     assert!(matches!(p, Phase::NotStarted { .. }));
     assert!(p.is_terminal());
     assert_eq!(c, vec![Command::Finish]);
+}
+
+#[test]
+fn a_change_landing_between_set_and_read_back_is_not_overridden() {
+    let plan = plan();
+    let shifting = Phase::Shifting {
+        step: 1,
+        target: w(25.0),
+        attempt: 0,
+        paused_for: Duration::ZERO,
+    };
+    let preempted = Event::Preempted {
+        weight: w(25.0),
+        found: Weight::ZERO,
+        now: s(61),
+    };
+    let (p, c) = step(shifting, preempted.clone(), &plan);
+    let Phase::Paused(z) = &p else {
+        panic!("{p:?}")
+    };
+    assert_eq!((z.in_force, z.progress.weight), (Weight::ZERO, w(25.0)));
+    assert!(
+        !c.iter().any(|c| matches!(c, Command::Apply { .. })),
+        "{c:?}"
+    );
+    // While promoting, too; resuming then promotes.
+    let (p, _) = step(Phase::Promoting { attempt: 0 }, preempted.clone(), &plan);
+    assert!(matches!(p, Phase::Paused(_)), "{p:?}");
+    let (p, c) = step(p, Event::Resume { now: s(90) }, &plan);
+    assert_eq!(p, Phase::Promoting { attempt: 0 });
+    assert!(matches!(c.last(), Some(Command::Apply { weight, .. }) if *weight == Weight::FULL));
+    // A rollback goes on regardless: 0 % is the safe state.
+    let rolling = Phase::RollingBack {
+        reason: Reason::Aborted { why: "x".into() },
+        attempt: 0,
+    };
+    let (p, c) = step(rolling, preempted, &plan);
+    assert!(matches!(p, Phase::RollingBack { attempt: 1, .. }), "{p:?}");
+    assert!(matches!(c[0], Command::Apply { .. }));
 }
