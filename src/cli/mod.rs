@@ -48,7 +48,10 @@ pub enum Command {
     DemoServices(demo_services::DemoServicesArgs),
     /// Run one rollout of a policy in the foreground.
     Run(run::RunArgs),
-    /// Check policies; print `path:line:col: message` for every problem.
+    /// Check policies; print `path:line:col: message` for every problem (the first 100
+    /// per file) and `path:line:col: warning: message` for settings that defeat the policy
+    /// (e.g. a deadline too short to ever promote). Only warnings: exit 0. Files over 1 MiB
+    /// and files that are not UTF-8 are refused.
     Validate(validate::ValidateArgs),
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]

@@ -15,8 +15,10 @@ use crate::analysis::JudgeSpec;
 use crate::analysis::observation::Shape;
 use crate::model::{Arm, Weight};
 
+pub mod bounds;
 pub mod diag;
 pub mod hooks;
+mod lint;
 mod providers;
 pub mod raw;
 pub mod template;
@@ -26,7 +28,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use providers::WEIGHT_PLACEHOLDERS;
 pub use raw::{Advance, Approval, OnNoData};
 pub use template::Template;
-pub use validate::parse;
+pub use validate::{MAX_POLICY_BYTES, parse, parse_bytes, parse_with_warnings};
 
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,10 +7,11 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::bounds::Bound;
 use super::diag::Ctx;
 use super::raw::{RawExec, RawGatewayApi, RawHaproxy, RawHttp, RawNginx};
 use super::template::Template;
-use super::validate::dur;
+use super::validate::bounded;
 use super::{
     ExecConfig, GatewayApiConfig, HaproxyConfig, HaproxySocket, HttpConfig, HttpRead, NginxConfig,
     Secret,
@@ -90,17 +91,14 @@ pub(super) fn secret(
     }
 }
 
+/// A time limit of one call: `default` when absent, within [`Bound::timeout`].
 pub(super) fn positive_dur(
     ctx: &mut Ctx,
     v: Option<&Spanned<super::raw::Dur>>,
     default: Duration,
-    what: &str,
+    what: &'static str,
 ) -> Duration {
-    let (d, span) = dur(v, default);
-    if d.is_zero() {
-        ctx.error(span, format!("{what} must be positive"));
-    }
-    d
+    bounded(ctx, v, default, &Bound::timeout(what)).0
 }
 
 /// A name that must be non-empty and free of whitespace and the characters in `bad`.
@@ -611,7 +609,7 @@ mod tests {
             "5:10: socket must be a unix socket path (/run/haproxy/admin.sock) or a TCP address (ipv4@127.0.0.1:9999), got `admin.sock`\n\
              6:11: backend `a/b` must not contain \"/\"\n\
              8:10: baseline and canary name the same server `x`\n\
-             9:11: timeout must be positive\n\
+             9:11: timeout must be at least 10ms, got 0s: a shorter limit fails even a healthy call on a busy host\n\
              10:1: unknown field `colour`, expected one of `socket`, `backend`, `baseline`, `canary`, `timeout`"
         );
     }
