@@ -303,7 +303,13 @@ impl Ctx {
                     {
                         return None;
                     }
-                    self.toml_error(&e, whole.clone());
+                    match super::keys::parse_unknown_field(msg) {
+                        Some((key, expected)) => {
+                            let text = super::keys::unknown_key::<T>(key, &expected);
+                            self.error(e.span().unwrap_or(whole.clone()), text);
+                        }
+                        None => self.toml_error(&e, whole.clone()),
+                    }
                     let span = e.span()?;
                     let culprit = table
                         .iter()

@@ -99,7 +99,7 @@ pub const NOTIFY_EVENTS: &[&str] = &[
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHook {
+pub(super) struct RawHook {
     name: Spanned<String>,
     when: HookWhen,
     command: Option<Spanned<Vec<Spanned<String>>>>,
@@ -110,7 +110,7 @@ struct RawHook {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawNotify {
+pub(super) struct RawNotify {
     webhook: Spanned<String>,
     events: Option<Vec<Spanned<String>>>,
     format: Option<NotifyFormat>,

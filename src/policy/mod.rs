@@ -18,6 +18,7 @@ use crate::model::{Arm, Weight};
 pub mod bounds;
 pub mod diag;
 pub mod hooks;
+mod keys;
 mod lint;
 mod providers;
 pub mod raw;

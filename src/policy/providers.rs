@@ -11,7 +11,7 @@ use super::bounds::Bound;
 use super::diag::Ctx;
 use super::raw::{RawExec, RawGatewayApi, RawHaproxy, RawHttp, RawNginx};
 use super::template::Template;
-use super::validate::bounded;
+use super::validate::{bounded, unknown_placeholders};
 use super::{
     ExecConfig, GatewayApiConfig, HaproxyConfig, HaproxySocket, HttpConfig, HttpRead, NginxConfig,
     Secret,
@@ -31,24 +31,14 @@ pub(super) fn fixed_template(
 ) -> Option<Template> {
     match Template::parse(s.get_ref()) {
         Ok(t) => {
-            let unknown: Vec<String> = t
-                .placeholders()
-                .into_iter()
-                .filter(|p| !known.contains(p))
-                .map(|u| format!("`{{{{{u}}}}}`"))
-                .collect();
-            if unknown.is_empty() {
-                return Some(t);
+            let shown: Vec<String> = known.iter().map(ToString::to_string).collect();
+            match unknown_placeholders(&t, known, &shown, what) {
+                None => Some(t),
+                Some(problem) => {
+                    ctx.error(s.span(), problem);
+                    None
+                }
             }
-            ctx.error(
-                s.span(),
-                format!(
-                    "unknown placeholder {} in {what}; known: {}",
-                    unknown.join(", "),
-                    known.join(", ")
-                ),
-            );
-            None
         }
         Err(e) => {
             ctx.error(s.span(), format!("bad {what} template: {e}"));
@@ -610,7 +600,7 @@ mod tests {
              6:11: backend `a/b` must not contain \"/\"\n\
              8:10: baseline and canary name the same server `x`\n\
              9:11: timeout must be at least 10ms, got 0s: a shorter limit fails even a healthy call on a busy host\n\
-             10:1: unknown field `colour`, expected one of `socket`, `backend`, `baseline`, `canary`, `timeout`"
+             10:1: unknown key `colour` in [traffic] type = \"haproxy\"; expected one of type, socket, backend, baseline, canary, timeout"
         );
     }
 

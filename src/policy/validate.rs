@@ -826,49 +826,71 @@ fn template(
     vars: &BTreeMap<String, Variable>,
     needs_arm: bool,
 ) -> Option<Template> {
-    match Template::parse(s.get_ref()) {
-        Ok(t)
-            if needs_arm
-                && !t
-                    .placeholders()
-                    .iter()
-                    .any(|p| *p == "arm" || vars.get(*p).is_some_and(Variable::is_per_arm)) =>
-        {
-            ctx.error(
-                s.span(),
-                "query has no `{{arm}}` (nor a per-arm variable): both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
-            );
-            None
-        }
-        Ok(t) => {
-            let unknown: Vec<&str> = t
-                .placeholders()
-                .into_iter()
-                .filter(|p| !matches!(*p, "arm" | "window") && !vars.contains_key(*p))
-                .collect();
-            if unknown.is_empty() {
-                Some(t)
-            } else {
-                let known: Vec<&str> = ["arm", "window"]
-                    .into_iter()
-                    .chain(vars.keys().map(String::as_str))
-                    .collect();
-                ctx.error(
-                    s.span(),
-                    format!(
-                        "unknown placeholder {} in query; known: {} (define more under [metrics.variables])",
-                        unknown.iter().map(|u| format!("`{{{{{u}}}}}`")).collect::<Vec<_>>().join(", "),
-                        known.join(", ")
-                    ),
-                );
-                None
-            }
-        }
+    let t = match Template::parse(s.get_ref()) {
+        Ok(t) => t,
         Err(e) => {
             ctx.error(s.span(), format!("bad query template: {e}"));
-            None
+            return None;
         }
+    };
+    // Unknown names first: a misspelt `{{arm}}` is the likely reason a query has none.
+    let known: Vec<&str> = ["arm", "window"]
+        .into_iter()
+        .chain(vars.keys().map(String::as_str))
+        .collect();
+    let shown: Vec<String> = known
+        .iter()
+        .map(|k| match vars.get(*k) {
+            Some(v) if v.is_per_arm() => format!("{k} (per arm)"),
+            _ => (*k).to_string(),
+        })
+        .collect();
+    if let Some(problem) = unknown_placeholders(&t, &known, &shown, "query") {
+        ctx.error(
+            s.span(),
+            format!("{problem} (define more under [metrics.variables])"),
+        );
+        return None;
     }
+    if needs_arm
+        && !t
+            .placeholders()
+            .iter()
+            .any(|p| *p == "arm" || vars.get(*p).is_some_and(Variable::is_per_arm))
+    {
+        ctx.error(
+            s.span(),
+            "query has no `{{arm}}` (nor a per-arm variable): both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
+        );
+        return None;
+    }
+    Some(t)
+}
+
+/// "unknown placeholder `{{x}}` in WHAT (did you mean `{{y}}`?); known: ..." for the names
+/// of `t` not in `known` (`shown` is how the known names are listed).
+pub(super) fn unknown_placeholders(
+    t: &Template,
+    known: &[&str],
+    shown: &[String],
+    what: &str,
+) -> Option<String> {
+    let unknown: Vec<String> = t
+        .placeholders()
+        .into_iter()
+        .filter(|p| !known.contains(p))
+        .map(|u| match super::keys::suggest(u, known.iter().copied()) {
+            Some(s) => format!("`{{{{{u}}}}}` (did you mean `{{{{{s}}}}}`?)"),
+            None => format!("`{{{{{u}}}}}`"),
+        })
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "unknown placeholder {} in {what}; known: {}",
+            unknown.join(", "),
+            shown.join(", ")
+        )
+    })
 }
 
 fn parse_data(
