@@ -12,4 +12,5 @@ pub mod demo;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod redact;
 pub mod traffic;

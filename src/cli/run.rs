@@ -66,6 +66,9 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
             if !warnings.is_empty() {
                 eprintln!("{warnings}");
             }
+            // Before anything can print or record them: the policy's URL credentials,
+            // webhook path and token variable names.
+            crate::redact::register_policy(&p);
             Ok(p)
         }
         Err(d) => {

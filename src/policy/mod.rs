@@ -199,6 +199,9 @@ pub struct ExecConfig {
     pub resolution: Weight,
     /// Exit codes that mean "try again later" (all other non-zero codes are permanent).
     pub transient_exit_codes: Vec<i32>,
+    /// Variables of coalmine's environment passed to the programs, beyond the few every
+    /// program gets (see `traffic::exec::INHERITED`); never a token variable.
+    pub env: Vec<String>,
 }
 
 /// Read-back of the `http` provider: GET a URL, take a number (percent) at a JSON pointer.

@@ -82,6 +82,44 @@ pub(super) fn secret(
 }
 
 /// A time limit of one call: `default` when absent, within [`Bound::timeout`].
+/// `env = ["NAME", ...]`: environment variable names passed to a program.
+pub(super) fn env_names(ctx: &mut Ctx, v: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in v.map(|v| v.get_ref().as_slice()).unwrap_or_default() {
+        let name = n.get_ref();
+        let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push(name.clone());
+        } else {
+            ctx.error(
+                n.span(),
+                format!(
+                    "env must list environment variable names (letters, digits, _), got `{name}`"
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// With a token configured, `url` must not carry credentials too: the HTTP client would
+/// send the URL's basic auth and silently drop the bearer token.
+pub(super) fn one_credential(ctx: &mut Ctx, url: &Spanned<String>, what: &str) {
+    let u = url.get_ref();
+    let authority = u
+        .split_once("://")
+        .map_or("", |(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if authority.contains('@') {
+        ctx.error(
+            url.span(),
+            format!(
+                "{what} carries credentials (user:password@) and a token is configured: the URL's credentials would replace the token; keep one (prefer token_env or token_file)"
+            ),
+        );
+    }
+}
+
 pub(super) fn positive_dur(
     ctx: &mut Ctx,
     v: Option<&Spanned<super::raw::Dur>>,
@@ -335,12 +373,14 @@ pub(super) fn exec(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<ExecCon
         "timeout",
     );
     let resolution = resolution(ctx, raw.resolution.as_ref());
+    let env = env_names(ctx, raw.env.as_ref());
     (ctx.diags.len() == before).then(|| ExecConfig {
         command: command.into_iter().flatten().collect(),
         read_command,
         timeout,
         resolution,
         transient_exit_codes: raw.transient_exit_codes.unwrap_or_else(|| vec![75]),
+        env,
     })
 }
 
@@ -423,6 +463,12 @@ pub(super) fn http(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<HttpCon
         raw.token_env.as_ref(),
         raw.token_file.as_ref(),
     );
+    if token.is_some() {
+        one_credential(ctx, &raw.url, "url");
+        if let Some(u) = &raw.read_url {
+            one_credential(ctx, u, "read_url");
+        }
+    }
     let token_header = raw.token_header.as_ref().map_or_else(
         || "Authorization".to_string(),
         |h| name(ctx, h, "token_header", &[':']),

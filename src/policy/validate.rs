@@ -127,7 +127,7 @@ pub fn parse_with_warnings(
     let root_span = root.span();
     let mut root = root.into_inner();
     let rollout_value = take(&mut root, "rollout");
-    let traffic = take(&mut root, "traffic");
+    let traffic_value = take(&mut root, "traffic");
     let scoring = take(&mut root, "scoring");
     let hook = take(&mut root, "hook");
     let notify = take(&mut root, "notify");
@@ -152,7 +152,7 @@ pub fn parse_with_warnings(
     }
 
     let rollout = parse_rollout(&mut ctx, rollout_value.as_ref());
-    let traffic = match &traffic {
+    let traffic = match &traffic_value {
         Some(t) => parse_traffic(&mut ctx, t),
         None => {
             ctx.error(
@@ -194,6 +194,46 @@ pub fn parse_with_warnings(
     let scoring = parse_scoring(&mut ctx, scoring.as_ref(), &metrics, has_mw);
     let hooks = super::hooks::parse_hooks(&mut ctx, hook.as_ref());
     let notify = super::hooks::parse_notify(&mut ctx, notify.as_ref());
+    // Programs never get the variables that hold coalmine's tokens.
+    let token_vars: Vec<&str> = [
+        match &src_cfg {
+            Some((SourceConfig::Prometheus(p), _)) => p.token.as_ref(),
+            _ => None,
+        },
+        match &traffic {
+            Some(TrafficConfig::Http(h)) => h.token.as_ref(),
+            _ => None,
+        },
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|s| match s {
+        super::Secret::Env(n) => Some(n.as_str()),
+        super::Secret::File(_) => None,
+    })
+    .collect();
+    let passed = hooks
+        .iter()
+        .flat_map(|h| h.env.iter().map(|n| (n, hook.as_ref())));
+    let passed = passed.chain(
+        match &traffic {
+            Some(TrafficConfig::Exec(e)) => e.env.as_slice(),
+            _ => &[],
+        }
+        .iter()
+        .map(|n| (n, traffic_value.as_ref())),
+    );
+    for (name, at) in passed {
+        if token_vars.contains(&name.as_str()) {
+            let span = at.map_or(root_span.start..root_span.start, |v| {
+                v.span().start..v.span().start
+            });
+            ctx.error(
+                span,
+                format!("env passes `{name}`, the variable token_env reads: programs coalmine starts never get its credentials"),
+            );
+        }
+    }
     if !ctx.diags.is_empty() {
         return fail(ctx);
     }
@@ -688,6 +728,20 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
         raw.token_env.as_ref(),
         raw.token_file.as_ref(),
     );
+    if token.is_some() {
+        providers::one_credential(ctx, &raw.url, "url");
+        if raw
+            .headers
+            .iter()
+            .flatten()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            ctx.error(
+                raw.url.span(),
+                "both a bearer token (token_env/token_file) and an `Authorization` header are configured; keep one",
+            );
+        }
+    }
     let (timeout, _) = bounded(
         ctx,
         raw.timeout.as_ref(),
