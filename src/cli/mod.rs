@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod completions;
 pub mod demo;
 pub mod demo_services;
 pub mod judge;
@@ -56,13 +57,20 @@ pub enum Command {
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]
     Judge(judge::JudgeCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff) on stdout: `coalmine man > coalmine.1`.
+    Man,
 }
 
 /// Runs the parsed command and returns the process exit code.
 #[must_use]
 pub fn run(cli: Cli) -> u8 {
-    if let Command::Judge(cmd) = &cli.command {
-        return judge::run(cmd);
+    match &cli.command {
+        Command::Judge(cmd) => return judge::run(cmd),
+        Command::Completions(a) => return completions::completions(a),
+        Command::Man => return completions::man(),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,7 +88,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::DemoServices(a) => demo_services::main(a).await,
             Command::Run(a) => run::main(a).await,
             Command::Validate(a) => validate::main(a).await,
-            Command::Judge(_) => EXIT_OK,
+            Command::Judge(_) | Command::Completions(_) | Command::Man => EXIT_OK,
         }
     })
 }

@@ -9,6 +9,10 @@
 //! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
 //! | `POST /approve` | approves the step change waiting for an operator (`[rollout] approval`) |
 //! | `POST /abort` | rolls back |
+//!
+//! POSTs must carry `Content-Type: application/json` or an `Authorization` header, and an
+//! `Origin`, when present, must be this server's ([`crate::net::check_control_request`]):
+//! a web page cannot make a browser approve or abort.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -18,10 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -129,28 +130,23 @@ impl StatusBoard {
         }
     }
 
-    /// Starts serving on `addr`; returns the bound address.
+    /// Starts serving on `addr`; returns the bound address. The accept loop is the shared
+    /// one of [`crate::net`]: header-read and idle timeouts, the process's connection cap.
     pub(crate) async fn serve(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let board = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+        tokio::spawn(crate::net::serve(
+            listener,
+            crate::net::ServeLimits::default(),
+            crate::net::ConnBudget::global(),
+            Arc::default(),
+            std::future::pending(),
+            move |req| {
                 let board = board.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let board = board.clone();
-                        async move { Ok::<_, Infallible>(board.answer(&req)) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+                async move { Ok::<_, Infallible>(board.answer(&req)) }
+            },
+        ));
         Ok(bound)
     }
 
@@ -165,6 +161,11 @@ impl StatusBoard {
             r
         };
         let json = "application/json";
+        if req.method() == Method::POST
+            && let Err(refused) = crate::net::check_control_request(req)
+        {
+            return reply(refused.status, json, refused.json());
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/health/live") => {
                 reply(StatusCode::OK, json, r#"{"status":"live"}"#.into())

@@ -121,8 +121,33 @@ pub struct ProxyConfig {
     pub baseline: Upstream,
     /// Canary upstream.
     pub canary: Upstream,
-    /// Time limit for one upstream request; a timeout counts as an error.
+    /// Time limit for the upstream's response headers, and for each wait for more of its
+    /// body; either timeout counts as an error.
     pub upstream_timeout: Duration,
+    /// Time a client has for a whole request head (from its connection's accept, or from
+    /// the first byte of its next request on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Request headers a client may send; more is a 431.
+    pub max_headers: usize,
+}
+
+impl ProxyConfig {
+    /// A proxy on `listen` in front of `baseline` and `canary`, every other key at its
+    /// default (as if the policy left it out).
+    #[must_use]
+    pub fn new(listen: SocketAddr, baseline: Upstream, canary: Upstream) -> Self {
+        ProxyConfig {
+            listen,
+            baseline,
+            canary,
+            upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: crate::net::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: crate::net::DEFAULT_IDLE_TIMEOUT,
+            max_headers: crate::net::DEFAULT_MAX_HEADERS,
+        }
+    }
 }
 
 /// An HTTP upstream.

@@ -228,6 +228,9 @@ pub(crate) struct RawProxy {
     pub baseline: Spanned<String>,
     pub canary: Spanned<String>,
     pub upstream_timeout: Option<Spanned<Dur>>,
+    pub header_read_timeout: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub max_headers: Option<Spanned<i64>>,
 }
 
 /// `[metrics] type = "builtin"`.

@@ -616,6 +616,44 @@ fn parse_upstream(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<Upst
     })
 }
 
+/// Most request headers `max_headers` may allow (hyper keeps them per request).
+const MAX_HEADERS_LIMIT: i64 = 10_000;
+
+/// The proxy's client-side limits: `header_read_timeout`, `idle_timeout`, `max_headers`.
+fn proxy_limits(ctx: &mut Ctx, raw: &RawProxy) -> (Duration, Duration, usize) {
+    let (header, hspan) = dur(
+        raw.header_read_timeout.as_ref(),
+        crate::net::DEFAULT_HEADER_READ_TIMEOUT,
+    );
+    if header.is_zero() {
+        ctx.error(
+            hspan,
+            "header_read_timeout must be positive (it closes connections whose request head is too slow)",
+        );
+    }
+    let (idle, ispan) = dur(raw.idle_timeout.as_ref(), crate::net::DEFAULT_IDLE_TIMEOUT);
+    if idle.is_zero() {
+        ctx.error(
+            ispan,
+            "idle_timeout must be positive (it closes kept-alive connections without requests)",
+        );
+    }
+    let mut max_headers = crate::net::DEFAULT_MAX_HEADERS;
+    if let Some(m) = &raw.max_headers {
+        match usize::try_from(*m.get_ref()) {
+            Ok(n) if (1..=MAX_HEADERS_LIMIT).contains(m.get_ref()) => max_headers = n,
+            _ => ctx.error(
+                m.span(),
+                format!(
+                    "max_headers must be between 1 and {MAX_HEADERS_LIMIT}, got {}",
+                    m.get_ref()
+                ),
+            ),
+        }
+    }
+    (header, idle, max_headers)
+}
+
 fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfig> {
     let mut table = as_table(ctx, v, "[traffic]")?.clone();
     let span = v.span();
@@ -642,11 +680,13 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
                 Duration::from_secs(30),
                 &Bound::timeout("upstream_timeout"),
             );
+            let limits = proxy_limits(ctx, &raw);
             Some(TrafficConfig::Proxy(ProxyConfig {
-                listen: listen.ok()?,
-                baseline: baseline?,
-                canary: canary?,
                 upstream_timeout: timeout,
+                header_read_timeout: limits.0,
+                idle_timeout: limits.1,
+                max_headers: limits.2,
+                ..ProxyConfig::new(listen.ok()?, baseline?, canary?)
             }))
         }
         "haproxy" => providers::haproxy(ctx, &rest).map(TrafficConfig::Haproxy),
