@@ -6,7 +6,7 @@
 //!     COALMINE_FUZZ_CASES=200000 cargo test --release --test fuzz -- --nocapture
 //!
 //! and prints, per property, how many cases ran and the slowest one. Inputs are bounded in
-//! size (hostile text up to 64 KiB in the long run), so every case is bounded in time; no
+//! size (hostile text up to 16 KiB in the long run), so every case is bounded in time; no
 //! assertion is on time. Properties: parsing never panics; every problem points inside the
 //! file; at most 100 problems are printed (then one "… and N more" line); the output holds
 //! no control character; a valid policy's durations are within their bounds; the judges
@@ -199,7 +199,7 @@ fn replace_value(seed: &str, line: usize, value: &str) -> String {
 }
 
 fn hostile_size() -> usize {
-    if long_run() { 64 * 1024 } else { 4 * 1024 }
+    if long_run() { 16 * 1024 } else { 4 * 1024 }
 }
 
 #[test]

@@ -219,7 +219,9 @@ impl fmt::Display for Diagnostics {
                 writeln!(f)?;
             }
             let kind = if *warning { "warning: " } else { "" };
-            write!(f, "{origin}:{l}:{c}: {kind}{}", escape_controls(message))?;
+            // A URL echoed from the policy loses its credentials here too.
+            let message = crate::redact::text(message);
+            write!(f, "{origin}:{l}:{c}: {kind}{}", escape_controls(&message))?;
         }
         if all.len() > PRINT_LIMIT {
             let errors = self
