@@ -3,7 +3,7 @@
 //!
 //! In the normal suite each property runs a few dozen bounded cases; the long run is
 //!
-//!     COALMINE_FUZZ_CASES=200000 cargo test --release --test fuzz -- --nocapture
+//!     COALMINE_FUZZ_CASES=200000 cargo test --release --test fuzz -- --nocapture --test-threads 1
 //!
 //! and prints, per property, how many cases ran and the slowest one. Inputs are bounded in
 //! size (hostile text up to 16 KiB in the long run), so every case is bounded in time; no
