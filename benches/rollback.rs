@@ -173,6 +173,7 @@ async fn main() {
         timeout: Duration::from_secs(10),
         resolution: Weight::try_from_bp(1).unwrap(),
         transient_exit_codes: vec![75],
+        env: Vec::new(),
     });
     row("exec", measure(&p, None, no_settle).await);
 

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod policy;
+pub mod redact;
 pub mod traffic;

@@ -51,7 +51,10 @@ pub enum Command {
     /// Run one rollout of a policy in the foreground. Before any traffic moves it checks
     /// that the provider and the metrics source answer and that the canary is ready.
     Run(run::RunArgs),
-    /// Check policies; print `path:line:col: message` for every problem.
+    /// Check policies; print `path:line:col: message` for every problem (the first 100
+    /// per file) and `path:line:col: warning: message` for settings that defeat the policy
+    /// (e.g. a deadline too short to ever promote). Only warnings: exit 0. Files over 1 MiB
+    /// and files that are not UTF-8 are refused.
     Validate(validate::ValidateArgs),
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]

@@ -43,21 +43,46 @@ pub struct OutputArgs {
     pub status_addr: Option<std::net::SocketAddr>,
 }
 
-/// Reads and validates a policy; prints problems and returns `Err(exit code)`.
+/// Reads and validates a policy; prints problems and returns `Err(exit code)`. Warnings are
+/// printed too (they never fail the load).
 pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("error: cannot read policy {}: {e}", path.display());
-        EXIT_INVALID
-    })?;
-    policy::parse(&text, &path.display().to_string()).map_err(|d| {
-        eprintln!("{d}");
-        eprintln!(
-            "error: {} problem(s) in {}",
-            d.items().len(),
-            path.display()
-        );
-        EXIT_INVALID
-    })
+    use std::io::Read;
+    let shown = path.display().to_string();
+    // Read one byte past the limit, never more: a huge file is refused without being held
+    // in memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(policy::MAX_POLICY_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| {
+            eprintln!(
+                "error: cannot read policy {}: {e}",
+                policy::diag::escape_controls(&shown)
+            );
+            EXIT_INVALID
+        })?;
+    match policy::parse_bytes(&bytes, &shown) {
+        Ok((p, warnings)) => {
+            if !warnings.is_empty() {
+                eprintln!("{warnings}");
+            }
+            // Before anything can print or record them: the policy's URL credentials,
+            // webhook path and token variable names.
+            crate::redact::register_policy(&p);
+            Ok(p)
+        }
+        Err(d) => {
+            eprintln!("{d}");
+            eprintln!(
+                "error: {} problem(s) in {}",
+                d.items().len(),
+                policy::diag::escape_controls(&shown)
+            );
+            Err(EXIT_INVALID)
+        }
+    }
 }
 
 /// Turns Ctrl-C or SIGTERM into an abort on `tx` (the rollout rolls back).

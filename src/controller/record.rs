@@ -149,7 +149,9 @@ impl RecordLog {
     /// # Errors
     /// When the write or the sync fails.
     pub fn write(&mut self, r: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+        let line = serde_json::to_string(r).map_err(std::io::Error::other)?;
+        // The last line of defence: no secret known to the process reaches the log.
+        let mut line = crate::redact::text(&line).into_owned().into_bytes();
         line.push(b'\n');
         self.file.write_all(&line)?;
         self.file.sync_data()

@@ -20,8 +20,8 @@ use crate::traffic::mock::MockTrafficProvider;
 
 fn policy(extra: &str) -> policy::Policy {
     let text = format!(
-        "name = \"hooks\"\n[rollout]\nsteps = [50, 100]\nstep_duration = \"300ms\"\n\
-         analysis_interval = \"100ms\"\nmin_requests = 1\ndeadline = \"20s\"\n\
+        "name = \"hooks\"\n[rollout]\nsteps = [50, 100]\nstep_duration = \"1s\"\n\
+         analysis_interval = \"1s\"\nmin_requests = 1\ndeadline = \"20s\"\n\
          [traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\nbaseline = \"http://127.0.0.1:1\"\n\
          canary = \"http://127.0.0.1:2\"\n[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n{extra}"
     );

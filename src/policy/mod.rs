@@ -15,8 +15,11 @@ use crate::analysis::JudgeSpec;
 use crate::analysis::observation::Shape;
 use crate::model::{Arm, Weight};
 
+pub mod bounds;
 pub mod diag;
 pub mod hooks;
+mod keys;
+mod lint;
 mod providers;
 pub mod raw;
 pub mod template;
@@ -26,7 +29,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use providers::WEIGHT_PLACEHOLDERS;
 pub use raw::{Advance, Approval, OnExternalChange, OnNoData};
 pub use template::Template;
-pub use validate::parse;
+pub use validate::{MAX_POLICY_BYTES, parse, parse_bytes, parse_with_warnings};
 
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq)]
@@ -258,6 +261,9 @@ pub struct ExecConfig {
     pub resolution: Weight,
     /// Exit codes that mean "try again later" (all other non-zero codes are permanent).
     pub transient_exit_codes: Vec<i32>,
+    /// Variables of coalmine's environment passed to the programs, beyond the few every
+    /// program gets (see `traffic::exec::INHERITED`); never a token variable.
+    pub env: Vec<String>,
 }
 
 /// Read-back of the `http` provider: GET a URL, take a number (percent) at a JSON pointer.

@@ -308,6 +308,7 @@ pub(crate) struct RawExec {
     pub timeout: Option<Spanned<Dur>>,
     pub resolution: Option<Spanned<f64>>,
     pub transient_exit_codes: Option<Vec<i32>>,
+    pub env: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[traffic] type = "http"`.
