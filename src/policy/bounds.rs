@@ -109,9 +109,9 @@ impl Bound {
 /// `[rollout] analysis_interval`.
 pub const ANALYSIS_INTERVAL: Bound = Bound {
     key: "analysis_interval",
-    min: Duration::from_secs(1),
-    why_min: "each tick writes an fsync'd decision record and queries every metric, and \
-              scraped metrics do not change faster",
+    min: Duration::from_millis(100),
+    why_min: "each tick writes an fsync'd decision record and queries every metric: ten a \
+              second is already more than a disk and a metrics source should be asked for",
     max: Duration::from_secs(3600),
     why_max: "a failing canary would run for longer than that before it is judged",
 };
@@ -120,7 +120,7 @@ pub const ANALYSIS_INTERVAL: Bound = Bound {
 pub const STEP_DURATION: Bound = Bound {
     key: "step_duration",
     min: Duration::from_secs(1),
-    why_min: "a step needs at least one analysis tick (analysis_interval is at least 1s)",
+    why_min: "a step needs at least one analysis tick (analysis_interval is at least 100ms)",
     max: Duration::from_secs(7 * 24 * 3600),
     why_max: "a step held for more than a week is a release left half-done, not a canary",
 };
@@ -189,8 +189,9 @@ mod tests {
         let m = ANALYSIS_INTERVAL.check(Duration::from_nanos(1)).unwrap();
         assert_eq!(
             m,
-            "analysis_interval must be at least 1s, got 1ns: each tick writes an fsync'd \
-             decision record and queries every metric, and scraped metrics do not change faster"
+            "analysis_interval must be at least 100ms, got 1ns: each tick writes an fsync'd \
+             decision record and queries every metric: ten a second is already more than a \
+             disk and a metrics source should be asked for"
         );
         assert!(ANALYSIS_INTERVAL.check(Duration::from_secs(15)).is_none());
         assert!(
