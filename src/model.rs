@@ -116,6 +116,13 @@ impl fmt::Display for Weight {
     }
 }
 
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pct = f64::deserialize(d)?;
+        Weight::try_from_percent(pct).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Serialize for Weight {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(self.percent())

@@ -53,6 +53,7 @@ async fn rollout(h: &Haproxy) -> (i32, serde_json::Value, Vec<serde_json::Value>
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_coalmine"))
         .arg("run")
         .arg(&path)
+        .env("COALMINE_STATE_DIR", h.dir.path().join("state"))
         .arg("--json")
         .arg("--quiet")
         .kill_on_drop(true)

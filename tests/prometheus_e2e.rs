@@ -273,6 +273,7 @@ impl Run {
                 .arg(policy)
                 .arg("--decisions")
                 .arg(&decisions)
+                .env("COALMINE_STATE_DIR", dir.join("state"))
                 .env("COALMINE_E2E_TOKEN", "e2e-secret")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&stderr).expect("stderr file")),
@@ -696,6 +697,7 @@ fn missing_token_is_a_setup_error() {
     let out = Command::new(BIN)
         .arg("run")
         .arg(&path)
+        .env("COALMINE_STATE_DIR", path.with_extension("state"))
         .env_remove("COALMINE_E2E_NO_SUCH_TOKEN")
         .output()
         .expect("run coalmine");
@@ -737,6 +739,7 @@ fn prometheus_down_at_start_moves_no_traffic() {
     let out = Command::new(BIN)
         .arg("run")
         .arg(&path)
+        .env("COALMINE_STATE_DIR", path.with_extension("state"))
         .arg("--decisions")
         .arg(&decisions)
         .output()

@@ -282,6 +282,7 @@ webhook = "http://{hook}/services/T0001/B0002/{WEBHOOK_PATH}?token={WEBHOOK_QUER
     let mut child = Command::new(BIN)
         .arg("run")
         .arg(&policy_path)
+        .env("COALMINE_STATE_DIR", dir.path().join("state"))
         .args(["--json", "--status-addr", "127.0.0.1:0", "--decisions"])
         .arg(&decisions)
         .env("COALMINE_TEST_PROM_TOKEN", PROM_TOKEN)

@@ -1,7 +1,7 @@
 //! The sequential judge on counts: the conditional error-event test with the traffic share
 //! in force for each window (statistics.md §2.1), made into a verdict with its numbers.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fmt;
 use super::observation::{Observation, Segment};
@@ -10,7 +10,7 @@ use super::share::{ShareMode, ShareTracker};
 use super::verdict::{MetricVerdict, Outcome, Stats};
 
 /// Settings of the sequential judge on counts.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventJudgeSpec {
     /// H0 boundary: the canary may have up to this rate ratio before it fails.
     pub allowed_ratio: f64,
@@ -76,7 +76,7 @@ pub struct EventStats {
 }
 
 /// Incremental state of the sequential judge on counts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventJudge {
     spec: EventJudgeSpec,
     test: EventTest,

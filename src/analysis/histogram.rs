@@ -1,7 +1,7 @@
 //! Bucketed latency distributions: the built-in proxy's log-spaced buckets and Prometheus
 //! `le` histograms share this type.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a histogram could not be built or combined.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,10 +37,26 @@ pub enum HistogramError {
 
 /// Upper-bounded buckets: `counts[i]` values fell in `(bounds[i-1], bounds[i]]`.
 /// The last bound may be `+∞`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "HistogramParts")]
 pub struct Histogram {
     bounds: Vec<f64>,
     counts: Vec<f64>,
+}
+
+/// A histogram as stored (a rollout's saved judge state): checked by [`Histogram::try_new`]
+/// when read back, so a damaged record cannot build an inconsistent one.
+#[derive(Deserialize)]
+struct HistogramParts {
+    bounds: Vec<f64>,
+    counts: Vec<f64>,
+}
+
+impl TryFrom<HistogramParts> for Histogram {
+    type Error = HistogramError;
+    fn try_from(p: HistogramParts) -> Result<Self, HistogramError> {
+        Histogram::try_new(p.bounds, p.counts)
+    }
 }
 
 /// The built-in log-spaced bucket bounds, in seconds: 100 µs × 2^(i/8) up to about two

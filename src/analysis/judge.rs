@@ -1,6 +1,8 @@
 //! Judges: pure functions from observations to metric verdicts, kept as small incremental
 //! state machines so a tick costs O(new data), and dispatched by an enum (no boxing).
 
+use serde::{Deserialize, Serialize};
+
 use super::errors::{EventJudge, EventJudgeSpec};
 use super::kayenta::ScoredMetric;
 use super::latency::{LatencyJudge, LatencyJudgeSpec};
@@ -10,7 +12,7 @@ use super::threshold::{ThresholdJudge, ThresholdSpec};
 use super::verdict::MetricVerdict;
 
 /// A judge's settings, as validated from a policy.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JudgeSpec {
     /// Sequential test on event counts (errors).
     Events(EventJudgeSpec),
@@ -55,7 +57,7 @@ impl JudgeSpec {
 }
 
 /// One metric's judge with its state so far.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MetricJudge {
     /// Sequential test on event counts.
     Events(EventJudge),

@@ -183,7 +183,7 @@ impl KayentaConfig {
 }
 
 /// One metric's verdict with the numbers behind it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KayentaResult {
     /// The classification.
     pub classification: Classification,

@@ -13,7 +13,7 @@
 //!
 //! For reporting, quantiles of each arm carry Howard–Ramdas time-uniform bounds.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::confseq::cdf_band_epsilon;
 use super::fmt;
@@ -25,7 +25,7 @@ use super::special::log_sum_exp;
 use super::verdict::{MetricVerdict, Outcome, Stats};
 
 /// How slow-request thresholds are chosen.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Thresholds {
     /// Baseline quantiles (e.g. 0.5, 0.9, 0.99), from earlier windows.
     Quantiles(Vec<f64>),
@@ -34,7 +34,7 @@ pub enum Thresholds {
 }
 
 /// Settings of the sequential judge on latency.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyJudgeSpec {
     /// Allowed slowdown m0: the canary may be this many times slower before it fails.
     pub allowed_ratio: f64,
@@ -130,7 +130,7 @@ pub struct LatencyStats {
     pub allowed_ratio: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Slot {
     q: Option<f64>,
     fixed: Option<f64>,
@@ -139,7 +139,7 @@ struct Slot {
 }
 
 /// Incremental state of the sequential judge on latency.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatencyJudge {
     spec: LatencyJudgeSpec,
     slots: Vec<Slot>,

@@ -2,7 +2,7 @@
 //! (statistics.md §4), re-judged at every tick on the growing window, plus the scorecard
 //! that turns the classifications of all such metrics into one score.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fmt;
 use super::kayenta::{
@@ -12,7 +12,7 @@ use super::observation::{Observation, Segment};
 use super::verdict::{MetricVerdict, Outcome, Stats};
 
 /// Settings of one `mann-whitney` metric.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MannWhitneySpec {
     /// Kayenta's per-metric configuration.
     pub cfg: KayentaConfig,
@@ -79,7 +79,7 @@ impl Default for Scoring {
 }
 
 /// Incremental state: each arm's series so far.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MannWhitneyJudge {
     spec: MannWhitneySpec,
     baseline: Vec<f64>,

@@ -11,7 +11,7 @@
 //! - [`EventTest`]: varying shares, a grid mixture over δ = ln r in which every window of
 //!   counts carries the share in force when its requests were routed. This is the default.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::special::{bisect, ln_beta, log_sum_exp, xlogy};
 
@@ -41,7 +41,7 @@ pub fn ratio_from_theta(theta: f64, w: f64) -> f64 {
 }
 
 /// Result of the fixed-share Beta-mixture test.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BetaMixture {
     /// Natural log of the Bayes factor (the e-value) against r = 1.
     pub log_e: f64,
@@ -107,7 +107,7 @@ pub fn beta_mixture(nb: f64, nc: f64, w: f64, k: f64, alpha: f64) -> Option<Beta
 }
 
 /// A discrete prior over log rate ratios, used by [`EventTest`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prior {
     /// Offsets Δ of ln r above the null boundary ln r0 (one-sided, all > 0).
     deltas: Vec<f64>,
@@ -179,7 +179,7 @@ impl Prior {
 }
 
 /// Event counts at one share, merged over windows.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 struct ShareCounts {
     logit_w: f64,
     canary: f64,
@@ -191,7 +191,7 @@ struct ShareCounts {
 /// One-sided: the e-process grows when the canary produces more events than its share
 /// explains, beyond the allowed ratio `r0`. Also keeps the sufficient statistics for a
 /// two-sided confidence sequence on the rate ratio.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventTest {
     prior: Prior,
     ln_r0: f64,

@@ -22,7 +22,7 @@ pub enum ShareMode {
 }
 
 /// Tracks request counts per assigned weight to estimate the observed share.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShareTracker {
     mode: ShareMode,
     /// (assigned share, baseline requests, canary requests) so far.

@@ -19,7 +19,7 @@ pub enum FailureCount {
 }
 
 /// Settings of the threshold judge.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdSpec {
     /// The value must be at least this.
     pub min: Option<f64>,
@@ -49,7 +49,7 @@ impl Default for ThresholdSpec {
 }
 
 /// The numbers behind a threshold verdict.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdStats {
     /// The canary's value in the latest window.
     pub value: f64,
@@ -66,7 +66,7 @@ pub struct ThresholdStats {
 }
 
 /// Incremental state of the threshold judge.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThresholdJudge {
     spec: ThresholdSpec,
     failures: u32,

@@ -88,6 +88,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         json: args.output.json,
         quiet: args.output.quiet,
         extra_json: Some(serde_json::json!({"scenario": args.scenario})),
+        durable: None,
     };
     let code = drive(&policy, &built, &source, how).await;
     let stats = load.stop().await;

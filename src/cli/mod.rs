@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod completions;
+pub mod control;
 pub mod demo;
 pub mod demo_services;
 pub mod judge;
@@ -38,6 +39,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The rollout store and the control API's token.
+    #[command(flatten)]
+    pub state: control::StateArgs,
 }
 
 /// The subcommands.
@@ -51,6 +55,20 @@ pub enum Command {
     /// Run one rollout of a policy in the foreground. Before any traffic moves it checks
     /// that the provider and the metrics source answer and that the canary is ready.
     Run(run::RunArgs),
+    /// Show rollouts: every one in the store, or one (the running controller's live view
+    /// when one answers; a finished rollout shows its outcome).
+    Status(control::StatusArgs),
+    /// Release the step a rollout waits at (the step `status` shows; an approval for
+    /// another step is refused), or with `--full` promote to 100 % now.
+    Promote(control::PromoteArgs),
+    /// Roll a rollout back.
+    Abort(control::LeverArgs),
+    /// Pause a rollout: no traffic change until `resume`.
+    Pause(control::LeverArgs),
+    /// Resume a paused rollout.
+    Resume(control::LeverArgs),
+    /// Start a rolled-back rollout again from step 1 (a new rollout id), in the foreground.
+    Retry(run::RetryArgs),
     /// Check policies; print `path:line:col: message` for every problem (the first 100
     /// per file) and `path:line:col: warning: message` for settings that defeat the policy
     /// (e.g. a deadline too short to ever promote). Only warnings: exit 0. Files over 1 MiB
@@ -88,7 +106,13 @@ pub fn run(cli: Cli) -> u8 {
         match cli.command {
             Command::Demo(a) => demo::main(a).await,
             Command::DemoServices(a) => demo_services::main(a).await,
-            Command::Run(a) => run::main(a).await,
+            Command::Run(a) => run::main(a, &cli.state).await,
+            Command::Retry(a) => Box::pin(run::retry(a, &cli.state)).await,
+            Command::Status(a) => control::status(&cli.state, &a).await,
+            Command::Promote(a) => control::promote(&cli.state, &a).await,
+            Command::Abort(a) => control::lever(&cli.state, &a, "/abort").await,
+            Command::Pause(a) => control::lever(&cli.state, &a, "/pause").await,
+            Command::Resume(a) => control::lever(&cli.state, &a, "/resume").await,
             Command::Validate(a) => validate::main(a).await,
             Command::Judge(_) | Command::Completions(_) | Command::Man => EXIT_OK,
         }

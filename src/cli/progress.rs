@@ -125,7 +125,7 @@ pub fn line(r: &Record) -> String {
                 metrics.join(", ")
             )
         }
-        RecordKind::Transition | RecordKind::Final => {
+        RecordKind::Transition | RecordKind::Final | RecordKind::Resumed | RecordKind::Operator => {
             let event = r.event.as_deref().unwrap_or("event");
             let detail = r
                 .detail

@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tokio::sync::watch;
 
+use super::control::StateArgs;
 use super::progress::{Progress, summary};
-use super::status::{StatusBoard, Tee};
+use super::status::{Auth, StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::readiness::CanaryProbe;
-use crate::controller::{RunOptions, RunReport, run};
+use crate::controller::store::{
+    ControlRef, FileStore, OwnerLock, PolicyRef, RolloutState, StartPlan, StoreError,
+    new_rollout_id, policy_sha256, start_plan,
+};
+use crate::controller::{Durable, FinalOutcome, Phase, RunOptions, RunReport, run, run_durable};
 use crate::metrics;
 use crate::policy::{self, Approval, Policy, TrafficConfig};
 use crate::traffic;
@@ -22,6 +27,35 @@ pub struct RunArgs {
     /// Output options.
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Durability options.
+    #[command(flatten)]
+    pub durable: DurableArgs,
+}
+
+/// How `coalmine run` keeps and exposes its rollout.
+#[derive(Debug, Args, Default)]
+pub struct DurableArgs {
+    /// Start over from step 1 (a new rollout id, recorded) even if the store holds an
+    /// unfinished or finished run of this rollout, or one of another policy content.
+    #[arg(long)]
+    pub restart: bool,
+    /// The control API's address (default: a free loopback port, recorded in the store for
+    /// the operator's verbs). A non-loopback address needs a configured token
+    /// (`COALMINE_TOKEN` or `--token-file`).
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<std::net::SocketAddr>,
+}
+
+/// What a durable run needs beyond the policy: the store, what it holds, the token.
+pub(crate) struct DurableRun {
+    pub(crate) store: FileStore,
+    pub(crate) policy: PolicyRef,
+    pub(crate) resume: Option<RolloutState>,
+    pub(crate) restart: Option<String>,
+    pub(crate) revision: u64,
+    pub(crate) auth: Auth,
+    pub(crate) control_addr: std::net::SocketAddr,
+    pub(crate) _lock: OwnerLock,
 }
 
 /// How a rollout reports.
@@ -37,8 +71,10 @@ pub struct OutputArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Serve /health/live, /health/ready, /status, /metrics and the operator's levers POST
-    /// /approve, /pause, /resume and /abort on this address while the rollout runs (port 0
-    /// picks a free port; the levers are unauthenticated: keep it on loopback).
+    /// /promote, /pause, /resume and /abort on this address while the rollout runs (port 0
+    /// picks a free port). With `run` this is the control API (`--control-addr`), whose
+    /// levers need the bearer token; the demo's levers are unauthenticated: keep it on
+    /// loopback.
     #[arg(long, value_name = "ADDR")]
     pub status_addr: Option<std::net::SocketAddr>,
 }
@@ -46,6 +82,11 @@ pub struct OutputArgs {
 /// Reads and validates a policy; prints problems and returns `Err(exit code)`. Warnings are
 /// printed too (they never fail the load).
 pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
+    load_hashed(path).map(|(p, _)| p)
+}
+
+/// [`load`], with the SHA-256 of the very bytes parsed.
+pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
     use std::io::Read;
     let shown = path.display().to_string();
     // Read one byte past the limit, never more: a huge file is refused without being held
@@ -63,6 +104,7 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
             );
             EXIT_INVALID
         })?;
+    let sha = policy_sha256(&bytes);
     match policy::parse_bytes(&bytes, &shown) {
         Ok((p, warnings)) => {
             if !warnings.is_empty() {
@@ -71,7 +113,7 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
             // Before anything can print or record them: the policy's URL credentials,
             // webhook path and token variable names.
             crate::redact::register_policy(&p);
-            Ok(p)
+            Ok((p, sha))
         }
         Err(d) => {
             eprintln!("{d}");
@@ -137,6 +179,8 @@ pub(crate) struct Presentation {
     pub(crate) json: bool,
     pub(crate) quiet: bool,
     pub(crate) extra_json: Option<serde_json::Value>,
+    /// Keep the rollout in the store and serve the control API (`coalmine run`).
+    pub(crate) durable: Option<DurableRun>,
 }
 
 /// Runs the rollout, prints the outcome and returns the exit code.
@@ -151,7 +195,10 @@ pub(crate) async fn drive(
     {
         eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
     }
-    if policy.rollout.approval != Approval::None && how.status_addr.is_none() {
+    if policy.rollout.approval != Approval::None
+        && how.status_addr.is_none()
+        && how.durable.is_none()
+    {
         eprintln!(
             "error: the policy's [rollout] approval needs --status-addr ADDR, where an operator \
              approves with POST /approve"
@@ -160,16 +207,36 @@ pub(crate) async fn drive(
     }
     let (abort_tx, abort_rx) = watch::channel(None);
     abort_on_signal(abort_tx.clone());
-    let (mut board, levers) = match how.status_addr {
+    let serve_at = how
+        .durable
+        .as_ref()
+        .map(|d| d.control_addr)
+        .or(how.status_addr);
+    let (mut board, levers) = match serve_at {
         Some(_) => {
             let (b, rx) = StatusBoard::new(abort_tx);
+            let b = match &how.durable {
+                Some(d) => b.with_auth(d.auth.clone()),
+                None => b,
+            };
             (Some(b), Some(rx))
         }
         None => (None, None),
     };
-    if let (Some(b), Some(addr)) = (&board, how.status_addr) {
+    let mut control = None;
+    if let (Some(b), Some(addr)) = (&board, serve_at) {
         match b.serve(addr).await {
-            Ok(bound) => eprintln!("coalmine: status server on http://{bound}"),
+            Ok(bound) => {
+                if how.durable.is_some() {
+                    eprintln!("coalmine: control API on http://{bound}");
+                } else {
+                    eprintln!("coalmine: status server on http://{bound}");
+                }
+                control = Some(ControlRef {
+                    addr: bound,
+                    pid: std::process::id(),
+                });
+            }
             Err(e) => {
                 eprintln!("error: cannot serve status on {addr}: {e}");
                 return EXIT_FAILURE;
@@ -184,6 +251,7 @@ pub(crate) async fn drive(
             TrafficConfig::Proxy(p) => Some(CanaryProbe::for_proxy(p)),
             _ => None,
         },
+        policy_sha256: None,
     };
     let mut progress = Progress { quiet: how.quiet };
     let mut observers = Tee(
@@ -192,7 +260,30 @@ pub(crate) async fn drive(
             .as_mut()
             .map(|b| b as &mut dyn crate::controller::Observer),
     );
-    let report = match run(policy, &built.provider, source, opts, &mut observers).await {
+    let result = match how.durable {
+        Some(d) => {
+            let durable = Durable {
+                store: &d.store,
+                rollout_id: new_rollout_id(),
+                policy: d.policy,
+                resume: d.resume,
+                restart: d.restart,
+                control,
+                revision: d.revision,
+            };
+            run_durable(
+                policy,
+                &built.provider,
+                source,
+                durable,
+                opts,
+                &mut observers,
+            )
+            .await
+        }
+        None => run(policy, &built.provider, source, opts, &mut observers).await,
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
@@ -215,29 +306,227 @@ fn print_report(report: &RunReport, json: bool, extra: Option<serde_json::Value>
     }
 }
 
+/// The exit code of a finished rollout's stored outcome.
+fn finished_code(phase: &Phase) -> u8 {
+    match phase {
+        Phase::Promoted => FinalOutcome::Promoted.exit_code(),
+        Phase::RolledBack { reason } => FinalOutcome::RolledBack {
+            reason: reason.clone(),
+        }
+        .exit_code(),
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Takes the rollout's owner lock and decides from its record whether to start, resume or
+/// refuse. Prints the problem and returns `Err(exit code)` when it does not run.
+pub(crate) fn prepare(
+    state: &StateArgs,
+    policy: &Policy,
+    path: &Path,
+    sha: String,
+    restart: Option<String>,
+    control_addr: Option<std::net::SocketAddr>,
+) -> Result<DurableRun, u8> {
+    let addr = control_addr.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    if !addr.ip().is_loopback() && !state.token_configured() {
+        eprintln!(
+            "error: the control API on {addr} is not loopback: configure its token first \
+             (COALMINE_TOKEN or --token-file), a generated one is for this machine only"
+        );
+        return Err(EXIT_INVALID);
+    }
+    let store = state.store();
+    let lock = match store.acquire_blocking(&policy.name) {
+        Ok(l) => l,
+        Err(e @ StoreError::Locked { .. }) => {
+            eprintln!("error: {e}; not starting a second controller");
+            return Err(EXIT_FAILURE);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(EXIT_FAILURE);
+        }
+    };
+    let stored = match store.load_blocking(&policy.name) {
+        Ok(s) => s,
+        Err(e @ StoreError::Damaged { .. }) if restart.is_some() => {
+            eprintln!("warning: {e}; starting over (--restart)");
+            None
+        }
+        Err(e) => {
+            eprintln!("error: {e}; `coalmine run --restart` starts the rollout over");
+            return Err(EXIT_FAILURE);
+        }
+    };
+    let revision = stored.as_ref().map_or(0, |s| s.revision);
+    let (resume, restart) = match start_plan(stored.as_ref(), &sha, restart.is_some()) {
+        StartPlan::Fresh { restart: why } => (
+            None,
+            restart.map(|r| format!("{r}; {}", why.unwrap_or_default())),
+        ),
+        StartPlan::Resume => (stored, None),
+        StartPlan::PolicyChanged { recorded } => {
+            eprintln!(
+                "error: rollout `{}` was started with another policy content (sha256 {}…, now {}…): \
+                 resume it with the policy it started with, or start over from step 1 with --restart",
+                policy.name,
+                &recorded[..recorded.len().min(12)],
+                &sha[..12],
+            );
+            return Err(EXIT_INVALID);
+        }
+        StartPlan::Finished { phase } => {
+            let s = stored.as_ref().map(|s| &s.phase);
+            eprintln!(
+                "coalmine: rollout `{}` already finished ({phase}); not run again: `coalmine run --restart` starts it over",
+                policy.name
+            );
+            return Err(s.map_or(EXIT_FAILURE, finished_code));
+        }
+    };
+    let auth = state.auth(true).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_FAILURE
+    })?;
+    Ok(DurableRun {
+        store,
+        policy: PolicyRef {
+            path: Some(path.display().to_string()),
+            sha256: sha,
+        },
+        resume,
+        restart,
+        revision,
+        auth,
+        control_addr: addr,
+        _lock: lock,
+    })
+}
+
 /// Runs `coalmine run`.
-pub(crate) async fn main(args: RunArgs) -> u8 {
-    let policy = match load(&args.policy) {
+pub(crate) async fn main(args: RunArgs, state: &StateArgs) -> u8 {
+    let (policy, sha) = match load_hashed(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
     for w in policy.warnings() {
         eprintln!("warning: {w}");
     }
-    let (built, source) = match setup(&policy, None).await {
+    let restart = args.durable.restart.then(|| "--restart".to_string());
+    let durable = match prepare(
+        state,
+        &policy,
+        &args.policy,
+        sha,
+        restart,
+        args.durable.control_addr.or(args.output.status_addr),
+    ) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    main_with(&policy, args.output, durable).await
+}
+
+/// Runs a prepared durable rollout (`run`, `retry`).
+pub(crate) async fn main_with(policy: &Policy, output: OutputArgs, durable: DurableRun) -> u8 {
+    let (built, source) = match setup(policy, None).await {
         Ok(x) => x,
         Err(code) => return code,
     };
+    // The built-in proxy lives in this process: a restarted one starts where the rollout
+    // was, not at 0 (that would be a change nobody asked for).
+    if let (Some(p), Some(r)) = (&built.proxy, &durable.resume) {
+        p.state().set_weight(r.weight);
+    }
     let how = Presentation {
-        status_addr: args.output.status_addr,
-        decisions: args.output.decisions,
-        json: args.output.json,
-        quiet: args.output.quiet,
+        status_addr: output.status_addr,
+        decisions: output.decisions,
+        json: output.json,
+        quiet: output.quiet,
         extra_json: None,
+        durable: Some(durable),
     };
-    let code = drive(&policy, &built, &source, how).await;
+    let code = drive(policy, &built, &source, how).await;
     if let Some(p) = built.proxy {
         p.shutdown().await;
     }
     code
+}
+
+/// Arguments of `coalmine retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The rolled-back rollout to start again from step 1 (with its recorded policy file).
+    pub rollout: String,
+    /// Output options.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The control API's address (as for `run`).
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<std::net::SocketAddr>,
+}
+
+/// Runs `coalmine retry`: a rolled-back rollout again from step 1, with a new rollout id.
+pub(crate) async fn retry(mut args: RetryArgs, state: &StateArgs) -> u8 {
+    let stored = match state.store().load_blocking(&args.rollout) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "error: no rollout `{}` in {}",
+                args.rollout,
+                state.dir().display()
+            );
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let reason = match &stored.phase {
+        Phase::RolledBack { reason } | Phase::NotStarted { reason } => reason.to_string(),
+        Phase::Failed { reason } => reason.clone(),
+        other => {
+            eprintln!(
+                "error: rollout `{}` is {}: only a rolled-back rollout is retried",
+                args.rollout,
+                other.name()
+            );
+            return EXIT_INVALID;
+        }
+    };
+    let Some(path) = stored.policy.path.as_deref().map(PathBuf::from) else {
+        eprintln!(
+            "error: rollout `{}` has no recorded policy file",
+            args.rollout
+        );
+        return EXIT_INVALID;
+    };
+    let (policy, sha) = match load_hashed(&path) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if policy.name != args.rollout {
+        eprintln!(
+            "error: {} now names rollout `{}`, not `{}`",
+            path.display(),
+            policy.name,
+            args.rollout
+        );
+        return EXIT_INVALID;
+    }
+    let why = format!(
+        "retry of run {} ({}: {reason})",
+        stored.rollout_id,
+        stored.phase.name()
+    );
+    if args.output.decisions.is_none() {
+        args.output.decisions.clone_from(&stored.decisions);
+    }
+    let durable = match prepare(state, &policy, &path, sha, Some(why), args.control_addr) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    main_with(&policy, args.output, durable).await
 }

@@ -1,5 +1,8 @@
-//! The status server of a running rollout (`--status-addr`): health endpoints, the current
-//! state as JSON, the rollout's own Prometheus metrics, and the operator's two levers.
+//! The control API of a running rollout: health endpoints, the current state as JSON, the
+//! rollout's own Prometheus metrics, and the operator's levers. Every `coalmine run` starts
+//! it (on a free loopback port unless `--control-addr` says otherwise) and records its
+//! address in the rollout store, where the operator's verbs (`coalmine status`, `promote`,
+//! `pause`, `resume`, `abort`) find it.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -7,14 +10,18 @@
 //! | `GET /health/ready` | 200 while the rollout is in progress, 503 once it has ended |
 //! | `GET /status` | the phase, weight, step, last decision and every metric's state (JSON) |
 //! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
-//! | `POST /approve` | approves the step change waiting for an operator (`[rollout] approval`) |
+//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (the one waiting for an approval); 409 when the rollout is not at step N; `full` promotes to 100 % now |
+//! | `POST /approve` | the same as `/promote` |
 //! | `POST /pause` | pauses a progressing rollout: no traffic change until resumed |
 //! | `POST /resume` | resumes a paused rollout (puts the step's weight back if another is in force) |
 //! | `POST /abort` | rolls back |
 //!
-//! POSTs must carry `Content-Type: application/json` or an `Authorization` header, and an
+//! Every POST needs `Authorization: Bearer TOKEN` (compared in constant time; no token or
+//! a wrong one is a 401 and changes nothing) and may carry `{"reason": "..."}`; the action
+//! is recorded in the decision log with its actor (the token's name) and reason. POSTs
+//! must also carry `Content-Type: application/json` or the `Authorization` header, and an
 //! `Origin`, when present, must be this server's ([`crate::net::check_control_request`]):
-//! a web page cannot make a browser approve or abort.
+//! a web page cannot make a browser move traffic.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -30,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::analysis::{Outcome, Stats};
 use crate::controller::record::RecordKind;
-use crate::controller::{Decision, Lever, Observer, Record};
+use crate::controller::{Decision, Lever, Observer, OperatorAction, Record};
 use crate::model::Weight;
 
 /// One metric's latest state.
@@ -61,12 +68,57 @@ struct Snapshot {
     metrics: Vec<MetricState>,
 }
 
+/// The bearer token mutating requests must carry, and the actor it names.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    pub(crate) token: Vec<u8>,
+    pub(crate) actor: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Whether the request's `Authorization: Bearer` token is this one (constant time).
+    fn admits<B>(&self, req: &Request<B>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Some(v) = req.headers().get(hyper::header::AUTHORIZATION) else {
+            return false;
+        };
+        let v = v.as_bytes();
+        let Some(given) = v
+            .strip_prefix(b"Bearer ")
+            .or_else(|| v.strip_prefix(b"bearer "))
+        else {
+            return false;
+        };
+        bool::from(given.ct_eq(self.token.as_slice()))
+    }
+}
+
+/// What a control POST may carry.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlBody {
+    step: Option<usize>,
+    #[serde(default)]
+    full: bool,
+    #[serde(default)]
+    reason: String,
+}
+
 /// Shared state between the controller's observer side and the HTTP side.
 #[derive(Clone, Debug)]
 pub(crate) struct StatusBoard {
     snap: Arc<Mutex<Snapshot>>,
     abort: watch::Sender<Option<String>>,
     levers: mpsc::UnboundedSender<Lever>,
+    auth: Option<Auth>,
 }
 
 impl StatusBoard {
@@ -81,9 +133,17 @@ impl StatusBoard {
                 snap: Arc::default(),
                 abort,
                 levers,
+                auth: None,
             },
             rx,
         )
+    }
+
+    /// Requires `auth`'s bearer token on every mutating request.
+    #[must_use]
+    pub(crate) fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
@@ -148,13 +208,13 @@ impl StatusBoard {
             std::future::pending(),
             move |req| {
                 let board = board.clone();
-                async move { Ok::<_, Infallible>(board.answer(&req)) }
+                async move { Ok::<_, Infallible>(board.answer(req).await) }
             },
         ));
         Ok(bound)
     }
 
-    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, ctype: &'static str, body: String| {
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = status;
@@ -165,12 +225,37 @@ impl StatusBoard {
             r
         };
         let json = "application/json";
-        if req.method() == Method::POST
-            && let Err(refused) = crate::net::check_control_request(req)
-        {
-            return reply(refused.status, json, refused.json());
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        if req.method() == Method::POST {
+            let mut actor = "local".to_string();
+            if let Err(refused) = crate::net::check_control_request(&req) {
+                return reply(refused.status, json, refused.json());
+            }
+            if let Some(auth) = &self.auth {
+                if !auth.admits(&req) {
+                    let mut r = reply(
+                        StatusCode::UNAUTHORIZED,
+                        json,
+                        r#"{"error":"a control request needs Authorization: Bearer TOKEN (COALMINE_TOKEN, --token-file, or the token file in the state directory)"}"#.into(),
+                    );
+                    r.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static("Bearer"),
+                    );
+                    return r;
+                }
+                actor.clone_from(&auth.actor);
+            }
+            return match read_body(req.into_body()).await {
+                Ok(body) => self.lever(&path, body, &actor, &reply),
+                Err(why) => {
+                    let body = serde_json::json!({ "error": why }).to_string();
+                    reply(StatusCode::BAD_REQUEST, json, body)
+                }
+            };
         }
-        match (req.method(), req.uri().path()) {
+        match (&method, path.as_str()) {
             (&Method::GET, "/health/live") => {
                 reply(StatusCode::OK, json, r#"{"status":"live"}"#.into())
             }
@@ -193,38 +278,6 @@ impl StatusBoard {
                 "text/plain; version=0.0.4",
                 exposition(&self.lock()),
             ),
-            (&Method::POST, "/approve") => {
-                let _ = self.levers.send(Lever::Approve);
-                reply(StatusCode::ACCEPTED, json, r#"{"approved":true}"#.into())
-            }
-            (&Method::POST, "/pause") => {
-                let phase = self.lock().phase;
-                if phase == "progressing" {
-                    let _ = self.levers.send(Lever::Pause {
-                        why: "through the status server".to_string(),
-                    });
-                    reply(StatusCode::ACCEPTED, json, r#"{"pausing":true}"#.into())
-                } else {
-                    let body = format!(r#"{{"error":"not progressing","phase":"{phase}"}}"#);
-                    reply(StatusCode::CONFLICT, json, body)
-                }
-            }
-            (&Method::POST, "/resume") => {
-                let phase = self.lock().phase;
-                if phase == "paused" {
-                    let _ = self.levers.send(Lever::Resume);
-                    reply(StatusCode::ACCEPTED, json, r#"{"resuming":true}"#.into())
-                } else {
-                    let body = format!(r#"{{"error":"not paused","phase":"{phase}"}}"#);
-                    reply(StatusCode::CONFLICT, json, body)
-                }
-            }
-            (&Method::POST, "/abort") => {
-                let _ = self
-                    .abort
-                    .send(Some("aborted through the status server".to_string()));
-                reply(StatusCode::ACCEPTED, json, r#"{"aborting":true}"#.into())
-            }
             (
                 _,
                 "/health/live" | "/health/ready" | "/status" | "/metrics" | "/approve" | "/pause"
@@ -241,6 +294,99 @@ impl StatusBoard {
             ),
         }
     }
+}
+
+type Reply<'a> = &'a dyn Fn(StatusCode, &'static str, String) -> Response<Full<Bytes>>;
+
+impl StatusBoard {
+    /// An authenticated POST: checks it against the rollout's state and sends the lever.
+    fn lever(
+        &self,
+        path: &str,
+        body: ControlBody,
+        actor: &str,
+        reply: Reply<'_>,
+    ) -> Response<Full<Bytes>> {
+        let json = "application/json";
+        let (phase, step) = {
+            let s = self.lock();
+            (s.phase, s.step)
+        };
+        let conflict = |what: &str| {
+            let body = serde_json::json!({ "error": what, "phase": phase, "step": step });
+            reply(StatusCode::CONFLICT, json, body.to_string())
+        };
+        let reason = body.reason;
+        let send = |action, answer: &str| {
+            let _ = self.levers.send(Lever::Operator {
+                action,
+                actor: actor.to_string(),
+                reason: reason.clone(),
+            });
+            reply(StatusCode::ACCEPTED, json, answer.to_string())
+        };
+        match path {
+            "/promote" | "/approve" => {
+                let Some(named) = body.step else {
+                    let body = serde_json::json!({
+                        "error": "name the step to release: {\"step\": N} (the step `coalmine status` shows)",
+                        "step": step,
+                    });
+                    return reply(StatusCode::BAD_REQUEST, json, body.to_string());
+                };
+                if step != Some(named) {
+                    return conflict(&format!(
+                        "the rollout is not at step {named}: an approval releases only the step it names"
+                    ));
+                }
+                send(
+                    OperatorAction::Promote {
+                        step: named,
+                        full: body.full,
+                    },
+                    r#"{"promoting":true}"#,
+                )
+            }
+            "/pause" if phase == "progressing" => {
+                send(OperatorAction::Pause, r#"{"pausing":true}"#)
+            }
+            "/pause" => conflict("not progressing"),
+            "/resume" if phase == "paused" => send(OperatorAction::Resume, r#"{"resuming":true}"#),
+            "/resume" => conflict("not paused"),
+            "/abort" => {
+                if self.levers.is_closed() {
+                    // No controller loop listens any more: the signal path still does.
+                    let _ = self.abort.send(Some(format!("aborted by {actor}")));
+                }
+                send(OperatorAction::Abort, r#"{"aborting":true}"#)
+            }
+            "/health/live" | "/health/ready" | "/status" | "/metrics" => reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json,
+                r#"{"error":"method not allowed"}"#.into(),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                json,
+                r#"{"error":"not found"}"#.into(),
+            ),
+        }
+    }
+}
+
+/// Reads a control request's body: empty, or a small JSON object.
+async fn read_body(body: Incoming) -> Result<ControlBody, String> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(body, 16 * 1024);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ControlBody::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("body: {e}"))
 }
 
 impl Observer for StatusBoard {

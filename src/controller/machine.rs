@@ -11,7 +11,7 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::health::{self, ErrorCounts, Health};
 use crate::analysis::Outcome;
@@ -19,7 +19,7 @@ use crate::model::Weight;
 use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, Rollout};
 
 /// Why a rollout is rolled back (or failed, or never started).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum Reason {
     /// A metric's judge failed.
@@ -127,7 +127,7 @@ impl fmt::Display for Reason {
 }
 
 /// Progress within an analysed step.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// Index into the plan's steps.
     pub step: usize,
@@ -178,7 +178,7 @@ impl Progress {
 }
 
 /// Why a rollout is paused.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum PauseCause {
     /// A weight the controller did not apply was found in force (`on_external_change =
@@ -189,7 +189,6 @@ pub enum PauseCause {
         /// The weight the controller had applied.
         applied: Weight,
         /// When it applied it (offset from the start).
-        #[serde(skip)]
         applied_at: Duration,
     },
     /// An operator asked for it.
@@ -200,7 +199,7 @@ pub enum PauseCause {
 }
 
 /// A paused rollout: the controller touches no traffic until an operator resumes or aborts.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Paused {
     /// The step it was in.
     pub progress: Progress,
@@ -214,8 +213,9 @@ pub struct Paused {
     pub alerted: Vec<String>,
 }
 
-/// Where a rollout is.
-#[derive(Clone, Debug, PartialEq)]
+/// Where a rollout is. Serialized into the rollout's stored record (tagged by `phase`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
 pub enum Phase {
     /// Not started.
     Pending,
@@ -409,6 +409,26 @@ pub enum Event {
         /// Why.
         why: String,
         /// Offset from the start.
+        now: Duration,
+    },
+    /// An operator asked to promote now (`coalmine promote --full`): the remaining steps
+    /// and their analysis are skipped.
+    PromoteNow {
+        /// Offset from the start.
+        now: Duration,
+    },
+    /// A controller took the rollout over from its stored record (after a restart or a
+    /// crash of the previous owner).
+    Restored {
+        /// The weight the provider reports in force now (`None`: it did not answer).
+        found: Option<Weight>,
+        /// The weight last known in force when the record was written.
+        applied: Weight,
+        /// Time nobody watched the rollout (from the record's write to now). It counts
+        /// toward the deadline, not toward the step's time (the step's time is time
+        /// analysed).
+        downtime: Duration,
+        /// Offset from the start (downtime included).
         now: Duration,
     },
 }
@@ -658,6 +678,25 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 vec![Command::Finish],
             ),
         },
+        (
+            phase,
+            Event::Restored {
+                found,
+                applied,
+                downtime,
+                now,
+            },
+        ) => restored(phase, found, applied, downtime, now, plan),
+        (Phase::Progressing(_) | Phase::Paused(_), Event::PromoteNow { .. }) => (
+            Phase::Promoting { attempt: 0 },
+            vec![
+                Command::Record(Decision::Promote),
+                Command::Apply {
+                    weight: Weight::FULL,
+                    delay: Duration::ZERO,
+                },
+            ],
+        ),
         (phase, Event::Abort { why, .. }) if !phase.is_terminal() => match phase {
             Phase::RollingBack { .. } => (phase, Vec::new()),
             _ => rollback(Reason::Aborted { why }, false),
@@ -838,6 +877,89 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
             }
         }
         (phase, _) => (phase, Vec::new()),
+    }
+}
+
+/// Takes a rollout over from its stored record: continues what the record says was in
+/// progress, never overriding a weight that someone else set while nobody watched.
+fn restored(
+    phase: Phase,
+    found: Option<Weight>,
+    applied: Weight,
+    downtime: Duration,
+    now: Duration,
+    plan: &Rollout,
+) -> (Phase, Vec<Command>) {
+    let apply = |weight| Command::Apply {
+        weight,
+        delay: Duration::ZERO,
+    };
+    match phase {
+        // Nothing has moved yet: the checks run again.
+        Phase::Pending | Phase::PreChecks => (Phase::PreChecks, vec![Command::RunPreChecks]),
+        Phase::Shifting {
+            step,
+            target,
+            paused_for,
+            ..
+        } => match found {
+            // The weight landed before the crash: the step starts now (no second call).
+            Some(w) if w == target => (
+                Phase::Progressing(Progress::new(step, target, now, paused_for)),
+                Vec::new(),
+            ),
+            Some(w) if w != applied => {
+                external_change(Progress::new(step, target, now, paused_for), w, now, plan)
+            }
+            // Still the weight before the step, or unknown: set it (idempotent).
+            _ => (
+                Phase::Shifting {
+                    step,
+                    target,
+                    attempt: 0,
+                    paused_for,
+                },
+                vec![apply(target)],
+            ),
+        },
+        Phase::Progressing(mut p) => {
+            // The step's time is time analysed: the downtime is not part of it.
+            p.excluded += downtime;
+            p.last_tick = now;
+            match found {
+                Some(w) if w != p.weight => external_change(p, w, now, plan),
+                _ => (Phase::Progressing(p), Vec::new()),
+            }
+        }
+        Phase::Paused(mut z) => {
+            z.progress.last_tick = now;
+            if let Some(w) = found {
+                z.in_force = w;
+            }
+            (Phase::Paused(z), Vec::new())
+        }
+        Phase::Promoting { .. } => match found {
+            Some(w) if w == Weight::FULL => (Phase::Promoted, vec![Command::Finish]),
+            Some(w) if w != applied => {
+                let last = plan.steps.len().saturating_sub(1);
+                external_change(
+                    Progress::new(last, Weight::FULL, now, Duration::ZERO),
+                    w,
+                    now,
+                    plan,
+                )
+            }
+            _ => (Phase::Promoting { attempt: 0 }, vec![apply(Weight::FULL)]),
+        },
+        // Rolling back is the safe direction: finish it whatever is in force.
+        Phase::RollingBack { reason, .. } => match found {
+            Some(w) if w == Weight::ZERO => (Phase::RolledBack { reason }, vec![Command::Finish]),
+            _ => (
+                Phase::RollingBack { reason, attempt: 0 },
+                vec![apply(Weight::ZERO)],
+            ),
+        },
+        done => (done, vec![Command::Finish]),
     }
 }
 

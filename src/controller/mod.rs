@@ -8,6 +8,7 @@ pub mod machine;
 pub mod readiness;
 pub mod record;
 pub mod runner;
+pub mod store;
 
 #[cfg(test)]
 mod tests;
@@ -22,4 +23,8 @@ mod tests_sources;
 
 pub use machine::{Command, Decision, Event, Note, Phase, Reason, WindowFacts, judging, step};
 pub use record::Record;
-pub use runner::{FinalOutcome, Lever, Observer, Quiet, RunOptions, RunReport, run};
+pub use runner::{
+    Durable, FinalOutcome, Lever, Observer, OperatorAction, Quiet, RunOptions, RunReport, run,
+    run_durable,
+};
+pub use store::{FileStore, RolloutState, Store, StoreError};

@@ -25,6 +25,9 @@ use super::readiness::CanaryProbe;
 use super::record::{
     MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, WindowRecord, rfc3339,
 };
+use super::store::{
+    ControlRef, FORMAT, Judges, PolicyRef, RolloutState, Store, StoreError, new_rollout_id,
+};
 use crate::analysis::mw_judge::score_verdict;
 use crate::analysis::observation::Shape;
 use crate::analysis::{JudgeSpec, MetricJudge, Observation, Outcome, Segment, Stats};
@@ -46,7 +49,7 @@ pub struct Quiet;
 
 impl Observer for Quiet {}
 
-/// An operator's lever on a running rollout (the status server's POSTs).
+/// An operator's lever on a running rollout (the control API's POSTs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lever {
     /// Approve leaving the current step (see `[rollout] approval`).
@@ -58,6 +61,66 @@ pub enum Lever {
     },
     /// Resume a paused rollout.
     Resume,
+    /// An operator's action, with who and why (each is recorded before it is acted on).
+    Operator {
+        /// What.
+        action: OperatorAction,
+        /// Who: the token's name, or `local`.
+        actor: String,
+        /// Why, as given.
+        reason: String,
+    },
+}
+
+/// What an operator asked for through the control API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Release the step named (1-based; the step the operator saw in `status`): an
+    /// approval for any other step is refused, so an early approval cannot release a later
+    /// step. `full` skips the remaining steps and their analysis.
+    Promote {
+        /// The step released.
+        step: usize,
+        /// Promote to 100 % now.
+        full: bool,
+    },
+    /// Pause.
+    Pause,
+    /// Resume.
+    Resume,
+    /// Roll back.
+    Abort,
+}
+
+impl OperatorAction {
+    fn name(&self) -> &'static str {
+        match self {
+            OperatorAction::Promote { full: true, .. } => "promote-full",
+            OperatorAction::Promote { .. } => "promote",
+            OperatorAction::Pause => "pause",
+            OperatorAction::Resume => "resume",
+            OperatorAction::Abort => "abort",
+        }
+    }
+}
+
+/// How a durable run keeps its record in a [`Store`] (see [`run_durable`]).
+#[derive(Debug)]
+pub struct Durable<'a, S> {
+    /// Where the record goes.
+    pub store: &'a S,
+    /// This run's id (a new one for a fresh start; the record's on resume).
+    pub rollout_id: String,
+    /// The policy's file and hash.
+    pub policy: PolicyRef,
+    /// The record to continue, when resuming.
+    pub resume: Option<RolloutState>,
+    /// Why the rollout starts over (`--restart`, `retry`), for the `started` record.
+    pub restart: Option<String>,
+    /// The control API, recorded for the operator's verbs.
+    pub control: Option<ControlRef>,
+    /// The record's revision in the store (0: none yet).
+    pub revision: u64,
 }
 
 /// Options of one run.
@@ -71,6 +134,8 @@ pub struct RunOptions {
     pub levers: Option<mpsc::UnboundedReceiver<Lever>>,
     /// Probe the canary before the first traffic change (the built-in proxy's readiness).
     pub readiness: Option<CanaryProbe>,
+    /// The policy file's SHA-256, for the records (a durable run takes it from its record).
+    pub policy_sha256: Option<String>,
 }
 
 /// What ended a wait between ticks.
@@ -212,6 +277,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The stored record cannot be continued.
+    #[error("rollout `{rollout}`: the stored record cannot be resumed: {why}")]
+    Unresumable {
+        /// The rollout.
+        rollout: String,
+        /// Why.
+        why: String,
+    },
+    /// The rollout store failed before the rollout started.
+    #[error("rollout store")]
+    Store(#[from] StoreError),
 }
 
 /// What one analysis tick gathered.
@@ -221,12 +297,20 @@ struct Analysed {
     requests: Option<[f64; 2]>,
 }
 
-struct Shell<'a, T, M> {
+struct Shell<'a, T, M, S> {
     policy: &'a Policy,
     traffic: &'a T,
     source: &'a M,
     log: Option<RecordLog>,
     observer: &'a mut dyn Observer,
+    durable: Option<Durable<'a, S>>,
+    rollout_id: String,
+    policy_sha256: Option<String>,
+    decisions: Option<PathBuf>,
+    operator_actions: u64,
+    /// The controller's clock when this process took the rollout over (zero for a fresh
+    /// start): `now()` continues from the stored offset.
+    base: Duration,
     start: Instant,
     wall0: SystemTime,
     weight: Weight,
@@ -295,9 +379,55 @@ fn baseline_errors(
     worst
 }
 
-impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
+impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
     fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.start)
+        self.base + Instant::now().saturating_duration_since(self.start)
+    }
+
+    /// Writes the rollout's record to the store (when the run is durable). Called before
+    /// every command is carried out, so the store never lags behind what was acted on.
+    async fn persist(&mut self, phase: &Phase, l: &Loop, last: Option<String>) {
+        let Some(d) = &self.durable else { return };
+        let state = RolloutState {
+            format: FORMAT,
+            rollout: self.policy.name.clone(),
+            rollout_id: self.rollout_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: d.revision,
+            policy: d.policy.clone(),
+            phase: phase.clone(),
+            steps: self.policy.rollout.steps.len(),
+            elapsed: self.now(),
+            saved_at: SystemTime::now(),
+            started_at: self.wall0,
+            weight: self.weight,
+            seq: l.seq,
+            ticks: self.ticks,
+            steps_reached: self.steps_reached,
+            first_traffic: l.first_traffic,
+            judges: Judges(self.judges.clone()),
+            decisions: self.decisions.clone(),
+            control: if phase.is_terminal() {
+                None
+            } else {
+                d.control.clone()
+            },
+            last,
+            operator_actions: self.operator_actions,
+        };
+        match d.store.save(&state, d.revision).await {
+            Ok(rev) => {
+                if let Some(d) = &mut self.durable {
+                    d.revision = rev;
+                }
+            }
+            Err(e) => {
+                if self.log_failed.is_none() && !phase.is_terminal() {
+                    self.log_failed = Some(format!("rollout record unwritable: {e}"));
+                }
+                tracing::error!(error = %e, "rollout record unwritable");
+            }
+        }
     }
 
     fn wall(&self, offset: Duration) -> SystemTime {
@@ -330,14 +460,33 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
     }
 
     fn transition(&mut self, before: &Phase, after: &Phase, event: &str, detail: Option<String>) {
+        let kind = if after.is_terminal() {
+            RecordKind::Final
+        } else {
+            RecordKind::Transition
+        };
+        self.note(kind, before, after, event, detail, None);
+    }
+
+    /// Writes a record of `kind` (a transition, the takeover of a stored rollout, an
+    /// operator's action with its actor).
+    fn note(
+        &mut self,
+        kind: RecordKind,
+        before: &Phase,
+        after: &Phase,
+        event: &str,
+        detail: Option<String>,
+        actor: Option<String>,
+    ) {
         let now = self.now();
         let r = Record {
-            kind: if after.is_terminal() {
-                RecordKind::Final
-            } else {
-                RecordKind::Transition
-            },
+            kind,
             rollout: self.policy.name.clone(),
+            rollout_id: self.rollout_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            policy_sha256: self.policy_sha256.clone(),
+            actor,
             time: rfc3339(self.wall(now)),
             elapsed_s: now.as_secs_f64(),
             phase: before.name(),
@@ -468,6 +617,80 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
                 Some((name.to_string(), e))
             }
         }
+    }
+
+    /// Records an operator's action (before acting on it) and turns it into the machine's
+    /// event; `None` when it is refused (an approval naming another step than the current
+    /// one), which is recorded too.
+    fn operator(
+        &mut self,
+        phase: &Phase,
+        action: &OperatorAction,
+        actor: String,
+        reason: &str,
+    ) -> Option<Event> {
+        self.operator_actions += 1;
+        let now = self.now();
+        let current = Self::step_of(phase);
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        let (event, detail) = match action {
+            OperatorAction::Promote { step, full } if current != Some(*step) => {
+                let detail = format!(
+                    "refused: promote names step {step}, the rollout is {}",
+                    current.map_or_else(
+                        || format!("in phase {}", phase.name()),
+                        |c| format!("at step {c}")
+                    )
+                );
+                self.note(
+                    RecordKind::Operator,
+                    phase,
+                    phase,
+                    action.name(),
+                    Some(detail),
+                    Some(actor),
+                );
+                let _ = full;
+                return None;
+            }
+            OperatorAction::Promote { step, full: true } => (
+                Event::PromoteNow { now },
+                format!(
+                    "promote to 100% now from step {step}, skipping the remaining steps and analysis{why}"
+                ),
+            ),
+            OperatorAction::Promote { step, .. } => {
+                (Event::Approve { now }, format!("step {step} released{why}"))
+            }
+            OperatorAction::Pause => (
+                Event::Pause {
+                    why: format!("by {actor}{why}"),
+                    now,
+                },
+                format!("pause{why}"),
+            ),
+            OperatorAction::Resume => (Event::Resume { now }, format!("resume{why}")),
+            OperatorAction::Abort => (
+                Event::Abort {
+                    why: format!("aborted by {actor}{why}"),
+                    now,
+                },
+                format!("abort{why}"),
+            ),
+        };
+        self.note(
+            RecordKind::Operator,
+            phase,
+            phase,
+            action.name(),
+            Some(detail),
+            Some(actor),
+        );
+        Some(event)
     }
 
     /// Feeds an abort to the machine, records it, and returns the commands.
@@ -768,14 +991,15 @@ struct Loop {
     first_traffic: Option<Duration>,
     next_tick: Instant,
     window_start: Duration,
+    /// The phase last written to the store.
+    saved: Option<Phase>,
 }
 
-/// Runs one rollout to the end.
+/// Runs one rollout to the end (nothing stored: see [`run_durable`]).
 ///
 /// # Errors
 /// Only when the run cannot start (the decision log cannot be opened); everything that
 /// happens during the rollout ends in a [`RunReport`].
-#[allow(clippy::too_many_lines)] // the loop of one rollout, read top to bottom
 pub async fn run<T: TrafficProvider, M: MetricsSource>(
     policy: &Policy,
     traffic: &T,
@@ -783,7 +1007,62 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
     opts: RunOptions,
     observer: &mut dyn Observer,
 ) -> Result<RunReport, Error> {
-    let path = opts.decisions.clone().or_else(|| policy.decisions.clone());
+    run_inner::<T, M, NoStore>(policy, traffic, source, None, opts, observer).await
+}
+
+/// Runs one rollout to the end, keeping its record in a store: load → decide → persist →
+/// act. The record is written before every command is carried out (a traffic change, a
+/// hook, the checks), so a controller killed at any moment is continued by the next one
+/// from where it was (`durable.resume`), without repeating a step.
+///
+/// # Errors
+/// When the run cannot start (the decision log cannot be opened, the stored record does
+/// not fit the policy); everything that happens during the rollout ends in a [`RunReport`].
+pub async fn run_durable<T: TrafficProvider, M: MetricsSource, S: Store>(
+    policy: &Policy,
+    traffic: &T,
+    source: &M,
+    durable: Durable<'_, S>,
+    opts: RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<RunReport, Error> {
+    run_inner(policy, traffic, source, Some(durable), opts, observer).await
+}
+
+/// The store of a run that keeps nothing.
+struct NoStore;
+
+impl Store for NoStore {
+    type Guard = ();
+    async fn load(&self, _: &str) -> Result<Option<RolloutState>, StoreError> {
+        Ok(None)
+    }
+    async fn save(&self, _: &RolloutState, expected: u64) -> Result<u64, StoreError> {
+        Ok(expected + 1)
+    }
+    async fn list(&self) -> Result<Vec<RolloutState>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn acquire(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_lines)] // the loop of one rollout, read top to bottom
+async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
+    policy: &Policy,
+    traffic: &T,
+    source: &M,
+    mut durable: Option<Durable<'_, S>>,
+    opts: RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<RunReport, Error> {
+    let resume = durable.as_mut().and_then(|d| d.resume.take());
+    let path = opts
+        .decisions
+        .clone()
+        .or_else(|| resume.as_ref().and_then(|r| r.decisions.clone()))
+        .or_else(|| policy.decisions.clone());
     let log = match &path {
         Some(p) => Some(RecordLog::open(p).map_err(|source| Error::DecisionLog {
             path: p.clone(),
@@ -792,51 +1071,147 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         None => None,
     };
     let plan = &policy.rollout;
+    let fresh_judges = || -> Vec<MetricJudge> {
+        policy
+            .metrics
+            .iter()
+            .map(|m| MetricJudge::new(&m.judge))
+            .collect()
+    };
+    let judges = match &resume {
+        Some(r) if r.judges.0.len() == policy.metrics.len() => r.judges.0.clone(),
+        Some(r) => {
+            return Err(Error::Unresumable {
+                rollout: policy.name.clone(),
+                why: format!(
+                    "it holds {} judges, the policy has {} metrics",
+                    r.judges.0.len(),
+                    policy.metrics.len()
+                ),
+            });
+        }
+        None => fresh_judges(),
+    };
+    let rollout_id = match (&durable, &resume) {
+        (_, Some(r)) => r.rollout_id.clone(),
+        (Some(d), None) => d.rollout_id.clone(),
+        (None, None) => new_rollout_id(),
+    };
+    let policy_sha256 = durable
+        .as_ref()
+        .map(|d| d.policy.sha256.clone())
+        .or(opts.policy_sha256.clone());
+    // Time nobody watched the rollout: from the record's last write to now.
+    let downtime = resume.as_ref().map_or(Duration::ZERO, |r| {
+        SystemTime::now()
+            .duration_since(r.saved_at)
+            .unwrap_or_default()
+    });
+    let restart = durable.as_mut().and_then(|d| d.restart.take());
     let mut shell = Shell {
         policy,
         traffic,
         source,
         log,
         observer,
+        durable,
+        rollout_id,
+        policy_sha256,
+        decisions: path.clone(),
+        operator_actions: resume.as_ref().map_or(0, |r| r.operator_actions),
+        base: resume
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.elapsed + downtime),
         start: Instant::now(),
-        wall0: SystemTime::now(),
+        wall0: resume
+            .as_ref()
+            .map_or_else(SystemTime::now, |r| r.started_at),
         weight: traffic.current().await.unwrap_or(Weight::ZERO),
-        judges: policy
-            .metrics
-            .iter()
-            .map(|m| MetricJudge::new(&m.judge))
-            .collect(),
+        judges,
         last: Vec::new(),
-        ticks: 0,
-        steps_reached: 0,
+        ticks: resume.as_ref().map_or(0, |r| r.ticks),
+        steps_reached: resume.as_ref().map_or(0, |r| r.steps_reached),
         log_failed: None,
         notifier: policy.notify.clone().map(Notifier::new),
         readiness: opts.readiness,
     };
     let mut abort = opts.abort;
     let mut levers = opts.levers;
-    let mut phase = Phase::Pending;
-    // Always: the provider and the source must answer before any traffic moves.
-    let (next, cmds) = step(
-        phase.clone(),
-        Event::Start {
-            now: shell.now(),
-            pre_checks: true,
-        },
-        plan,
-    );
-    shell.transition(&phase, &next, "started", None);
-    phase = next;
     let mut l = Loop {
-        queue: cmds.into(),
-        seq: 0,
-        first_traffic: None,
+        queue: VecDeque::new(),
+        seq: resume.as_ref().map_or(0, |r| r.seq),
+        first_traffic: resume.as_ref().and_then(|r| r.first_traffic),
         next_tick: Instant::now(),
-        window_start: Duration::ZERO,
+        window_start: shell.now(),
+        saved: None,
     };
+    let mut phase = Phase::Pending;
+    if let Some(r) = resume {
+        // Take the rollout over: read back what is in force and let the machine decide.
+        let limit = plan.apply_timeout;
+        let found = match tokio::time::timeout(limit, traffic.current()).await {
+            Ok(Ok(w)) => Some(w),
+            _ => None,
+        };
+        let now = shell.now();
+        let before = r.phase.clone();
+        let (next, cmds) = step(
+            r.phase,
+            Event::Restored {
+                found,
+                applied: r.weight,
+                downtime,
+                now,
+            },
+            plan,
+        );
+        let detail = format!(
+            "run {} taken over from its record in phase {}{}: weight recorded {}, in force {}; nobody watched for {:.1}s (counted toward the deadline, not toward the step's time)",
+            shell.rollout_id,
+            before.name(),
+            Shell::<T, M, S>::step_of(&before).map_or(String::new(), |s| format!(" at step {s}")),
+            r.weight,
+            found.map_or_else(|| "unknown (no answer)".to_string(), |w| w.to_string()),
+            downtime.as_secs_f64(),
+        );
+        shell.note(
+            RecordKind::Resumed,
+            &before,
+            &next,
+            "resumed",
+            Some(detail),
+            None,
+        );
+        phase = next;
+        l.queue.extend(cmds);
+        l.next_tick = Instant::now() + plan.analysis_interval;
+    } else {
+        // Always: the provider and the source must answer before any traffic moves.
+        let (next, cmds) = step(
+            phase.clone(),
+            Event::Start {
+                now: shell.now(),
+                pre_checks: true,
+            },
+            plan,
+        );
+        shell.transition(&phase, &next, "started", restart);
+        phase = next;
+        l.queue.extend(cmds);
+    }
 
     'outer: loop {
-        while let Some(cmd) = l.queue.pop_front() {
+        loop {
+            // Persist before acting: the store always knows what is about to be done.
+            if l.saved.as_ref() != Some(&phase) {
+                shell
+                    .persist(&phase, &l, Some(phase.name().to_string()))
+                    .await;
+                l.saved = Some(phase.clone());
+            }
+            let Some(cmd) = l.queue.pop_front() else {
+                break;
+            };
             match cmd {
                 Command::Apply { weight, delay } => {
                     if !delay.is_zero() {
@@ -945,6 +1320,20 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                     Lever::Approve => (Event::Approve { now }, "approved"),
                     Lever::Pause { why } => (Event::Pause { why, now }, "pause-requested"),
                     Lever::Resume => (Event::Resume { now }, "resume-requested"),
+                    Lever::Operator {
+                        action,
+                        actor,
+                        reason,
+                    } => {
+                        let Some(event) = shell.operator(&phase, &action, actor, &reason) else {
+                            continue;
+                        };
+                        if let Event::Abort { why, .. } = event {
+                            l.queue.extend(shell.abort(&mut phase, why));
+                            continue;
+                        }
+                        (event, action.name())
+                    }
                 };
                 let (n, c) = step(phase.clone(), event, plan);
                 shell.transition(&phase, &n, label, None);
@@ -1030,6 +1419,10 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         let r = Record {
             kind: RecordKind::Tick,
             rollout: policy.name.clone(),
+            rollout_id: shell.rollout_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            policy_sha256: shell.policy_sha256.clone(),
+            actor: None,
             time: rfc3339(shell.wall(now)),
             elapsed_s: now.as_secs_f64(),
             phase: phase.name(),
@@ -1068,6 +1461,11 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         l.window_start = now;
     }
 
+    if l.saved.as_ref() != Some(&phase) {
+        shell
+            .persist(&phase, &l, Some(phase.name().to_string()))
+            .await;
+    }
     match &phase {
         Phase::Promoted => {
             shell

@@ -502,6 +502,7 @@ async fn bad_canary_rolls_back_and_the_record_precedes_the_rollback() {
         abort: None,
         levers: None,
         readiness: None,
+        policy_sha256: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await
@@ -563,6 +564,7 @@ async fn warmup_discards_the_first_windows_and_records_why() {
         abort: None,
         levers: None,
         readiness: None,
+        policy_sha256: None,
     };
     let source = cold_start_source();
     let report = run(
@@ -748,6 +750,7 @@ async fn abort_signal_rolls_back() {
         abort: Some(rx),
         levers: None,
         readiness: None,
+        policy_sha256: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await

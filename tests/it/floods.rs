@@ -252,6 +252,7 @@ async fn idle_floods_under_ulimit_1024_fail_no_request_and_blame_no_arm() {
         std::process::Command::new("sh")
             .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
             .arg(env!("CARGO_BIN_EXE_coalmine"))
+            .env("COALMINE_STATE_DIR", decisions.with_extension("state"))
             .args(["run", "--quiet", "--json", "--status-addr"])
             .arg(status.to_string())
             .arg("--decisions")

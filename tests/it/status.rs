@@ -29,11 +29,23 @@ pub(crate) fn http_with(
     path: &str,
     headers: &str,
 ) -> Option<(u16, String)> {
+    http_body(addr, method, path, headers, "")
+}
+
+/// One HTTP/1.1 request with `headers` and `body`.
+pub(crate) fn http_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut text = String::new();
@@ -115,7 +127,27 @@ fn an_approval_gate_holds_until_an_operator_approves() {
     assert!(metrics.contains("coalmine_metric_log_evalue{rollout=\"demo\",metric=\"error-rate\"}"));
     assert_eq!(http(addr, "GET", "/nope").unwrap().0, 404);
     assert_eq!(http(addr, "GET", "/approve").unwrap().0, 405);
-    assert_eq!(http(addr, "POST", "/approve").unwrap().0, 202);
+    // An approval names the step it releases: none, or another one, is refused.
+    let json_ct = "Content-Type: application/json\r\n";
+    assert_eq!(http(addr, "POST", "/approve").unwrap().0, 400);
+    let (_, status) = http(addr, "GET", "/status").unwrap();
+    let step = serde_json::from_str::<serde_json::Value>(&status).unwrap()["step"]
+        .as_u64()
+        .unwrap();
+    let other = format!(r#"{{"step":{}}}"#, step + 1);
+    assert_eq!(
+        http_body(addr, "POST", "/approve", json_ct, &other)
+            .unwrap()
+            .0,
+        409
+    );
+    let this = format!(r#"{{"step":{step}}}"#);
+    assert_eq!(
+        http_body(addr, "POST", "/approve", json_ct, &this)
+            .unwrap()
+            .0,
+        202
+    );
     let (code, json) = finish(child);
     assert_eq!(code, 0, "{json}");
     assert_eq!(json["outcome"], "promoted");
@@ -238,7 +270,12 @@ fn a_browser_simple_request_neither_approves_nor_aborts() {
     assert_eq!(v["weight"], 25.0, "{v}");
     // The same origin and a JSON body: approved.
     let own = format!("Origin: http://{addr}\r\nContent-Type: application/json\r\n");
-    assert_eq!(http_with(addr, "POST", "/approve", &own).unwrap().0, 202);
+    let step = v["step"].as_u64().unwrap();
+    let this = format!(r#"{{"step":{step}}}"#);
+    assert_eq!(
+        http_body(addr, "POST", "/approve", &own, &this).unwrap().0,
+        202
+    );
     let (code, json) = finish(child);
     assert_eq!(code, 0, "{json}");
     assert_eq!(json["outcome"], "promoted");

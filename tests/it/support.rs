@@ -4,8 +4,22 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// The built `coalmine` binary.
+///
+/// Each command gets a state directory of its own (rollout records, owner locks, the
+/// token), so tests never resume or lock each other's rollouts; a test that restarts a
+/// rollout sets `COALMINE_STATE_DIR` itself.
 pub(crate) fn coalmine() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_coalmine"))
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DIR: std::sync::LazyLock<tempfile::TempDir> =
+        std::sync::LazyLock::new(|| tempfile::tempdir().expect("a temporary directory"));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coalmine"));
+    c.env(
+        "COALMINE_STATE_DIR",
+        DIR.path()
+            .join(format!("state-{}", NEXT.fetch_add(1, Ordering::Relaxed))),
+    );
+    c
 }
 
 /// Runs the binary with `args` and returns its output.

@@ -1,0 +1,438 @@
+//! The state directory, the control API's token, and the operator's verbs (`coalmine
+//! status`, `promote`, `pause`, `resume`, `abort`, `retry`), which find a running
+//! controller's control API in the rollout store and talk to it.
+//!
+//! The token: `COALMINE_TOKEN`, else the file given with `--token-file`, else the file
+//! `token` in the state directory, generated (32 random bytes, hex, mode 0600) by the first
+//! `coalmine run` that needs it. The verbs read it the same way.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::status::Auth;
+use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::controller::store::{FileStore, RolloutState, default_state_dir};
+
+/// Where rollouts are kept and how the control API is reached.
+#[derive(Debug, Args, Clone)]
+pub struct StateArgs {
+    /// The state directory (rollout records, owner locks, the generated token). Default:
+    /// `$COALMINE_STATE_DIR`, else `$XDG_STATE_HOME/coalmine`, else
+    /// `~/.local/state/coalmine`.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Read the control API's bearer token from this file (else `COALMINE_TOKEN`, else the
+    /// state directory's `token` file).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// The state directory in force.
+    #[must_use]
+    pub fn dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+
+    /// The store in the state directory.
+    #[must_use]
+    pub fn store(&self) -> FileStore {
+        FileStore::new(self.dir())
+    }
+
+    /// Whether a token was configured (environment or file), as opposed to generated.
+    #[must_use]
+    pub fn token_configured(&self) -> bool {
+        std::env::var_os("COALMINE_TOKEN").is_some_and(|v| !v.is_empty())
+            || self.token_file.is_some()
+    }
+
+    /// The token and its name, reading or (when `generate`) creating the state directory's
+    /// token file.
+    pub(crate) fn auth(&self, generate: bool) -> Result<Auth, String> {
+        if let Some(t) = std::env::var_os("COALMINE_TOKEN").filter(|v| !v.is_empty()) {
+            let token = t.into_string().map_err(|_| "COALMINE_TOKEN is not UTF-8")?;
+            crate::redact::register(&token);
+            return Ok(Auth {
+                token: token.trim().as_bytes().to_vec(),
+                actor: std::env::var("COALMINE_TOKEN_NAME").unwrap_or_else(|_| "token".into()),
+            });
+        }
+        if let Some(f) = &self.token_file {
+            let token = read_token(f)?;
+            let actor = f
+                .file_stem()
+                .map_or_else(|| "token".into(), |s| s.to_string_lossy().into_owned());
+            return Ok(Auth { token, actor });
+        }
+        let path = self.dir().join("token");
+        match read_token(&path) {
+            Ok(token) => Ok(Auth {
+                token,
+                actor: "local".into(),
+            }),
+            Err(_) if generate => Ok(Auth {
+                token: generate_token(&path)?,
+                actor: "local".into(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn read_token(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    crate::redact::register(t);
+    Ok(t.as_bytes().to_vec())
+}
+
+/// Writes a new random token to `path`, readable by its owner only.
+fn generate_token(path: &Path) -> Result<Vec<u8>, String> {
+    use std::fmt::Write as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "no random source for the control token".to_string())?;
+    let mut hex = String::new();
+    for b in bytes {
+        let _ = write!(hex, "{b:02x}");
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(mut f) => {
+            f.write_all(hex.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("writing token file {}: {e}", path.display()))?;
+            crate::redact::register(&hex);
+            Ok(hex.into_bytes())
+        }
+        // Another run generated it at the same moment: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(path),
+        Err(e) => Err(format!("creating token file {}: {e}", path.display())),
+    }
+}
+
+/// Arguments naming one rollout.
+#[derive(Debug, Args)]
+pub struct RolloutArg {
+    /// The rollout (the policy's `name`).
+    pub rollout: String,
+    /// Talk to this control API instead of the one recorded in the store.
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<SocketAddr>,
+}
+
+/// `coalmine status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One rollout (default: every rollout in the store).
+    pub rollout: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Ask this control API instead of the one recorded in the store.
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<SocketAddr>,
+}
+
+/// `coalmine promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Which rollout.
+    #[command(flatten)]
+    pub target: RolloutArg,
+    /// Promote to 100 % now, skipping the remaining steps and their analysis.
+    #[arg(long)]
+    pub full: bool,
+    /// The step to release (default: the step the rollout is at now, as `status` shows).
+    #[arg(long, value_name = "N")]
+    pub step: Option<usize>,
+    /// Why (recorded).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+/// `coalmine abort`, `pause`, `resume`.
+#[derive(Debug, Args)]
+pub struct LeverArgs {
+    /// Which rollout.
+    #[command(flatten)]
+    pub target: RolloutArg,
+    /// Why (recorded).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap_or_default()
+}
+
+/// The stored record, or an exit code after a message.
+fn stored(state: &StateArgs, rollout: &str) -> Result<RolloutState, u8> {
+    match state.store().load_blocking(rollout) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => {
+            eprintln!(
+                "error: no rollout `{rollout}` in {} (started with another --state-dir?)",
+                state.dir().display()
+            );
+            Err(EXIT_INVALID)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILURE)
+        }
+    }
+}
+
+fn control_addr(state: &StateArgs, t: &RolloutArg) -> Result<SocketAddr, u8> {
+    if let Some(a) = t.control_addr {
+        return Ok(a);
+    }
+    let s = stored(state, &t.rollout)?;
+    match s.control {
+        Some(c) if !s.finished() => Ok(c.addr),
+        _ => {
+            eprintln!(
+                "error: rollout `{}` has no running controller (it is {}{})",
+                t.rollout,
+                s.phase.name(),
+                if s.finished() {
+                    ""
+                } else {
+                    "; start it again with `coalmine run POLICY`"
+                }
+            );
+            Err(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn get_status(addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let r = client()
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await
+        .map_err(|e| format!("control API {addr}: {e}"))?;
+    r.json()
+        .await
+        .map_err(|e| format!("control API {addr}: {e}"))
+}
+
+/// Sends one lever; prints the answer; returns the exit code.
+async fn post(state: &StateArgs, addr: SocketAddr, path: &str, body: serde_json::Value) -> u8 {
+    let auth = match state.auth(false) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let token = String::from_utf8_lossy(&auth.token).into_owned();
+    let res = client()
+        .post(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await;
+    match res {
+        Ok(r) => {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            if status.is_success() {
+                println!("{text}");
+                EXIT_OK
+            } else {
+                eprintln!("error: control API {addr}{path}: {status}: {text}");
+                if status == reqwest::StatusCode::UNAUTHORIZED
+                    || status == reqwest::StatusCode::CONFLICT
+                    || status == reqwest::StatusCode::BAD_REQUEST
+                {
+                    EXIT_INVALID
+                } else {
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: control API {addr}{path}: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Runs `coalmine status`.
+pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
+    let records = match &args.rollout {
+        Some(r) => match stored(state, r) {
+            Ok(s) => vec![s],
+            Err(code) => {
+                if let (Some(addr), EXIT_INVALID) = (args.control_addr, code) {
+                    return match get_status(addr).await {
+                        Ok(v) => {
+                            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                            EXIT_OK
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            EXIT_FAILURE
+                        }
+                    };
+                }
+                return code;
+            }
+        },
+        None => match state.store().list_blocking() {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        },
+    };
+    let mut out = Vec::new();
+    for s in &records {
+        let addr = args
+            .control_addr
+            .or_else(|| s.control.as_ref().filter(|_| !s.finished()).map(|c| c.addr));
+        let live = match addr {
+            Some(a) => get_status(a).await.ok(),
+            None => None,
+        };
+        out.push(view(s, live));
+    }
+    if args.json {
+        let v = if args.rollout.is_some() {
+            out.into_iter().next().unwrap_or_default()
+        } else {
+            serde_json::Value::Array(out)
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if out.is_empty() {
+        println!("no rollouts in {}", state.dir().display());
+    } else {
+        for v in &out {
+            println!("{}", line(v));
+        }
+    }
+    EXIT_OK
+}
+
+/// One rollout as `status` shows it: the stored record, with the live controller's view
+/// when one answers.
+fn view(s: &RolloutState, live: Option<serde_json::Value>) -> serde_json::Value {
+    let outcome = match &s.phase {
+        crate::controller::Phase::RolledBack { reason }
+        | crate::controller::Phase::NotStarted { reason } => Some(reason.to_string()),
+        crate::controller::Phase::Failed { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    let mut v = serde_json::json!({
+        "rollout": s.rollout,
+        "rollout_id": s.rollout_id,
+        "phase": live.as_ref().and_then(|l| l["phase"].as_str().map(str::to_string)).unwrap_or_else(|| s.phase.name().to_string()),
+        "step": live.as_ref().map_or_else(|| serde_json::json!(s.step()), |l| l["step"].clone()),
+        "steps": s.steps,
+        "weight": live.as_ref().map_or_else(|| serde_json::json!(s.weight), |l| l["weight"].clone()),
+        "finished": s.finished(),
+        "running": live.is_some(),
+        "control": s.control.as_ref().filter(|_| !s.finished()).map(|c| c.addr.to_string()),
+        "ticks": s.ticks,
+        "policy": s.policy.path,
+        "policy_sha256": s.policy.sha256,
+        "decisions": s.decisions,
+        "updated": crate::controller::record::rfc3339(s.saved_at),
+        "version": s.version,
+    });
+    if let Some(o) = outcome {
+        v["reason"] = serde_json::json!(o);
+    }
+    if let Some(l) = live {
+        v["last_decision"] = l["last_decision"].clone();
+        v["metrics"] = l["metrics"].clone();
+    }
+    v
+}
+
+fn line(v: &serde_json::Value) -> String {
+    let step = v["step"]
+        .as_u64()
+        .map_or_else(String::new, |s| format!(" step {s}/{}", v["steps"]));
+    let reason = v["reason"]
+        .as_str()
+        .map_or_else(String::new, |r| format!(": {r}"));
+    let running = if v["running"].as_bool() == Some(true) {
+        format!(" (controller on {})", v["control"].as_str().unwrap_or("?"))
+    } else if v["finished"].as_bool() == Some(true) {
+        String::new()
+    } else {
+        " (no controller running)".to_string()
+    };
+    format!(
+        "{}: {}{step} weight {}%{running}{reason}",
+        v["rollout"].as_str().unwrap_or("?"),
+        v["phase"].as_str().unwrap_or("?"),
+        v["weight"],
+    )
+}
+
+/// Runs `coalmine promote`.
+pub(crate) async fn promote(state: &StateArgs, args: &PromoteArgs) -> u8 {
+    let addr = match control_addr(state, &args.target) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let step = match args.step {
+        Some(s) => s,
+        None => match get_status(addr).await {
+            Ok(v) => match v["step"].as_u64() {
+                Some(s) => s as usize,
+                None => {
+                    eprintln!(
+                        "error: rollout `{}` is not at a step (phase {})",
+                        args.target.rollout, v["phase"]
+                    );
+                    return EXIT_INVALID;
+                }
+            },
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        },
+    };
+    let body = serde_json::json!({ "step": step, "full": args.full, "reason": args.reason });
+    post(state, addr, "/promote", body).await
+}
+
+/// Runs `coalmine abort`, `pause` or `resume` (`path` is the endpoint).
+pub(crate) async fn lever(state: &StateArgs, args: &LeverArgs, path: &str) -> u8 {
+    let addr = match control_addr(state, &args.target) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    post(
+        state,
+        addr,
+        path,
+        serde_json::json!({ "reason": args.reason }),
+    )
+    .await
+}
