@@ -3,6 +3,7 @@
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
+mod crash;
 mod floods;
 mod fuzz;
 mod limits;
