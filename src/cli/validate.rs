@@ -97,6 +97,22 @@ async fn check_queries(
                     path.display(),
                     m.name
                 );
+                // What the histogram's buckets cannot resolve of the policy's ratios.
+                if let (crate::analysis::JudgeSpec::Latency(spec), Some(s)) =
+                    (&m.judge, f.segments.last())
+                {
+                    let h = match (&s.baseline, &s.canary) {
+                        (crate::analysis::Observation::Histogram(h), _)
+                        | (_, crate::analysis::Observation::Histogram(h)) => Some(h),
+                        _ => None,
+                    };
+                    for note in h
+                        .map(|h| crate::analysis::latency::resolution_notes(spec, h))
+                        .unwrap_or_default()
+                    {
+                        println!("{}: preflight: metric `{}`: {note}", path.display(), m.name);
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{}: preflight: metric `{}`: {e}", path.display(), m.name);
