@@ -110,18 +110,17 @@ async fn main() {
     let mut rows = Vec::new();
     rows.push(measure("direct to a backend", backends.baseline.addr()).await);
 
-    let cfg = ProxyConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        baseline: Upstream {
+    let cfg = ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        Upstream {
             url: format!("http://{}", backends.baseline.addr()),
             authority: backends.baseline.addr().to_string(),
         },
-        canary: Upstream {
+        Upstream {
             url: format!("http://{}", backends.canary.addr()),
             authority: backends.canary.addr().to_string(),
         },
-        upstream_timeout: Duration::from_secs(30),
-    };
+    );
     let proxy = ProxyHandle::start(&cfg, Some(1)).await.expect("proxy");
     proxy.provider().set_weight(half()).await.expect("weight");
     rows.push(measure("coalmine proxy (50%)", proxy.addr()).await);

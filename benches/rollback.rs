@@ -116,10 +116,12 @@ async fn main() {
 
     let proxy = ProxyHandle::start(
         &ProxyConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            baseline: upstream(backends.baseline.addr()),
-            canary: upstream(backends.canary.addr()),
             upstream_timeout: Duration::from_secs(5),
+            ..ProxyConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                upstream(backends.baseline.addr()),
+                upstream(backends.canary.addr()),
+            )
         },
         Some(1),
     )
@@ -171,6 +173,7 @@ async fn main() {
         timeout: Duration::from_secs(10),
         resolution: Weight::try_from_bp(1).unwrap(),
         transient_exit_codes: vec![75],
+        env: Vec::new(),
     });
     row("exec", measure(&p, None, no_settle).await);
 

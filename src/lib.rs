@@ -11,5 +11,7 @@ pub mod controller;
 pub mod demo;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod policy;
+pub mod redact;
 pub mod traffic;

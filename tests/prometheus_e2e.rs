@@ -725,13 +725,21 @@ fn missing_token_is_a_setup_error() {
 
 #[test]
 fn prometheus_down_at_start_moves_no_traffic() {
-    // Needs no Prometheus: nothing listens on the policy's URL.
+    // Needs no Prometheus: nothing listens on the policy's URL. The upstreams accept
+    // connections (the provider's check passes), so it is the source's check that fails.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("p.toml");
     let nothing = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let baseline = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let canary = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let text = include_str!("../policies/prometheus-demo.toml")
         .replace("http://127.0.0.1:9090", &format!("http://{nothing}"))
-        .replace("127.0.0.1:18080", "127.0.0.1:0");
+        .replace("127.0.0.1:18080", "127.0.0.1:0")
+        .replace(
+            "127.0.0.1:18081",
+            &baseline.local_addr().unwrap().to_string(),
+        )
+        .replace("127.0.0.1:18082", &canary.local_addr().unwrap().to_string());
     std::fs::write(&path, text).expect("write policy");
     let decisions = dir.path().join("d.jsonl");
     let out = Command::new(BIN)
@@ -748,5 +756,8 @@ fn prometheus_down_at_start_moves_no_traffic() {
             && err.contains("unreachable"),
         "{err}"
     );
-    assert!(!decisions.exists(), "a rollout started");
+    // The failed check is on record, and no traffic was moved.
+    let log = std::fs::read_to_string(&decisions).expect("the checks are recorded");
+    assert!(!log.contains("weight-applied"), "{log}");
+    assert!(log.contains("\"event\":\"not-started\""), "{log}");
 }

@@ -72,6 +72,10 @@ pub struct Ctx {
     pub step: usize,
     /// Window length, seconds.
     pub interval: f64,
+    /// Whether the controller admits the window's comparison with the baseline
+    /// (`coalmine::controller::judging`: not while the baseline is unhealthy). Only the
+    /// `sequential` analyzer, which is the real runner's judges, honours it.
+    pub comparable: bool,
 }
 
 /// Turns windows into metric statuses.
@@ -85,7 +89,14 @@ fn status(metric: &str, outcome: Outcome) -> MetricStatus {
         outcome: Some(outcome),
         reason: String::new(),
         dry_run: false,
+        comparative: true,
     }
+}
+
+/// A verdict on the canary alone (not discounted when the baseline is unhealthy).
+fn canary_only(mut s: MetricStatus) -> MetricStatus {
+    s.comparative = false;
+    s
 }
 
 fn observations(win: &Window) -> (Observation, Observation, Observation, Observation) {
@@ -151,8 +162,15 @@ impl Analyzer for Sequential {
                         canary: ec.clone(),
                     }
                 };
+                let absolute = matches!(j, MetricJudge::Threshold(_));
+                if !absolute && !ctx.comparable {
+                    // As the runner: comparative judges never see a window against a broken
+                    // baseline.
+                    return status(name, Outcome::Inconclusive);
+                }
                 let v = j.observe(name, &seg);
-                status(name, v.outcome)
+                let st = status(name, v.outcome);
+                if absolute { canary_only(st) } else { st }
             })
             .collect()
     }
@@ -304,7 +322,7 @@ impl Analyzer for FlaggerStyle {
         }
         self.since += ctx.interval;
         if self.since + 1e-9 < LOOK_EVERY {
-            return vec![status("flagger-checks", self.last)];
+            return vec![canary_only(status("flagger-checks", self.last))];
         }
         let missing = self.missing || self.requests == 0;
         let bad = missing || {
@@ -327,7 +345,7 @@ impl Analyzer for FlaggerStyle {
         self.errors = 0;
         self.missing = false;
         self.latency = None;
-        vec![status("flagger-checks", self.last)]
+        vec![canary_only(status("flagger-checks", self.last))]
     }
 }
 

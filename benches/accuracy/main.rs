@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use coalmine::analysis::JudgeSpec;
 use coalmine::analysis::share::ShareMode;
-use coalmine::controller::machine::{Command, Event, Phase, step};
+use coalmine::controller::health::ErrorCounts;
+use coalmine::controller::machine::{Command, Event, Phase, WindowFacts, judging, step};
 use coalmine::model::Weight;
 use coalmine::policy::{self, Rollout};
 
@@ -180,6 +181,15 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
             Phase::Progressing(p) => p.step,
             _ => 0,
         };
+        // The baseline's own error counts, as the runner takes them from the error metric.
+        let facts = WindowFacts {
+            baseline_errors: (!win.all_missing && win.requests[0] > 0).then(|| ErrorCounts {
+                metric: "error-rate".to_string(),
+                errors: win.errors[0] as f64,
+                requests: win.requests[0] as f64,
+            }),
+            ..WindowFacts::default()
+        };
         let ctx = Ctx {
             w,
             step_elapsed: t - step_start,
@@ -187,6 +197,7 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
             last_step: step_idx + 1 == analysed,
             step: step_idx,
             interval,
+            comparable: judging(&phase, &facts, plan).comparative,
         };
         let metrics = analyzer.tick(&win, &ctx);
         let (n, c) = step(
@@ -195,6 +206,7 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
                 now: Duration::from_secs_f64(t),
                 metrics,
                 requests: Some([win.requests[0] as f64, win.requests[1] as f64]),
+                facts,
             },
             plan,
         );
@@ -459,6 +471,17 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
             name: "missing-data",
             variant: "canary-absent",
             fault: Fault::CanaryMissing,
+            ..base.clone()
+        },
+        0.05,
+    ));
+    // The baseline dies in the second step (25 %), with a healthy canary: a comparison
+    // against it is no evidence, so nothing may promote.
+    v.push((
+        Scenario {
+            name: "baseline-breaks",
+            variant: "dead from 400s",
+            fault: Fault::BaselineDies(400.0),
             ..base.clone()
         },
         0.05,

@@ -180,7 +180,7 @@ fn describe(c: &Cell) -> String {
 }
 
 fn effect(c: &Cell) -> String {
-    if c.scenario == "aa" || c.scenario == "missing-data" {
+    if c.scenario == "aa" || c.scenario == "missing-data" || c.scenario == "baseline-breaks" {
         "–".into()
     } else if c.variant == "new-errors" {
         format!("+{}×p0", c.effect)
@@ -315,6 +315,23 @@ fn targets(cells: &[Cell], quick: bool) -> String {
         out,
         "- never promotes with missing data: {}",
         if ok2 { "MET" } else { "NOT MET" }
+    );
+    // 2b. Never promotes against a broken baseline (every judge goes through the machine).
+    let bb: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.scenario == "baseline-breaks")
+        .collect();
+    let worst_bb = bb.iter().map(|c| c.promote_rate).fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "- never promotes against a baseline that breaks mid-rollout ({} cells, every judge): {} (worst promote rate {:.1}%)",
+        bb.len(),
+        if !bb.is_empty() && worst_bb == 0.0 {
+            "MET"
+        } else {
+            "NOT MET"
+        },
+        worst_bb * 100.0
     );
     // 3. Median requests within 2× the oracle for error ratios ≥ 1.5 at a 5 % first step.
     let mut worst_ratio: f64 = 0.0;

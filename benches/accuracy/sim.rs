@@ -58,6 +58,9 @@ pub enum Fault {
     /// Each window's samples are counted twice with this probability (a duplicated scrape
     /// target or a replayed remote-write batch).
     Duplicated(f64),
+    /// From this many seconds into the rollout every baseline request fails (the baseline
+    /// is dead: the proxy answers 502); failed requests are not in the latency histogram.
+    BaselineDies(f64),
 }
 
 /// Counts a window reports (what the metrics source returns).
@@ -403,7 +406,12 @@ impl World {
             Some(ErrorMode::Burst60s) if (60.0..120.0).contains(&t_mid) => p_base * self.sc.effect,
             _ => p_base,
         };
-        let pb = (p_base * self.pod_err[0]).min(1.0);
+        let baseline_dead = matches!(self.sc.fault, Fault::BaselineDies(at) if t_mid >= at);
+        let pb = if baseline_dead {
+            1.0
+        } else {
+            (p_base * self.pod_err[0]).min(1.0)
+        };
         let pc = (p_canary * self.pod_err[1]).min(1.0);
         let eb = binomial(&mut self.rng, nb, pb);
         let ec = binomial(&mut self.rng, nc, pc);
@@ -420,7 +428,9 @@ impl World {
         } else {
             self.canary_probs.clone()
         };
-        let hb = multinomial(&mut self.rng, nb, &self.base_probs);
+        // A dead baseline's requests all failed: none has a latency.
+        let timed = if baseline_dead { 0 } else { nb };
+        let hb = multinomial(&mut self.rng, timed, &self.base_probs);
         let hc = multinomial(&mut self.rng, nc, &canary_probs);
         let mut rep = Reported {
             requests: [nb, nc],
@@ -431,7 +441,7 @@ impl World {
             ],
         };
         let (canary_missing, all_missing) = match self.sc.fault {
-            Fault::None => (false, false),
+            Fault::None | Fault::BaselineDies(_) => (false, false),
             Fault::CanaryMissing => (true, false),
             Fault::Gaps(q) => (false, self.rng.random::<f64>() < q),
             Fault::Late(q) => {

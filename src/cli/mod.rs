@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod completions;
 pub mod demo;
 pub mod demo_services;
 pub mod judge;
@@ -27,7 +28,8 @@ Exit codes:
   0  promoted (or the command succeeded)
   1  rolled back
   2  invalid input: policy, files or usage
-  3  operational failure: traffic could not be moved or a dependency failed";
+  3  operational failure: the provider, the metrics source or the canary was not ready
+     (no traffic was moved), or traffic could not be moved";
 
 /// coalmine: canary analysis with metrics-driven auto-rollback.
 #[derive(Debug, Parser)]
@@ -46,20 +48,31 @@ pub enum Command {
     /// Serve the demo's baseline and canary (with `/metrics`) and send load to a proxy
     /// address, until Ctrl-C: for trying `coalmine run` with a real Prometheus.
     DemoServices(demo_services::DemoServicesArgs),
-    /// Run one rollout of a policy in the foreground.
+    /// Run one rollout of a policy in the foreground. Before any traffic moves it checks
+    /// that the provider and the metrics source answer and that the canary is ready.
     Run(run::RunArgs),
-    /// Check policies; print `path:line:col: message` for every problem.
+    /// Check policies; print `path:line:col: message` for every problem (the first 100
+    /// per file) and `path:line:col: warning: message` for settings that defeat the policy
+    /// (e.g. a deadline too short to ever promote). Only warnings: exit 0. Files over 1 MiB
+    /// and files that are not UTF-8 are refused.
     Validate(validate::ValidateArgs),
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]
     Judge(judge::JudgeCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff) on stdout: `coalmine man > coalmine.1`.
+    Man,
 }
 
 /// Runs the parsed command and returns the process exit code.
 #[must_use]
 pub fn run(cli: Cli) -> u8 {
-    if let Command::Judge(cmd) = &cli.command {
-        return judge::run(cmd);
+    match &cli.command {
+        Command::Judge(cmd) => return judge::run(cmd),
+        Command::Completions(a) => return completions::completions(a),
+        Command::Man => return completions::man(),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,7 +90,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::DemoServices(a) => demo_services::main(a).await,
             Command::Run(a) => run::main(a).await,
             Command::Validate(a) => validate::main(a).await,
-            Command::Judge(_) => EXIT_OK,
+            Command::Judge(_) | Command::Completions(_) | Command::Man => EXIT_OK,
         }
     })
 }

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use crate::analysis::fmt;
 use crate::analysis::{Outcome, Stats};
 use crate::controller::record::{MetricRecord, RecordKind};
+use crate::controller::runner::not_started_text;
 use crate::controller::{Decision, FinalOutcome, Observer, Record, RunReport};
 
 /// Prints records as progress lines on stderr.
@@ -111,6 +112,10 @@ pub fn line(r: &Record) -> String {
                 }
                 Some(Decision::Promote) => "PROMOTE".to_string(),
                 Some(Decision::Rollback { reason }) => format!("ROLLBACK: {reason}"),
+                Some(Decision::Pause { reason }) => format!("PAUSE: {reason}"),
+                Some(Decision::Adopt { weight }) => {
+                    format!("ADOPT {weight} (set outside coalmine)")
+                }
                 None => String::new(),
             };
             format!(
@@ -236,6 +241,7 @@ pub fn summary(r: &RunReport) -> String {
     let verdict = match &r.outcome {
         FinalOutcome::Promoted => "PROMOTED".to_string(),
         FinalOutcome::RolledBack { .. } => "ROLLED BACK".to_string(),
+        FinalOutcome::NotStarted { .. } => "NOT STARTED".to_string(),
         FinalOutcome::Failed { .. } => "FAILED".to_string(),
     };
     let _ = writeln!(
@@ -246,6 +252,9 @@ pub fn summary(r: &RunReport) -> String {
     match &r.outcome {
         FinalOutcome::RolledBack { reason } => {
             let _ = writeln!(out, "reason: {reason}");
+        }
+        FinalOutcome::NotStarted { reason } => {
+            let _ = writeln!(out, "reason: {}", not_started_text(reason));
         }
         FinalOutcome::Failed { reason } => {
             let _ = writeln!(out, "reason: {reason}");

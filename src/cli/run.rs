@@ -8,9 +8,10 @@ use tokio::sync::watch;
 use super::progress::{Progress, summary};
 use super::status::{StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
+use crate::controller::readiness::CanaryProbe;
 use crate::controller::{RunOptions, RunReport, run};
-use crate::metrics::{self, MetricsSource};
-use crate::policy::{self, Approval, Policy};
+use crate::metrics;
+use crate::policy::{self, Approval, Policy, TrafficConfig};
 use crate::traffic;
 
 /// Arguments of `coalmine run`.
@@ -35,27 +36,53 @@ pub struct OutputArgs {
     /// No progress lines on stderr (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
-    /// Serve /health/live, /health/ready, /status, /metrics, POST /approve and POST /abort
-    /// on this address while the rollout runs (port 0 picks a free port).
+    /// Serve /health/live, /health/ready, /status, /metrics and the operator's levers POST
+    /// /approve, /pause, /resume and /abort on this address while the rollout runs (port 0
+    /// picks a free port; the levers are unauthenticated: keep it on loopback).
     #[arg(long, value_name = "ADDR")]
     pub status_addr: Option<std::net::SocketAddr>,
 }
 
-/// Reads and validates a policy; prints problems and returns `Err(exit code)`.
+/// Reads and validates a policy; prints problems and returns `Err(exit code)`. Warnings are
+/// printed too (they never fail the load).
 pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("error: cannot read policy {}: {e}", path.display());
-        EXIT_INVALID
-    })?;
-    policy::parse(&text, &path.display().to_string()).map_err(|d| {
-        eprintln!("{d}");
-        eprintln!(
-            "error: {} problem(s) in {}",
-            d.items().len(),
-            path.display()
-        );
-        EXIT_INVALID
-    })
+    use std::io::Read;
+    let shown = path.display().to_string();
+    // Read one byte past the limit, never more: a huge file is refused without being held
+    // in memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(policy::MAX_POLICY_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| {
+            eprintln!(
+                "error: cannot read policy {}: {e}",
+                policy::diag::escape_controls(&shown)
+            );
+            EXIT_INVALID
+        })?;
+    match policy::parse_bytes(&bytes, &shown) {
+        Ok((p, warnings)) => {
+            if !warnings.is_empty() {
+                eprintln!("{warnings}");
+            }
+            // Before anything can print or record them: the policy's URL credentials,
+            // webhook path and token variable names.
+            crate::redact::register_policy(&p);
+            Ok(p)
+        }
+        Err(d) => {
+            eprintln!("{d}");
+            eprintln!(
+                "error: {} problem(s) in {}",
+                d.items().len(),
+                policy::diag::escape_controls(&shown)
+            );
+            Err(EXIT_INVALID)
+        }
+    }
 }
 
 /// Turns Ctrl-C or SIGTERM into an abort on `tx` (the rollout rolls back).
@@ -133,7 +160,13 @@ pub(crate) async fn drive(
     }
     let (abort_tx, abort_rx) = watch::channel(None);
     abort_on_signal(abort_tx.clone());
-    let mut board = how.status_addr.map(|_| StatusBoard::new(abort_tx));
+    let (mut board, levers) = match how.status_addr {
+        Some(_) => {
+            let (b, rx) = StatusBoard::new(abort_tx);
+            (Some(b), Some(rx))
+        }
+        None => (None, None),
+    };
     if let (Some(b), Some(addr)) = (&board, how.status_addr) {
         match b.serve(addr).await {
             Ok(bound) => eprintln!("coalmine: status server on http://{bound}"),
@@ -146,7 +179,11 @@ pub(crate) async fn drive(
     let opts = RunOptions {
         decisions: how.decisions,
         abort: Some(abort_rx),
-        approve: board.as_ref().map(StatusBoard::approvals),
+        levers,
+        readiness: match &policy.traffic {
+            TrafficConfig::Proxy(p) => Some(CanaryProbe::for_proxy(p)),
+            _ => None,
+        },
     };
     let mut progress = Progress { quiet: how.quiet };
     let mut observers = Tee(
@@ -184,19 +221,13 @@ pub(crate) async fn main(args: RunArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    for w in policy.warnings() {
+        eprintln!("warning: {w}");
+    }
     let (built, source) = match setup(&policy, None).await {
         Ok(x) => x,
         Err(code) => return code,
     };
-    // Never send traffic to a canary that nobody can watch: the metrics source must answer
-    // before the first step (a source that fails later holds and rolls back by policy).
-    if let Err(e) = source.preflight().await {
-        eprintln!("error: metrics source not ready, no traffic was moved: {e}");
-        if let Some(p) = built.proxy {
-            p.shutdown().await;
-        }
-        return EXIT_FAILURE;
-    }
     let how = Presentation {
         status_addr: args.output.status_addr,
         decisions: args.output.decisions,

@@ -8,7 +8,13 @@
 //! | `GET /status` | the phase, weight, step, last decision and every metric's state (JSON) |
 //! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
 //! | `POST /approve` | approves the step change waiting for an operator (`[rollout] approval`) |
+//! | `POST /pause` | pauses a progressing rollout: no traffic change until resumed |
+//! | `POST /resume` | resumes a paused rollout (puts the step's weight back if another is in force) |
 //! | `POST /abort` | rolls back |
+//!
+//! POSTs must carry `Content-Type: application/json` or an `Authorization` header, and an
+//! `Origin`, when present, must be this server's ([`crate::net::check_control_request`]):
+//! a web page cannot make a browser approve or abort.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -18,16 +24,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::analysis::{Outcome, Stats};
 use crate::controller::record::RecordKind;
-use crate::controller::{Decision, Observer, Record};
+use crate::controller::{Decision, Lever, Observer, Record};
 use crate::model::Weight;
 
 /// One metric's latest state.
@@ -63,22 +66,24 @@ struct Snapshot {
 pub(crate) struct StatusBoard {
     snap: Arc<Mutex<Snapshot>>,
     abort: watch::Sender<Option<String>>,
-    approve: watch::Sender<u64>,
+    levers: mpsc::UnboundedSender<Lever>,
 }
 
 impl StatusBoard {
-    /// A board that aborts through `abort`.
-    pub(crate) fn new(abort: watch::Sender<Option<String>>) -> Self {
-        StatusBoard {
-            snap: Arc::default(),
-            abort,
-            approve: watch::channel(0).0,
-        }
-    }
-
-    /// Approvals, for [`crate::controller::RunOptions::approve`].
-    pub(crate) fn approvals(&self) -> watch::Receiver<u64> {
-        self.approve.subscribe()
+    /// A board that aborts through `abort`, and the receiving end of its levers (for
+    /// [`crate::controller::RunOptions::levers`]).
+    pub(crate) fn new(
+        abort: watch::Sender<Option<String>>,
+    ) -> (Self, mpsc::UnboundedReceiver<Lever>) {
+        let (levers, rx) = mpsc::unbounded_channel();
+        (
+            StatusBoard {
+                snap: Arc::default(),
+                abort,
+                levers,
+            },
+            rx,
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
@@ -129,28 +134,23 @@ impl StatusBoard {
         }
     }
 
-    /// Starts serving on `addr`; returns the bound address.
+    /// Starts serving on `addr`; returns the bound address. The accept loop is the shared
+    /// one of [`crate::net`]: header-read and idle timeouts, the process's connection cap.
     pub(crate) async fn serve(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let board = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+        tokio::spawn(crate::net::serve(
+            listener,
+            crate::net::ServeLimits::default(),
+            crate::net::ConnBudget::global(),
+            Arc::default(),
+            std::future::pending(),
+            move |req| {
                 let board = board.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let board = board.clone();
-                        async move { Ok::<_, Infallible>(board.answer(&req)) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+                async move { Ok::<_, Infallible>(board.answer(&req)) }
+            },
+        ));
         Ok(bound)
     }
 
@@ -165,6 +165,11 @@ impl StatusBoard {
             r
         };
         let json = "application/json";
+        if req.method() == Method::POST
+            && let Err(refused) = crate::net::check_control_request(req)
+        {
+            return reply(refused.status, json, refused.json());
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/health/live") => {
                 reply(StatusCode::OK, json, r#"{"status":"live"}"#.into())
@@ -189,8 +194,30 @@ impl StatusBoard {
                 exposition(&self.lock()),
             ),
             (&Method::POST, "/approve") => {
-                self.approve.send_modify(|n| *n += 1);
+                let _ = self.levers.send(Lever::Approve);
                 reply(StatusCode::ACCEPTED, json, r#"{"approved":true}"#.into())
+            }
+            (&Method::POST, "/pause") => {
+                let phase = self.lock().phase;
+                if phase == "progressing" {
+                    let _ = self.levers.send(Lever::Pause {
+                        why: "through the status server".to_string(),
+                    });
+                    reply(StatusCode::ACCEPTED, json, r#"{"pausing":true}"#.into())
+                } else {
+                    let body = format!(r#"{{"error":"not progressing","phase":"{phase}"}}"#);
+                    reply(StatusCode::CONFLICT, json, body)
+                }
+            }
+            (&Method::POST, "/resume") => {
+                let phase = self.lock().phase;
+                if phase == "paused" {
+                    let _ = self.levers.send(Lever::Resume);
+                    reply(StatusCode::ACCEPTED, json, r#"{"resuming":true}"#.into())
+                } else {
+                    let body = format!(r#"{{"error":"not paused","phase":"{phase}"}}"#);
+                    reply(StatusCode::CONFLICT, json, body)
+                }
             }
             (&Method::POST, "/abort") => {
                 let _ = self
@@ -200,7 +227,8 @@ impl StatusBoard {
             }
             (
                 _,
-                "/health/live" | "/health/ready" | "/status" | "/metrics" | "/approve" | "/abort",
+                "/health/live" | "/health/ready" | "/status" | "/metrics" | "/approve" | "/pause"
+                | "/resume" | "/abort",
             ) => reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json,

@@ -7,6 +7,7 @@ use clap::Args;
 use super::run::load;
 use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 use crate::metrics::{self, MetricsSource};
+use crate::policy::diag::escape_controls;
 use crate::traffic::{self, TrafficProvider};
 
 /// Arguments of `coalmine validate`.
@@ -35,8 +36,8 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
         let metrics: Vec<&str> = policy.metrics.iter().map(|m| m.name.as_str()).collect();
         println!(
             "{}: ok: rollout `{}`, steps {}, traffic {}, metrics {} ({})",
-            path.display(),
-            policy.name,
+            escape_controls(&path.display().to_string()),
+            escape_controls(&policy.name),
             policy
                 .rollout
                 .steps
@@ -46,8 +47,11 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
                 .join(" → "),
             policy.traffic.kind(),
             policy.source.kind(),
-            metrics.join(", ")
+            escape_controls(&metrics.join(", "))
         );
+        for w in policy.warnings() {
+            eprintln!("{}: warning: {w}", path.display());
+        }
         if args.preflight && !preflight(&policy, path).await {
             code = code.max(EXIT_FAILURE);
         }

@@ -2,7 +2,10 @@
 //!
 //! Hooks get the rollout's state in environment variables: `COALMINE_ROLLOUT`,
 //! `COALMINE_HOOK_WHEN`, `COALMINE_OUTCOME` (`pending`, `promoted`, `rolled-back`),
-//! `COALMINE_REASON` and `COALMINE_WEIGHT` (percent in force).
+//! `COALMINE_REASON` and `COALMINE_WEIGHT` (percent in force), and otherwise a cleared
+//! environment (`traffic::exec::child_env`). What a hook prints is recorded capped (the
+//! last 4 KiB), with control characters escaped and secrets masked; URLs in messages are
+//! redacted (`crate::redact`).
 
 use std::time::Duration;
 
@@ -10,8 +13,9 @@ use serde_json::json;
 
 use super::record::Record;
 use crate::policy::hooks::{Hook, HookAction, Notify, NotifyFormat};
-use crate::traffic::exec::run_with_env;
-use crate::traffic::{excerpt, install_tls_provider};
+use crate::redact;
+use crate::traffic::exec::{run_with_env, shown_output};
+use crate::traffic::install_tls_provider;
 
 /// Runs one hook, retrying after failures as configured; returns what it said, or why it
 /// failed.
@@ -35,24 +39,28 @@ pub async fn run_hook(hook: &Hook, env: &[(String, String)]) -> Result<String, S
 
 async fn once(hook: &Hook, env: &[(String, String)]) -> Result<String, String> {
     match &hook.action {
-        HookAction::Command(argv) => run_with_env("hook", argv, hook.timeout, &[], env)
+        HookAction::Command(argv) => run_with_env("hook", argv, hook.timeout, &[], env, &hook.env)
             .await
-            .map(|f| excerpt(f.stdout.trim(), 300))
-            .map_err(|e| e.to_string()),
+            .map(|f| shown_output(f.stdout.as_bytes(), 0))
+            .map_err(|e| redact::text(&e.to_string()).into_owned()),
         HookAction::Http(url) => {
             install_tls_provider();
+            let shown = redact::url(url);
             let client = reqwest::Client::builder()
                 .timeout(hook.timeout)
                 .build()
-                .map_err(|e| format!("http client: {e}"))?;
+                .map_err(|e| format!("http client: {}", redact::text(&e.to_string())))?;
             match client.get(url).send().await {
-                Ok(r) if r.status().is_success() => Ok(format!("GET {url}: {}", r.status())),
-                Ok(r) => Err(format!("GET {url}: {}", r.status())),
+                Ok(r) if r.status().is_success() => Ok(format!("GET {shown}: {}", r.status())),
+                Ok(r) => Err(format!("GET {shown}: {}", r.status())),
                 Err(e) if e.is_timeout() => Err(format!(
-                    "GET {url}: no answer within {}",
+                    "GET {shown}: no answer within {}",
                     humantime::format_duration(hook.timeout)
                 )),
-                Err(e) => Err(format!("GET {url}: {e}")),
+                Err(e) => Err(format!(
+                    "GET {shown}: {}",
+                    redact::text(&crate::traffic::error_chain(&e))
+                )),
             }
         }
     }
@@ -108,11 +116,24 @@ impl Notifier {
             }
         };
         let url = self.cfg.webhook.clone();
+        // The webhook's path is its secret (register_policy knows it): every message and
+        // every body goes through the redaction.
+        let shown = redact::text(&url).into_owned();
+        let body = redact::text(&body.to_string()).into_owned();
         self.pending.push(tokio::spawn(async move {
-            match client.post(&url).json(&body).send().await {
+            let req = client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+            match req.send().await {
                 Ok(resp) if resp.status().is_success() => {}
-                Ok(resp) => tracing::warn!(status = %resp.status(), %url, "notification rejected"),
-                Err(e) => tracing::warn!(error = %e, %url, "notification not delivered"),
+                Ok(resp) => {
+                    tracing::warn!(status = %resp.status(), url = %shown, "notification rejected");
+                }
+                Err(e) => {
+                    let error = redact::text(&crate::traffic::error_chain(&e)).into_owned();
+                    tracing::warn!(%error, url = %shown, "notification not delivered");
+                }
             }
         }));
     }

@@ -3,17 +3,22 @@
 //! No I/O and no clock reads: time arrives inside events as the offset since the rollout
 //! started. The async runner ([`super::runner`]) executes the commands and feeds back the
 //! results as events. Terminal states are variants, not flags.
+//!
+//! Phases: Pending → PreChecks → Shifting → Progressing ⇄ Paused → Promoting → Promoted;
+//! any live phase → RollingBack → RolledBack; PreChecks → NotStarted (the canary was not
+//! ready: nothing moved); Failed (no safe state could be reached).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::health::{self, ErrorCounts, Health};
 use crate::analysis::Outcome;
 use crate::model::Weight;
-use crate::policy::{Advance, Approval, OnNoData, Rollout};
+use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, Rollout};
 
-/// Why a rollout is rolled back (or failed).
+/// Why a rollout is rolled back (or failed, or never started).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum Reason {
@@ -28,6 +33,9 @@ pub enum Reason {
     Deadline {
         /// The limit, seconds.
         after_s: f64,
+        /// What the last step was still waiting for.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        waiting: String,
     },
     /// Data was missing for too long.
     NoData {
@@ -53,12 +61,21 @@ pub enum Reason {
         /// Why.
         why: String,
     },
-    /// A pre-rollout check failed: no traffic was moved.
+    /// A pre-rollout check (a hook, or the canary's readiness probe) failed: no traffic was
+    /// moved.
     PreCheck {
-        /// The hook's name.
+        /// The check's name.
         hook: String,
         /// What it said.
         detail: String,
+    },
+    /// A weight the controller did not apply was found in force
+    /// (`on_external_change = "rollback"`, or `"adopt"` of 0 %).
+    ExternalChange {
+        /// The weight found, percent.
+        found: Weight,
+        /// The weight the controller had applied, percent.
+        applied: Weight,
     },
 }
 
@@ -68,11 +85,18 @@ impl fmt::Display for Reason {
             Reason::MetricFailed { metric, detail } => {
                 write!(f, "metric `{metric}` failed: {detail}")
             }
-            Reason::Deadline { after_s } => write!(
-                f,
-                "deadline of {} passed before promotion",
-                humantime::format_duration(Duration::from_secs_f64(after_s.round()))
-            ),
+            Reason::Deadline { after_s, waiting } => {
+                write!(
+                    f,
+                    "deadline of {} passed before promotion",
+                    humantime::format_duration(Duration::from_secs_f64(after_s.round()))
+                )?;
+                if waiting.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, "; still waiting for: {waiting}")
+                }
+            }
             Reason::NoData { metrics, for_s } => write!(
                 f,
                 "no data for {} ({}) for {for_s:.0}s",
@@ -94,6 +118,10 @@ impl fmt::Display for Reason {
             Reason::PreCheck { hook, detail } => {
                 write!(f, "pre-rollout check `{hook}` failed: {detail}")
             }
+            Reason::ExternalChange { found, applied } => write!(
+                f,
+                "weight {found} in force, but coalmine had applied {applied}: changed outside coalmine"
+            ),
         }
     }
 }
@@ -107,7 +135,7 @@ pub struct Progress {
     pub weight: Weight,
     /// When the weight was applied (offset from the rollout's start).
     pub since: Duration,
-    /// Requests per arm in this step (baseline, canary).
+    /// Requests per arm in this step (baseline, canary), from comparable windows only.
     pub requests: [f64; 2],
     /// Since when data has been missing, if it is.
     pub no_data_since: Option<Duration>,
@@ -115,6 +143,75 @@ pub struct Progress {
     pub error_ticks: u32,
     /// An operator approved leaving this step.
     pub approved: bool,
+    /// Time in this step that does not count toward `step_duration` (windows with an
+    /// unhealthy baseline, time paused).
+    pub excluded: Duration,
+    /// End of the last analysed window (offset from the start).
+    pub last_tick: Duration,
+    /// The baseline's recent error counts `[errors, requests]`, newest last.
+    pub baseline_recent: Vec<[f64; 2]>,
+    /// Whether the last assessment found the baseline unhealthy.
+    pub baseline_unhealthy: bool,
+    /// Time the whole rollout has spent paused (the deadline is extended by it).
+    pub paused_for: Duration,
+}
+
+impl Progress {
+    /// A fresh step at `weight`, applied at `now`.
+    #[must_use]
+    pub fn new(step: usize, weight: Weight, now: Duration, paused_for: Duration) -> Self {
+        Progress {
+            step,
+            weight,
+            since: now,
+            requests: [0.0, 0.0],
+            no_data_since: None,
+            error_ticks: 0,
+            approved: false,
+            excluded: Duration::ZERO,
+            last_tick: now,
+            baseline_recent: Vec::new(),
+            baseline_unhealthy: false,
+            paused_for,
+        }
+    }
+}
+
+/// Why a rollout is paused.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "cause", rename_all = "kebab-case")]
+pub enum PauseCause {
+    /// A weight the controller did not apply was found in force (`on_external_change =
+    /// "pause"`): someone else took over traffic.
+    ExternalChange {
+        /// The weight found.
+        found: Weight,
+        /// The weight the controller had applied.
+        applied: Weight,
+        /// When it applied it (offset from the start).
+        #[serde(skip)]
+        applied_at: Duration,
+    },
+    /// An operator asked for it.
+    Operator {
+        /// Why.
+        why: String,
+    },
+}
+
+/// A paused rollout: the controller touches no traffic until an operator resumes or aborts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Paused {
+    /// The step it was in.
+    pub progress: Progress,
+    /// Why.
+    pub cause: PauseCause,
+    /// Since when (offset from the start).
+    pub since: Duration,
+    /// The weight in force as last read back.
+    pub in_force: Weight,
+    /// The metrics failing while paused that the operator has been told about.
+    pub alerted: Vec<String>,
 }
 
 /// Where a rollout is.
@@ -132,9 +229,13 @@ pub enum Phase {
         target: Weight,
         /// Failed attempts so far.
         attempt: u32,
+        /// Time the rollout has spent paused so far.
+        paused_for: Duration,
     },
     /// A step's weight is in force and analysis runs.
     Progressing(Progress),
+    /// Waiting for an operator: nothing is changed, analysis is recorded but not acted on.
+    Paused(Paused),
     /// Putting 100 % on the canary.
     Promoting {
         /// Failed attempts so far.
@@ -154,6 +255,11 @@ pub enum Phase {
         /// Why.
         reason: Reason,
     },
+    /// Done before any traffic moved: a pre-rollout check failed (the canary was not ready).
+    NotStarted {
+        /// Which check and what it said.
+        reason: Reason,
+    },
     /// Done, unsafely: the controller could not reach a safe state.
     Failed {
         /// What happened and what traffic may be in.
@@ -170,10 +276,12 @@ impl Phase {
             Phase::PreChecks => "pre-checks",
             Phase::Shifting { .. } => "shifting",
             Phase::Progressing(_) => "progressing",
+            Phase::Paused(_) => "paused",
             Phase::Promoting { .. } => "promoting",
             Phase::Promoted => "promoted",
             Phase::RollingBack { .. } => "rolling-back",
             Phase::RolledBack { .. } => "rolled-back",
+            Phase::NotStarted { .. } => "not-started",
             Phase::Failed { .. } => "failed",
         }
     }
@@ -183,7 +291,10 @@ impl Phase {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Phase::Promoted | Phase::RolledBack { .. } | Phase::Failed { .. }
+            Phase::Promoted
+                | Phase::RolledBack { .. }
+                | Phase::NotStarted { .. }
+                | Phase::Failed { .. }
         )
     }
 }
@@ -199,6 +310,24 @@ pub struct MetricStatus {
     pub reason: String,
     /// Recorded only, never acted on.
     pub dry_run: bool,
+    /// Whether the verdict compares the canary with the baseline (`sequential`, the
+    /// `mann-whitney` score), as opposed to an absolute bound on the canary (`threshold`).
+    /// Comparative verdicts are not acted on while the baseline is unhealthy.
+    pub comparative: bool,
+}
+
+/// What the runner learnt about a window besides the verdicts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WindowFacts {
+    /// The baseline's error counts in the window, from the metric that counts errors with
+    /// the highest baseline rate (`None` when no metric counts errors).
+    pub baseline_errors: Option<ErrorCounts>,
+    /// The weight the provider reports in force at the end of the window (`None` when it
+    /// was not read), already rounded to the applied weight within the provider's
+    /// resolution.
+    pub in_force: Option<Weight>,
+    /// The window's data was discarded (warm-up), with the reason: nothing is judged.
+    pub discarded: Option<String>,
 }
 
 /// What happened.
@@ -236,17 +365,42 @@ pub enum Event {
         /// Offset from the start.
         now: Duration,
     },
+    /// A weight was set, but the read-back found another that is neither it nor the one
+    /// in force before: someone changed traffic at the same moment.
+    Preempted {
+        /// The weight set.
+        weight: Weight,
+        /// The weight found in force.
+        found: Weight,
+        /// Offset from the start.
+        now: Duration,
+    },
     /// An analysis tick.
     Tick {
         /// Offset from the start.
         now: Duration,
         /// Every metric's state.
         metrics: Vec<MetricStatus>,
-        /// Requests per arm in this window, when the metrics tell.
+        /// Requests per arm in this window; `None` when no metric of the policy counts
+        /// requests (then `min_requests` does not apply).
         requests: Option<[f64; 2]>,
+        /// Baseline health, the weight read back, warm-up.
+        facts: WindowFacts,
     },
     /// An operator approved leaving the current step (see `[rollout] approval`).
     Approve {
+        /// Offset from the start.
+        now: Duration,
+    },
+    /// An operator asked to pause: nothing moves until resumed.
+    Pause {
+        /// Why.
+        why: String,
+        /// Offset from the start.
+        now: Duration,
+    },
+    /// An operator asked a paused rollout to go on.
+    Resume {
         /// Offset from the start.
         now: Duration,
     },
@@ -282,6 +436,102 @@ pub enum Decision {
         /// Why.
         reason: Reason,
     },
+    /// Stop acting and wait for an operator.
+    Pause {
+        /// Why, with what was found.
+        reason: String,
+    },
+    /// Take the weight found in force as the step's weight (`on_external_change = "adopt"`).
+    Adopt {
+        /// The weight found, percent.
+        weight: Weight,
+    },
+}
+
+/// Something to tell the operator: the runner writes a transition record with this event
+/// (and the webhook hears it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Note {
+    /// The baseline became unhealthy: comparisons are not trusted until it recovers.
+    BaselineUnhealthy(Health),
+    /// The baseline recovered.
+    BaselineHealthy(Health),
+    /// The rollout paused.
+    Paused(PauseCause),
+    /// Metrics failed while paused: not acted on (a human has control), but told.
+    FailingWhilePaused {
+        /// The failing metrics and what they said.
+        metrics: Vec<(String, String)>,
+    },
+    /// An operator resumed it.
+    Resumed {
+        /// The weight the controller puts back in force (or keeps).
+        weight: Weight,
+    },
+    /// A weight found in force was adopted.
+    Adopted {
+        /// The weight found.
+        found: Weight,
+        /// The weight the controller had applied.
+        applied: Weight,
+    },
+}
+
+impl Note {
+    /// The record's `event`.
+    #[must_use]
+    pub fn event(&self) -> &'static str {
+        match self {
+            Note::BaselineUnhealthy(_) => "baseline-unhealthy",
+            Note::BaselineHealthy(_) => "baseline-healthy",
+            Note::Paused(_) => "paused",
+            Note::FailingWhilePaused { .. } => "failing-while-paused",
+            Note::Resumed { .. } => "resumed",
+            Note::Adopted { .. } => "adopted",
+        }
+    }
+
+    /// The record's `detail`; `at` renders an offset from the start as a time.
+    #[must_use]
+    pub fn detail(&self, at: &dyn Fn(Duration) -> String) -> String {
+        match self {
+            Note::BaselineUnhealthy(h) => format!(
+                "{}; holding: nothing advances or promotes, comparative verdicts are not acted on (threshold guards and the deadline still are)",
+                h.describe()
+            ),
+            Note::BaselineHealthy(h) => h.describe(),
+            Note::Paused(c) => format!(
+                "{}; waiting for an operator (POST /resume or /abort); the deadline is suspended",
+                pause_text(c, at)
+            ),
+            Note::FailingWhilePaused { metrics } => format!(
+                "while paused (not acted on, an operator has control): {}",
+                metrics
+                    .iter()
+                    .map(|(m, why)| format!("metric `{m}` failed: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Note::Resumed { weight } => format!("resumed by an operator at {weight}"),
+            Note::Adopted { found, applied } => {
+                format!("weight {found} in force, {applied} applied by coalmine: adopted {found}")
+            }
+        }
+    }
+}
+
+fn pause_text(c: &PauseCause, at: &dyn Fn(Duration) -> String) -> String {
+    match c {
+        PauseCause::ExternalChange {
+            found,
+            applied,
+            applied_at,
+        } => format!(
+            "weight {found} in force, {applied} applied at {}: changed outside coalmine",
+            at(*applied_at)
+        ),
+        PauseCause::Operator { why } => format!("paused by an operator: {why}"),
+    }
 }
 
 /// What the runner must do.
@@ -291,6 +541,8 @@ pub enum Command {
     RunPreChecks,
     /// Write a tick's decision record (always first, before acting).
     Record(Decision),
+    /// Write a transition record for this note (before any traffic change that follows).
+    Notify(Note),
     /// Set the weight, after waiting `delay` (retry backoff).
     Apply {
         /// Weight to put in force.
@@ -300,6 +552,71 @@ pub enum Command {
     },
     /// The rollout is over.
     Finish,
+}
+
+/// Whether a window's comparative verdicts count, and if not why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judging {
+    /// Feed and act on comparative judges (sequential, mann-whitney) for this window.
+    pub comparative: bool,
+    /// Why not, when not.
+    pub why: Option<String>,
+    /// The baseline's health, for the record.
+    pub health: Health,
+}
+
+/// Decides, before the judges see a window, whether its comparison with the baseline is
+/// evidence: not while paused, not in a window where the weight changed outside the
+/// controller, not while the baseline is unhealthy. The runner feeds comparative judges
+/// only the windows this admits (so a dead baseline's windows never make a canary look
+/// better or worse later), and the machine applies the same rule in [`step`].
+#[must_use]
+pub fn judging(phase: &Phase, facts: &WindowFacts, plan: &Rollout) -> Judging {
+    let yes = |health| Judging {
+        comparative: true,
+        why: None,
+        health,
+    };
+    let no = |why: String, health| Judging {
+        comparative: false,
+        why: Some(why),
+        health,
+    };
+    match phase {
+        Phase::Paused(z) => no(
+            format!("paused ({})", pause_text(&z.cause, &|d| secs(d))),
+            Health::Unknown,
+        ),
+        Phase::Progressing(p) => {
+            let health = baseline_health(p, facts, plan);
+            if let Some(found) = facts.in_force
+                && found != p.weight
+            {
+                no(
+                    format!("weight {found} in force, {} applied", p.weight),
+                    health,
+                )
+            } else if health.is_unhealthy() {
+                no(health.describe(), health)
+            } else {
+                yes(health)
+            }
+        }
+        _ => yes(Health::Unknown),
+    }
+}
+
+/// The baseline's health with this window's counts added to the step's recent ones.
+fn baseline_health(p: &Progress, facts: &WindowFacts, plan: &Rollout) -> Health {
+    let mut recent = p.baseline_recent.clone();
+    let metric = match &facts.baseline_errors {
+        Some(c) => {
+            health::remember(&mut recent, c);
+            c.metric.as_str()
+        }
+        None => return Health::Unknown,
+    };
+    health::assess(&recent, plan.baseline_max_error_rate, metric)
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -328,39 +645,41 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
             if pre_checks {
                 (Phase::PreChecks, vec![Command::RunPreChecks])
             } else {
-                shift_to(0, plan)
+                shift_to(0, plan, Duration::ZERO)
             }
         }
         (Phase::PreChecks, Event::PreChecksDone { failed, .. }) => match failed {
-            None => shift_to(0, plan),
-            // Nothing moved; setting 0 makes sure of it (idempotent).
-            Some((hook, detail)) => rollback(Reason::PreCheck { hook, detail }, false),
+            None => shift_to(0, plan, Duration::ZERO),
+            // The canary is not ready: touch nothing (no traffic was moved).
+            Some((hook, detail)) => (
+                Phase::NotStarted {
+                    reason: Reason::PreCheck { hook, detail },
+                },
+                vec![Command::Finish],
+            ),
         },
         (phase, Event::Abort { why, .. }) if !phase.is_terminal() => match phase {
             Phase::RollingBack { .. } => (phase, Vec::new()),
             _ => rollback(Reason::Aborted { why }, false),
         },
-        (Phase::Shifting { step, target, .. }, Event::Applied { weight, now })
-            if weight == target =>
-        {
-            (
-                Phase::Progressing(Progress {
-                    step,
-                    weight,
-                    since: now,
-                    requests: [0.0, 0.0],
-                    no_data_since: None,
-                    error_ticks: 0,
-                    approved: false,
-                }),
-                Vec::new(),
-            )
-        }
+        (
+            Phase::Shifting {
+                step,
+                target,
+                paused_for,
+                ..
+            },
+            Event::Applied { weight, now },
+        ) if weight == target => (
+            Phase::Progressing(Progress::new(step, weight, now, paused_for)),
+            Vec::new(),
+        ),
         (
             Phase::Shifting {
                 step,
                 target,
                 attempt,
+                paused_for,
             },
             Event::ApplyFailed {
                 error, transient, ..
@@ -372,6 +691,7 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                         step,
                         target,
                         attempt: attempt + 1,
+                        paused_for,
                     },
                     vec![Command::Apply {
                         weight: target,
@@ -382,18 +702,72 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 rollback(Reason::Provider { error }, false)
             }
         }
+        // Someone else's change landed between coalmine's and its read-back: as at a tick,
+        // never override it (pause by default).
+        (
+            Phase::Shifting {
+                step,
+                target,
+                paused_for,
+                ..
+            },
+            Event::Preempted { found, now, .. },
+        ) => external_change(
+            Progress::new(step, target, now, paused_for),
+            found,
+            now,
+            plan,
+        ),
+        (Phase::Promoting { .. }, Event::Preempted { found, now, .. }) => {
+            let last = plan.steps.len().saturating_sub(1);
+            external_change(
+                Progress::new(last, Weight::FULL, now, Duration::ZERO),
+                found,
+                now,
+                plan,
+            )
+        }
         (Phase::Progressing(mut p), Event::Approve { .. }) => {
             p.approved = true;
             (Phase::Progressing(p), Vec::new())
         }
+        (Phase::Paused(mut z), Event::Approve { .. }) => {
+            z.progress.approved = true;
+            (Phase::Paused(z), Vec::new())
+        }
+        (Phase::Progressing(p), Event::Pause { why, now }) => {
+            let cause = PauseCause::Operator { why };
+            let in_force = p.weight;
+            (
+                Phase::Paused(Paused {
+                    progress: p,
+                    cause: cause.clone(),
+                    since: now,
+                    in_force,
+                    alerted: Vec::new(),
+                }),
+                vec![Command::Notify(Note::Paused(cause))],
+            )
+        }
+        (Phase::Paused(z), Event::Resume { now }) => resume(z, now),
         (
             Phase::Progressing(p),
             Event::Tick {
                 now,
                 metrics,
                 requests,
+                facts,
             },
-        ) => tick(p, now, &metrics, requests, plan),
+        ) => tick(p, now, &metrics, requests, &facts, plan),
+        (
+            Phase::Paused(z),
+            Event::Tick {
+                now,
+                metrics,
+                facts,
+                ..
+            },
+        ) => paused_tick(z, now, &metrics, &facts),
         (Phase::Promoting { .. }, Event::Applied { weight, .. }) if weight == Weight::FULL => {
             (Phase::Promoted, vec![Command::Finish])
         }
@@ -427,6 +801,16 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
         {
             (Phase::RolledBack { reason }, vec![Command::Finish])
         }
+        (Phase::RollingBack { reason, attempt }, Event::Preempted { weight, found, now }) => step(
+            Phase::RollingBack { reason, attempt },
+            Event::ApplyFailed {
+                weight,
+                error: format!("set {weight} but {found} is in force"),
+                transient: true,
+                now,
+            },
+            plan,
+        ),
         (Phase::RollingBack { reason, attempt }, Event::ApplyFailed { weight, error, .. }) => {
             // Rolling back is the safe state: retry harder than for a step, whatever the
             // error, and fail loudly when it cannot be reached.
@@ -457,13 +841,24 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
     }
 }
 
-fn shift_to(step: usize, plan: &Rollout) -> (Phase, Vec<Command>) {
+/// The first planned step whose weight is above `weight` (the plan's length when none is:
+/// promote). Steps increase, so from a planned step this is the next one; from an adopted
+/// weight it is the first step above it, wherever that was in the plan.
+fn next_step(weight: Weight, plan: &Rollout) -> usize {
+    plan.steps
+        .iter()
+        .position(|w| *w > weight)
+        .unwrap_or(plan.steps.len())
+}
+
+fn shift_to(step: usize, plan: &Rollout, paused_for: Duration) -> (Phase, Vec<Command>) {
     match plan.steps.get(step) {
         Some(&w) if w < Weight::FULL => (
             Phase::Shifting {
                 step,
                 target: w,
                 attempt: 0,
+                paused_for,
             },
             vec![Command::Apply {
                 weight: w,
@@ -485,71 +880,234 @@ fn secs(d: Duration) -> String {
     format!("{:.0}s", d.as_secs_f64())
 }
 
+/// A weight in force that the controller did not apply: never override it silently.
+fn external_change(
+    p: Progress,
+    found: Weight,
+    now: Duration,
+    plan: &Rollout,
+) -> (Phase, Vec<Command>) {
+    let applied = p.weight;
+    match plan.on_external_change {
+        OnExternalChange::Pause => {
+            let cause = PauseCause::ExternalChange {
+                found,
+                applied,
+                applied_at: p.since,
+            };
+            let reason = format!(
+                "{}; waiting for an operator",
+                pause_text(&cause, &|d| secs(d))
+            );
+            (
+                Phase::Paused(Paused {
+                    progress: p,
+                    cause: cause.clone(),
+                    since: now,
+                    in_force: found,
+                    alerted: Vec::new(),
+                }),
+                vec![
+                    Command::Record(Decision::Pause { reason }),
+                    Command::Notify(Note::Paused(cause)),
+                ],
+            )
+        }
+        OnExternalChange::Rollback => rollback(Reason::ExternalChange { found, applied }, true),
+        OnExternalChange::Adopt => {
+            let note = Command::Notify(Note::Adopted { found, applied });
+            let record = Command::Record(Decision::Adopt { weight: found });
+            if found == Weight::ZERO {
+                // Someone took the canary out: that is a rollback already in force.
+                (
+                    Phase::RolledBack {
+                        reason: Reason::ExternalChange { found, applied },
+                    },
+                    vec![record, note, Command::Finish],
+                )
+            } else if found == Weight::FULL {
+                (Phase::Promoted, vec![record, note, Command::Finish])
+            } else {
+                // The step is the last planned one at or below the weight found.
+                let step = next_step(found, plan).saturating_sub(1);
+                let mut q = Progress::new(step, found, now, p.paused_for);
+                q.approved = p.approved;
+                (Phase::Progressing(q), vec![record, note])
+            }
+        }
+    }
+}
+
+fn resume(z: Paused, now: Duration) -> (Phase, Vec<Command>) {
+    let mut p = z.progress;
+    let paused = now.saturating_sub(z.since);
+    p.paused_for += paused;
+    p.excluded += paused;
+    p.last_tick = now;
+    let note = Command::Notify(Note::Resumed { weight: p.weight });
+    if p.weight == Weight::FULL {
+        // Paused while promoting: the promotion goes on.
+        (
+            Phase::Promoting { attempt: 0 },
+            vec![
+                note,
+                Command::Apply {
+                    weight: Weight::FULL,
+                    delay: Duration::ZERO,
+                },
+            ],
+        )
+    } else if z.in_force == p.weight {
+        (Phase::Progressing(p), vec![note])
+    } else {
+        // The operator resumed the plan: put the step's weight back; the step starts over.
+        (
+            Phase::Shifting {
+                step: p.step,
+                target: p.weight,
+                attempt: 0,
+                paused_for: p.paused_for,
+            },
+            vec![
+                note,
+                Command::Apply {
+                    weight: p.weight,
+                    delay: Duration::ZERO,
+                },
+            ],
+        )
+    }
+}
+
+/// A tick while paused: recorded, never acted on (a human has control of traffic).
+fn paused_tick(
+    mut z: Paused,
+    now: Duration,
+    metrics: &[MetricStatus],
+    facts: &WindowFacts,
+) -> (Phase, Vec<Command>) {
+    if let Some(w) = facts.in_force {
+        z.in_force = w;
+    }
+    z.progress.last_tick = now;
+    let mut reason = format!(
+        "paused for {}: {}; waiting for an operator (resume or abort)",
+        secs(now.saturating_sub(z.since)),
+        pause_text(&z.cause, &|d| secs(d))
+    );
+    let failing: Vec<&MetricStatus> = metrics
+        .iter()
+        .filter(|m| !m.dry_run && m.outcome == Some(Outcome::Fail))
+        .collect();
+    let mut cmds = Vec::new();
+    if !failing.is_empty() {
+        let names: Vec<&str> = failing.iter().map(|m| m.metric.as_str()).collect();
+        let _ = write!(
+            reason,
+            "; not acted on while paused: {} failing",
+            names.join(", ")
+        );
+        // Tell the operator once per metric: they may not be watching.
+        let new: Vec<(String, String)> = failing
+            .iter()
+            .filter(|m| !z.alerted.contains(&m.metric))
+            .map(|m| (m.metric.clone(), m.reason.clone()))
+            .collect();
+        if !new.is_empty() {
+            z.alerted.extend(new.iter().map(|(m, _)| m.clone()));
+            cmds.push(Command::Notify(Note::FailingWhilePaused { metrics: new }));
+        }
+    }
+    cmds.insert(0, Command::Record(Decision::Hold { reason }));
+    (Phase::Paused(z), cmds)
+}
+
+fn hold(p: Progress, reason: String, mut notes: Vec<Command>) -> (Phase, Vec<Command>) {
+    notes.insert(0, Command::Record(Decision::Hold { reason }));
+    (Phase::Progressing(p), notes)
+}
+
+#[allow(clippy::too_many_lines)] // one decision, read top to bottom
 fn tick(
     mut p: Progress,
     now: Duration,
     metrics: &[MetricStatus],
     requests: Option<[f64; 2]>,
+    facts: &WindowFacts,
     plan: &Rollout,
 ) -> (Phase, Vec<Command>) {
-    if let Some(r) = requests {
-        p.requests[0] += r[0].max(0.0);
-        p.requests[1] += r[1].max(0.0);
+    let window = now.saturating_sub(p.last_tick);
+    p.last_tick = now;
+    if let Some(found) = facts.in_force
+        && found != p.weight
+    {
+        return external_change(p, found, now, plan);
+    }
+    if let Some(why) = &facts.discarded {
+        return hold(p, why.clone(), Vec::new());
+    }
+    let health = baseline_health(&p, facts, plan);
+    if let Some(c) = &facts.baseline_errors {
+        health::remember(&mut p.baseline_recent, c);
+    }
+    let unhealthy = health.is_unhealthy();
+    let mut notes = Vec::new();
+    if unhealthy != p.baseline_unhealthy {
+        notes.push(Command::Notify(if unhealthy {
+            Note::BaselineUnhealthy(health.clone())
+        } else {
+            Note::BaselineHealthy(health.clone())
+        }));
+        p.baseline_unhealthy = unhealthy;
     }
     let live: Vec<&MetricStatus> = metrics.iter().filter(|m| !m.dry_run).collect();
-    if let Some(m) = live.iter().find(|m| m.outcome == Some(Outcome::Fail)) {
-        return rollback(
+    // Verdicts that count: absolute guards always; comparisons only with a healthy
+    // baseline (against a broken one, neither a Fail nor a Pass is evidence).
+    let counted: Vec<&MetricStatus> = live
+        .iter()
+        .copied()
+        .filter(|m| !(unhealthy && m.comparative))
+        .collect();
+    if let Some(m) = counted.iter().find(|m| m.outcome == Some(Outcome::Fail)) {
+        let (phase, mut cmds) = rollback(
             Reason::MetricFailed {
                 metric: m.metric.clone(),
                 detail: m.reason.clone(),
             },
             true,
         );
-    }
-    if now >= plan.deadline {
-        return rollback(
-            Reason::Deadline {
-                after_s: plan.deadline.as_secs_f64(),
-            },
-            true,
-        );
+        // The record first, then the notes, then the traffic change.
+        cmds.splice(1..1, notes);
+        return (phase, cmds);
     }
     let errors: Vec<&&MetricStatus> = live.iter().filter(|m| m.outcome.is_none()).collect();
     if errors.is_empty() {
         p.error_ticks = 0;
     } else {
         p.error_ticks += 1;
-        if plan.error_limit > 0 && p.error_ticks >= plan.error_limit {
-            return rollback(
-                Reason::QueryErrors {
-                    ticks: p.error_ticks,
-                    last: format!("{}: {}", errors[0].metric, errors[0].reason),
-                },
-                true,
-            );
-        }
     }
     let no_data: Vec<String> = live
         .iter()
         .filter(|m| matches!(m.outcome, None | Some(Outcome::NoData)))
         .map(|m| m.metric.clone())
         .collect();
-    if no_data.is_empty() {
+    let missing_for = if no_data.is_empty() {
         p.no_data_since = None;
+        Duration::ZERO
     } else {
-        let since = *p.no_data_since.get_or_insert(now);
-        let missing_for = now.saturating_sub(since);
-        if plan.on_no_data == OnNoData::Rollback && missing_for >= plan.no_data_limit {
-            return rollback(
-                Reason::NoData {
-                    metrics: no_data,
-                    for_s: missing_for.as_secs_f64(),
-                },
-                true,
-            );
-        }
+        now.saturating_sub(*p.no_data_since.get_or_insert(now))
+    };
+    if unhealthy {
+        p.excluded += window;
+    } else if let Some(r) = requests {
+        p.requests[0] += r[0].max(0.0);
+        p.requests[1] += r[1].max(0.0);
     }
+
     let mut waiting: Vec<String> = Vec::new();
+    if unhealthy {
+        waiting.push(health.describe());
+    }
     if !errors.is_empty() {
         waiting.push(format!(
             "query errors ({} in a row{})",
@@ -564,8 +1122,9 @@ fn tick(
     if !no_data.is_empty() {
         waiting.push(format!("no data for {}", no_data.join(", ")));
     }
-    let elapsed = now.saturating_sub(p.since);
-    if elapsed < plan.step_duration {
+    let all_pass = !counted.is_empty() && counted.iter().all(|m| m.outcome == Some(Outcome::Pass));
+    let elapsed = now.saturating_sub(p.since).saturating_sub(p.excluded);
+    if elapsed < plan.step_duration && !(plan.early_pass && all_pass && !unhealthy) {
         waiting.push(format!(
             "step time {} of {}",
             secs(elapsed),
@@ -573,7 +1132,7 @@ fn tick(
         ));
     }
     let min = plan.min_requests as f64;
-    if p.requests[0] < min || p.requests[1] < min {
+    if requests.is_some() && (p.requests[0] < min || p.requests[1] < min) {
         waiting.push(format!(
             "requests baseline {:.0}, canary {:.0} of {min:.0} per arm",
             p.requests[0], p.requests[1]
@@ -589,15 +1148,49 @@ fn tick(
             waiting.push(format!("not yet passing: {}", not_passing.join(", ")));
         }
     }
-    if !waiting.is_empty() {
-        return (
-            Phase::Progressing(p),
-            vec![Command::Record(Decision::Hold {
-                reason: waiting.join("; "),
-            })],
+
+    // The deadline counts the controller's own time: time paused (a human in charge) is
+    // added to it.
+    if now.saturating_sub(p.paused_for) >= plan.deadline {
+        let (phase, mut cmds) = rollback(
+            Reason::Deadline {
+                after_s: plan.deadline.as_secs_f64(),
+                waiting: waiting.join("; "),
+            },
+            true,
         );
+        cmds.splice(1..1, notes);
+        return (phase, cmds);
     }
-    let next = p.step + 1;
+    if plan.error_limit > 0 && p.error_ticks >= plan.error_limit {
+        let (phase, mut cmds) = rollback(
+            Reason::QueryErrors {
+                ticks: p.error_ticks,
+                last: format!("{}: {}", errors[0].metric, errors[0].reason),
+            },
+            true,
+        );
+        cmds.splice(1..1, notes);
+        return (phase, cmds);
+    }
+    if !no_data.is_empty()
+        && plan.on_no_data == OnNoData::Rollback
+        && missing_for >= plan.no_data_limit
+    {
+        let (phase, mut cmds) = rollback(
+            Reason::NoData {
+                metrics: no_data,
+                for_s: missing_for.as_secs_f64(),
+            },
+            true,
+        );
+        cmds.splice(1..1, notes);
+        return (phase, cmds);
+    }
+    if !waiting.is_empty() {
+        return hold(p, waiting.join("; "), notes);
+    }
+    let next = next_step(p.weight, plan);
     let promotes = plan.steps.get(next).is_none_or(|w| *w >= Weight::FULL);
     let needs_approval = match plan.approval {
         Approval::None => false,
@@ -610,14 +1203,13 @@ fn tick(
         } else {
             format!("step {} ({})", next + 1, plan.steps[next])
         };
-        return (
-            Phase::Progressing(p),
-            vec![Command::Record(Decision::Hold {
-                reason: format!("ready; waiting for an operator to approve the {what}"),
-            })],
+        return hold(
+            p,
+            format!("ready; waiting for an operator to approve the {what}"),
+            notes,
         );
     }
-    let (phase, mut cmds) = shift_to(next, plan);
+    let (phase, mut cmds) = shift_to(next, plan, p.paused_for);
     let decision = match &phase {
         Phase::Promoting { .. } => Decision::Promote,
         _ => Decision::Advance {
@@ -626,5 +1218,6 @@ fn tick(
         },
     };
     cmds.insert(0, Command::Record(decision));
+    cmds.splice(1..1, notes);
     (phase, cmds)
 }

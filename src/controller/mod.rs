@@ -2,8 +2,10 @@
 //! ([`runner`]) that moves traffic, fetches metrics, judges them and records every decision
 //! ([`record`]) before acting on it.
 
+pub mod health;
 pub mod hooks;
 pub mod machine;
+pub mod readiness;
 pub mod record;
 pub mod runner;
 
@@ -12,8 +14,12 @@ mod tests;
 #[cfg(test)]
 mod tests_hooks;
 #[cfg(test)]
+mod tests_rollouts;
+#[cfg(test)]
+mod tests_safety;
+#[cfg(test)]
 mod tests_sources;
 
-pub use machine::{Command, Decision, Event, Phase, Reason, step};
+pub use machine::{Command, Decision, Event, Note, Phase, Reason, WindowFacts, judging, step};
 pub use record::Record;
-pub use runner::{FinalOutcome, Observer, Quiet, RunOptions, RunReport, run};
+pub use runner::{FinalOutcome, Lever, Observer, Quiet, RunOptions, RunReport, run};

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::health::Health;
 use super::machine::Decision;
 use crate::analysis::{Outcome, Stats};
 use crate::metrics::RenderedQuery;
@@ -95,6 +96,9 @@ pub struct Record {
     /// Requests (ticks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestsRecord>,
+    /// The baseline's health, when error counts tell (ticks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Health>,
     /// Metrics (ticks).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricRecord>,
@@ -145,7 +149,9 @@ impl RecordLog {
     /// # Errors
     /// When the write or the sync fails.
     pub fn write(&mut self, r: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+        let line = serde_json::to_string(r).map_err(std::io::Error::other)?;
+        // The last line of defence: no secret known to the process reaches the log.
+        let mut line = crate::redact::text(&line).into_owned().into_bytes();
         line.push(b'\n');
         self.file.write_all(&line)?;
         self.file.sync_data()

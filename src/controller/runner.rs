@@ -1,6 +1,8 @@
-//! The async shell around the pure state machine: it applies weights through the traffic
-//! provider, fetches metrics every analysis interval, feeds the judges, records every
-//! decision before acting on it, and reports progress to an [`Observer`].
+//! The async shell around the pure state machine: it checks that the provider, the metrics
+//! source and the canary are ready, applies weights through the traffic provider, reads the
+//! weight in force back every tick, fetches metrics every analysis interval, feeds the
+//! judges, records every decision before acting on it, and reports progress to an
+//! [`Observer`].
 //!
 //! Time comes only from tokio's clock, so tests run with paused time. Wall-clock times (for
 //! records and for sources that query by time) are derived from it: `start_wall + elapsed`.
@@ -11,21 +13,25 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::health::{ErrorCounts, Health};
 use super::hooks::{Notifier, run_hook};
-use super::machine::{Command, Decision, Event, MetricStatus, Phase, Reason, step};
+use super::machine::{
+    Command, Decision, Event, Judging, MetricStatus, Phase, Reason, WindowFacts, judging, step,
+};
+use super::readiness::CanaryProbe;
 use super::record::{
     MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, WindowRecord, rfc3339,
 };
 use crate::analysis::mw_judge::score_verdict;
 use crate::analysis::observation::Shape;
-use crate::analysis::{MetricJudge, Observation, Segment, Stats};
-use crate::metrics::{MetricsSource, Window};
+use crate::analysis::{JudgeSpec, MetricJudge, Observation, Outcome, Segment, Stats};
+use crate::metrics::{Fetched, MetricsError, MetricsSource, Window};
 use crate::model::Weight;
-use crate::policy::Policy;
 use crate::policy::hooks::HookWhen;
+use crate::policy::{BuiltinSignal, DataSpec, MetricConfig, Policy};
 use crate::traffic::TrafficProvider;
 
 /// Receives every record as it is written (progress display, tests).
@@ -40,6 +46,20 @@ pub struct Quiet;
 
 impl Observer for Quiet {}
 
+/// An operator's lever on a running rollout (the status server's POSTs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lever {
+    /// Approve leaving the current step (see `[rollout] approval`).
+    Approve,
+    /// Pause: touch no traffic until resumed.
+    Pause {
+        /// Why.
+        why: String,
+    },
+    /// Resume a paused rollout.
+    Resume,
+}
+
 /// Options of one run.
 #[derive(Debug, Default)]
 pub struct RunOptions {
@@ -47,22 +67,24 @@ pub struct RunOptions {
     pub decisions: Option<PathBuf>,
     /// Set to `Some(reason)` to abort the rollout (it rolls back).
     pub abort: Option<watch::Receiver<Option<String>>>,
-    /// Each change approves leaving the current step (see `[rollout] approval`).
-    pub approve: Option<watch::Receiver<u64>>,
+    /// Operator levers: approve, pause, resume.
+    pub levers: Option<mpsc::UnboundedReceiver<Lever>>,
+    /// Probe the canary before the first traffic change (the built-in proxy's readiness).
+    pub readiness: Option<CanaryProbe>,
 }
 
 /// What ended a wait between ticks.
 enum Wake {
     Tick,
     Abort(String),
-    Approve,
+    Lever(Lever),
 }
 
-/// Waits for the next tick, an abort or an approval. A closed channel stops counting.
+/// Waits for the next tick, an abort or a lever. A closed channel stops counting.
 async fn wait(
     next_tick: Instant,
     abort: &mut Option<watch::Receiver<Option<String>>>,
-    approve: &mut Option<watch::Receiver<u64>>,
+    levers: &mut Option<mpsc::UnboundedReceiver<Lever>>,
 ) -> Wake {
     let aborted = async {
         match abort.as_mut() {
@@ -76,14 +98,14 @@ async fn wait(
             None => std::future::pending().await,
         }
     };
-    let approved = async {
-        match approve.as_mut() {
+    let lever = async {
+        match levers.as_mut() {
             Some(rx) => {
-                if rx.changed().await.is_err() {
-                    *approve = None;
-                    return false;
+                let got = rx.recv().await;
+                if got.is_none() {
+                    *levers = None;
                 }
-                true
+                got
             }
             None => std::future::pending().await,
         }
@@ -91,7 +113,7 @@ async fn wait(
     tokio::select! {
         () = tokio::time::sleep_until(next_tick) => Wake::Tick,
         why = aborted => why.map_or(Wake::Tick, Wake::Abort),
-        ok = approved => if ok { Wake::Approve } else { Wake::Tick },
+        l = lever => l.map_or(Wake::Tick, Wake::Lever),
     }
 }
 
@@ -104,6 +126,12 @@ pub enum FinalOutcome {
     /// The canary has no traffic.
     RolledBack {
         /// Why.
+        reason: Reason,
+    },
+    /// Nothing was moved: a pre-rollout check failed (the canary, the provider or the
+    /// metrics source was not ready).
+    NotStarted {
+        /// Which check and what it said.
         reason: Reason,
     },
     /// The controller could not reach a safe state.
@@ -140,16 +168,37 @@ pub struct RunReport {
 }
 
 impl FinalOutcome {
-    /// 0 promoted, 1 rolled back, 3 failed.
+    /// 0 promoted, 1 rolled back, 3 not started or failed.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
             FinalOutcome::Promoted => 0,
             FinalOutcome::RolledBack { .. } => 1,
-            FinalOutcome::Failed { .. } => 3,
+            FinalOutcome::NotStarted { .. } | FinalOutcome::Failed { .. } => 3,
         }
     }
 }
+
+/// The one-line explanation of a rollout that never started.
+#[must_use]
+pub fn not_started_text(reason: &Reason) -> String {
+    match reason {
+        Reason::PreCheck { hook, detail } => match hook.as_str() {
+            CHECK_PROVIDER => format!("traffic provider not ready, no traffic was moved: {detail}"),
+            CHECK_SOURCE => format!("metrics source not ready, no traffic was moved: {detail}"),
+            CHECK_CANARY => format!("canary not ready, no traffic was moved: {detail}"),
+            _ => format!(
+                "canary not ready, no traffic was moved: pre-rollout check `{hook}` failed: {detail}"
+            ),
+        },
+        other => format!("not started, no traffic was moved: {other}"),
+    }
+}
+
+/// Names of the built-in pre-rollout checks (hooks are named by the policy).
+const CHECK_PROVIDER: &str = "traffic provider";
+const CHECK_SOURCE: &str = "metrics source";
+const CHECK_CANARY: &str = "canary readiness";
 
 /// Errors that stop a run before it starts.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +212,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What one analysis tick gathered.
+struct Analysed {
+    statuses: Vec<MetricStatus>,
+    records: Vec<MetricRecord>,
+    requests: Option<[f64; 2]>,
 }
 
 struct Shell<'a, T, M> {
@@ -180,6 +236,63 @@ struct Shell<'a, T, M> {
     steps_reached: usize,
     log_failed: Option<String>,
     notifier: Option<Notifier>,
+    readiness: Option<CanaryProbe>,
+}
+
+/// Whether a metric's judge compares the arms (as opposed to bounding the canary alone).
+fn comparative(m: &MetricConfig) -> bool {
+    !matches!(m.judge, JudgeSpec::Threshold(_))
+}
+
+/// Whether a metric's data are error counts (for baseline health).
+fn counts_errors(m: &MetricConfig) -> bool {
+    m.shape == Shape::Counts
+        && !m.dry_run
+        && matches!(
+            m.data,
+            DataSpec::Builtin(BuiltinSignal::Errors) | DataSpec::Counts { .. }
+        )
+}
+
+/// The baseline's error counts of the window: of the metrics counting errors, the one with
+/// the highest baseline rate.
+fn baseline_errors(
+    metrics: &[MetricConfig],
+    fetches: &[Result<Fetched, MetricsError>],
+) -> Option<ErrorCounts> {
+    let mut worst: Option<ErrorCounts> = None;
+    for (m, f) in metrics.iter().zip(fetches) {
+        let Ok(f) = f else { continue };
+        if !counts_errors(m) {
+            continue;
+        }
+        let (mut errors, mut requests, mut any) = (0.0, 0.0, false);
+        for seg in &f.segments {
+            if let Observation::Counts(c) = &seg.baseline
+                && c.events.is_finite()
+                && c.trials.is_finite()
+            {
+                errors += c.events.max(0.0);
+                requests += c.trials.max(0.0);
+                any = true;
+            }
+        }
+        if !any || requests <= 0.0 {
+            continue;
+        }
+        let rate = errors / requests;
+        let better = worst
+            .as_ref()
+            .is_none_or(|w| rate > w.errors / w.requests.max(f64::MIN_POSITIVE));
+        if better {
+            worst = Some(ErrorCounts {
+                metric: m.name.clone(),
+                errors,
+                requests,
+            });
+        }
+    }
+    worst
 }
 
 impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
@@ -195,6 +308,7 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
         match phase {
             Phase::Shifting { step, .. } => Some(step + 1),
             Phase::Progressing(p) => Some(p.step + 1),
+            Phase::Paused(z) => Some(z.progress.step + 1),
             _ => None,
         }
     }
@@ -233,6 +347,7 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             weight: self.weight,
             window: None,
             requests: None,
+            baseline: None,
             metrics: Vec::new(),
             decision: None,
             event: Some(event.to_string()),
@@ -293,6 +408,68 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
         failed
     }
 
+    /// Everything that must answer before traffic moves: the provider, the metrics source,
+    /// the canary (built-in proxy), then the policy's pre-rollout hooks. Each is recorded;
+    /// returns the first failure.
+    async fn pre_checks(&mut self, phase: &Phase) -> Option<(String, String)> {
+        let limit = self.policy.rollout.apply_timeout;
+        let provider = match tokio::time::timeout(limit, self.traffic.preflight()).await {
+            Ok(Ok(())) => Ok(format!("provider `{}` answers", self.traffic.name())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "provider `{}`: no answer within {}",
+                self.traffic.name(),
+                humantime::format_duration(limit)
+            )),
+        };
+        // The source's own timeouts apply; this is a backstop.
+        let source_limit = Duration::from_secs(30);
+        let source = match tokio::time::timeout(source_limit, self.source.preflight()).await {
+            Ok(Ok(())) => Ok(format!("source `{}` answers", self.source.name())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "source `{}`: no answer within {}",
+                self.source.name(),
+                humantime::format_duration(source_limit)
+            )),
+        };
+        for (name, result) in [(CHECK_PROVIDER, provider), (CHECK_SOURCE, source)] {
+            if let Some(failed) = self.check_recorded(phase, name, result) {
+                return Some(failed);
+            }
+        }
+        if let Some(probe) = self.readiness.clone() {
+            let result = probe.check().await;
+            if let Some(failed) = self.check_recorded(phase, CHECK_CANARY, result) {
+                return Some(failed);
+            }
+        }
+        self.run_hooks(HookWhen::PreRollout, phase, "pending").await
+    }
+
+    fn check_recorded(
+        &mut self,
+        phase: &Phase,
+        name: &str,
+        result: Result<String, String>,
+    ) -> Option<(String, String)> {
+        match result {
+            Ok(said) => {
+                self.transition(
+                    phase,
+                    phase,
+                    "check-passed",
+                    Some(format!("{name}: {said}")),
+                );
+                None
+            }
+            Err(e) => {
+                self.transition(phase, phase, "check-failed", Some(format!("{name}: {e}")));
+                Some((name.to_string(), e))
+            }
+        }
+    }
+
     /// Feeds an abort to the machine, records it, and returns the commands.
     fn abort(&mut self, phase: &mut Phase, why: String) -> Vec<Command> {
         let event = Event::Abort {
@@ -330,17 +507,24 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             }
         }
         // Read back what is really in force.
+        let before = self.weight;
         match tokio::time::timeout(limit, self.traffic.current()).await {
             Ok(Ok(cur)) => {
-                let tol = i32::from(self.traffic.resolution());
-                if (i32::from(cur.bp()) - i32::from(weight.bp())).abs() <= tol {
-                    self.weight = cur;
+                self.weight = cur;
+                if self.within_resolution(cur, weight) {
                     Event::Applied {
                         weight,
                         now: self.now(),
                     }
+                } else if !self.within_resolution(cur, before) {
+                    // Neither ours nor the old weight (which a slow provider may still
+                    // show): someone else set it just now.
+                    Event::Preempted {
+                        weight,
+                        found: cur,
+                        now: self.now(),
+                    }
                 } else {
-                    self.weight = cur;
                     failed(
                         format!(
                             "provider `{}`: set {weight} but {cur} is in force",
@@ -368,22 +552,48 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
         }
     }
 
-    /// Fetches every metric for the window, feeds the judges, and builds the tick event.
-    async fn analyse(
+    fn within_resolution(&self, found: Weight, applied: Weight) -> bool {
+        let tol = i32::from(self.traffic.resolution());
+        (i32::from(found.bp()) - i32::from(applied.bp())).abs() <= tol
+    }
+
+    /// Reads the weight in force back; within the provider's resolution of `applied` it
+    /// counts as `applied`. `None` when the provider does not answer in time (nothing is
+    /// concluded from silence).
+    async fn in_force(&mut self, applied: Weight) -> Option<Weight> {
+        let limit = self.policy.rollout.apply_timeout;
+        match tokio::time::timeout(limit, self.traffic.current()).await {
+            Ok(Ok(cur)) => {
+                self.weight = cur;
+                Some(if self.within_resolution(cur, applied) {
+                    applied
+                } else {
+                    cur
+                })
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the weight in force failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("reading the weight in force timed out");
+                None
+            }
+        }
+    }
+
+    /// Feeds the judges the fetched window, comparative ones only when `judging` admits it,
+    /// and builds the tick's statuses and records.
+    fn judge(
         &mut self,
         window: &Window,
-        judge_it: bool,
-    ) -> (Vec<MetricStatus>, Vec<MetricRecord>, Option<[f64; 2]>) {
-        let source = self.source;
-        let fetches = join_all(self.policy.metrics.iter().map(|m| source.fetch(m, window))).await;
-        if !judge_it {
-            // Warming up: the window is fetched (sources keep their windows contiguous)
-            // and its data discarded.
-            return (Vec::new(), Vec::new(), None);
-        }
+        fetches: Vec<Result<Fetched, MetricsError>>,
+        judging: &Judging,
+    ) -> Analysed {
         let mut statuses = Vec::new();
         let mut records = Vec::new();
         let mut requests: Option<[f64; 2]> = None;
+        let counts_requests = self.policy.counts_requests();
         for ((m, judge), res) in self
             .policy
             .metrics
@@ -391,6 +601,12 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             .zip(self.judges.iter_mut())
             .zip(fetches)
         {
+            let last_stats = || {
+                self.last
+                    .iter()
+                    .find(|r| r.metric == m.name)
+                    .map_or(Stats::None, |r| r.stats.clone())
+            };
             match res {
                 Ok(f) => {
                     if requests.is_none() && matches!(m.shape, Shape::Counts | Shape::Histogram) {
@@ -407,6 +623,31 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
                             requests = Some(sum);
                         }
                     }
+                    // A `mann-whitney` metric is advisory on its own: the scorecard over all of
+                    // them (below) is what the controller acts on, as in Kayenta.
+                    let scored = matches!(m.judge, JudgeSpec::MannWhitney(_));
+                    if comparative(m) && !judging.comparative {
+                        let why = judging.why.clone().unwrap_or_default();
+                        let reason = format!("not judged this window: {why}");
+                        statuses.push(MetricStatus {
+                            metric: m.name.clone(),
+                            outcome: Some(Outcome::Inconclusive),
+                            reason: reason.clone(),
+                            dry_run: m.dry_run || scored,
+                            comparative: true,
+                        });
+                        records.push(MetricRecord {
+                            metric: m.name.clone(),
+                            judge: m.judge.name(),
+                            outcome: Some(Outcome::Inconclusive),
+                            reason,
+                            stats: last_stats(),
+                            dry_run: m.dry_run,
+                            queries: f.queries,
+                            error: None,
+                        });
+                        continue;
+                    }
                     let mut verdict = None;
                     for seg in &f.segments {
                         verdict = Some(judge.observe(&m.name, seg));
@@ -421,14 +662,12 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
                             },
                         )
                     });
-                    // A `mann-whitney` metric is advisory on its own: the scorecard over all of
-                    // them (below) is what the controller acts on, as in Kayenta.
-                    let scored = matches!(m.judge, crate::analysis::JudgeSpec::MannWhitney(_));
                     statuses.push(MetricStatus {
                         metric: m.name.clone(),
                         outcome: Some(v.outcome),
                         reason: v.reason.clone(),
                         dry_run: m.dry_run || scored,
+                        comparative: comparative(m),
                     });
                     records.push(MetricRecord {
                         metric: m.name.clone(),
@@ -447,19 +686,15 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
                         outcome: None,
                         reason: e.to_string(),
                         dry_run: m.dry_run,
+                        comparative: comparative(m),
                     });
                     // Keep the last numbers visible while the source is failing.
-                    let stats = self
-                        .last
-                        .iter()
-                        .find(|r| r.metric == m.name)
-                        .map_or(Stats::None, |r| r.stats.clone());
                     records.push(MetricRecord {
                         metric: m.name.clone(),
                         judge: m.judge.name(),
                         outcome: None,
                         reason: e.to_string(),
-                        stats,
+                        stats: last_stats(),
                         dry_run: m.dry_run,
                         queries: Vec::new(),
                         error: Some(format!("{}: {e}", e.kind())),
@@ -468,34 +703,71 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
             }
         }
         if let Some(scoring) = &self.policy.scoring {
-            let scored: Vec<_> = self
-                .policy
-                .metrics
-                .iter()
-                .zip(&self.judges)
-                .filter(|(m, _)| !m.dry_run)
-                .filter_map(|(m, j)| j.scored(&m.name, scoring.min_points))
-                .collect();
-            let v = score_verdict(&scored, scoring);
+            let v = if judging.comparative {
+                let scored: Vec<_> = self
+                    .policy
+                    .metrics
+                    .iter()
+                    .zip(&self.judges)
+                    .filter(|(m, _)| !m.dry_run)
+                    .filter_map(|(m, j)| j.scored(&m.name, scoring.min_points))
+                    .collect();
+                Some(score_verdict(&scored, scoring))
+            } else {
+                None
+            };
+            let (outcome, reason, judge, stats) = match v {
+                Some(v) => (v.outcome, v.reason, v.judge, v.stats),
+                None => (
+                    Outcome::Inconclusive,
+                    format!(
+                        "not judged this window: {}",
+                        judging.why.clone().unwrap_or_default()
+                    ),
+                    "mann-whitney",
+                    Stats::None,
+                ),
+            };
             statuses.push(MetricStatus {
-                metric: v.metric.clone(),
-                outcome: Some(v.outcome),
-                reason: v.reason.clone(),
+                metric: "score".to_string(),
+                outcome: Some(outcome),
+                reason: reason.clone(),
                 dry_run: false,
+                comparative: true,
             });
             records.push(MetricRecord {
-                metric: v.metric,
-                judge: v.judge,
-                outcome: Some(v.outcome),
-                reason: v.reason,
-                stats: v.stats,
+                metric: "score".to_string(),
+                judge,
+                outcome: Some(outcome),
+                reason,
+                stats,
                 dry_run: false,
                 queries: Vec::new(),
                 error: None,
             });
         }
-        (statuses, records, requests)
+        // `None` only when no metric of the policy counts requests: then `min_requests`
+        // cannot apply. A counting metric without counts this window counts zero.
+        let requests = if counts_requests {
+            Some(requests.unwrap_or([0.0, 0.0]))
+        } else {
+            None
+        };
+        Analysed {
+            statuses,
+            records,
+            requests,
+        }
     }
+}
+
+/// Where the run loop is between commands.
+struct Loop {
+    queue: VecDeque<Command>,
+    seq: u64,
+    first_traffic: Option<Duration>,
+    next_tick: Instant,
+    window_start: Duration,
 }
 
 /// Runs one rollout to the end.
@@ -503,6 +775,7 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
 /// # Errors
 /// Only when the run cannot start (the decision log cannot be opened); everything that
 /// happens during the rollout ends in a [`RunReport`].
+#[allow(clippy::too_many_lines)] // the loop of one rollout, read top to bottom
 pub async fn run<T: TrafficProvider, M: MetricsSource>(
     policy: &Policy,
     traffic: &T,
@@ -538,43 +811,52 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         steps_reached: 0,
         log_failed: None,
         notifier: policy.notify.clone().map(Notifier::new),
+        readiness: opts.readiness,
     };
     let mut abort = opts.abort;
-    let mut approve = opts.approve;
+    let mut levers = opts.levers;
     let mut phase = Phase::Pending;
-    let pre_checks = policy.hooks.iter().any(|h| h.when == HookWhen::PreRollout);
+    // Always: the provider and the source must answer before any traffic moves.
     let (next, cmds) = step(
         phase.clone(),
         Event::Start {
             now: shell.now(),
-            pre_checks,
+            pre_checks: true,
         },
         plan,
     );
     shell.transition(&phase, &next, "started", None);
     phase = next;
-    let mut queue: VecDeque<Command> = cmds.into();
-    let mut seq: u64 = 0;
-    let mut first_traffic: Option<Duration> = None;
-    let mut next_tick = Instant::now();
-    let mut window_start = Duration::ZERO;
+    let mut l = Loop {
+        queue: cmds.into(),
+        seq: 0,
+        first_traffic: None,
+        next_tick: Instant::now(),
+        window_start: Duration::ZERO,
+    };
 
     'outer: loop {
-        while let Some(cmd) = queue.pop_front() {
+        while let Some(cmd) = l.queue.pop_front() {
             match cmd {
                 Command::Apply { weight, delay } => {
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
                     let event = shell.apply(weight).await;
-                    if first_traffic.is_none()
+                    if l.first_traffic.is_none()
                         && matches!(event, Event::Applied { weight, .. } if weight.bp() > 0)
                     {
-                        first_traffic = Some(shell.now());
+                        l.first_traffic = Some(shell.now());
                     }
                     let (label, detail) = match &event {
                         Event::Applied { .. } => ("weight-applied", None),
                         Event::ApplyFailed { error, .. } => ("apply-failed", Some(error.clone())),
+                        Event::Preempted { weight, found, .. } => (
+                            "preempted",
+                            Some(format!(
+                                "set {weight}, then {found} was in force: changed outside coalmine"
+                            )),
+                        ),
                         _ => ("event", None),
                     };
                     let (n, c) = step(phase.clone(), event, plan);
@@ -584,8 +866,8 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                     if let Phase::Progressing(p) = &n {
                         shell.steps_reached = shell.steps_reached.max(p.step + 1);
                         // A new step: the next window starts now.
-                        next_tick = Instant::now() + plan.analysis_interval;
-                        window_start = shell.now();
+                        l.next_tick = Instant::now() + plan.analysis_interval;
+                        l.window_start = shell.now();
                     }
                     let detail = match (&n, detail) {
                         (Phase::RolledBack { reason }, None) => Some(reason.to_string()),
@@ -600,24 +882,37 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                     };
                     shell.transition(&phase, &n, label, detail);
                     phase = n;
-                    queue.extend(c);
+                    l.queue.extend(c);
                 }
                 Command::Finish => break 'outer,
                 Command::Record(_) => {}
+                Command::Notify(note) => {
+                    let wall0 = shell.wall0;
+                    let at = move |d: Duration| rfc3339(wall0 + d);
+                    let detail = note.detail(&at);
+                    shell.transition(&phase, &phase, note.event(), Some(detail));
+                }
                 Command::RunPreChecks => {
-                    let failed = shell
-                        .run_hooks(HookWhen::PreRollout, &phase, "pending")
-                        .await;
+                    let failed = shell.pre_checks(&phase).await;
                     let event = Event::PreChecksDone {
                         failed,
                         now: shell.now(),
                     };
                     let (n, c) = step(phase.clone(), event, plan);
-                    if !matches!(n, Phase::PreChecks) && !matches!(n, Phase::RollingBack { .. }) {
-                        shell.transition(&phase, &n, "checks-passed", None);
+                    match &n {
+                        Phase::NotStarted { reason } => {
+                            shell.transition(
+                                &phase,
+                                &n,
+                                "not-started",
+                                Some(not_started_text(reason)),
+                            );
+                        }
+                        Phase::PreChecks => {}
+                        _ => shell.transition(&phase, &n, "checks-passed", None),
                     }
                     phase = n;
-                    queue.extend(c);
+                    l.queue.extend(c);
                 }
             }
         }
@@ -625,79 +920,107 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
             break;
         }
         if let Some(why) = shell.log_failed.take() {
-            queue.extend(shell.abort(&mut phase, why));
+            l.queue.extend(shell.abort(&mut phase, why));
             continue;
         }
-        let Phase::Progressing(progress) = &phase else {
-            // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
-            let why = format!("controller stuck in phase {}", phase.name());
-            queue.extend(shell.abort(&mut phase, why));
-            continue;
-        };
-        let step_before = progress.step;
-        let step_requests_before = progress.requests;
-        // Wait for the next tick, an abort or an approval.
-        match wait(next_tick, &mut abort, &mut approve).await {
-            Wake::Abort(why) => {
-                queue.extend(shell.abort(&mut phase, why));
+        let (step_before, step_requests_before, applied) = match &phase {
+            Phase::Progressing(p) => (p.step, p.requests, p.weight),
+            Phase::Paused(z) => (z.progress.step, z.progress.requests, z.progress.weight),
+            _ => {
+                // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
+                let why = format!("controller stuck in phase {}", phase.name());
+                l.queue.extend(shell.abort(&mut phase, why));
                 continue;
             }
-            Wake::Approve => {
-                let (n, c) = step(phase.clone(), Event::Approve { now: shell.now() }, plan);
-                shell.transition(&phase, &n, "approved", None);
+        };
+        // Wait for the next tick, an abort or a lever.
+        match wait(l.next_tick, &mut abort, &mut levers).await {
+            Wake::Abort(why) => {
+                l.queue.extend(shell.abort(&mut phase, why));
+                continue;
+            }
+            Wake::Lever(lever) => {
+                let now = shell.now();
+                let (event, label) = match lever {
+                    Lever::Approve => (Event::Approve { now }, "approved"),
+                    Lever::Pause { why } => (Event::Pause { why, now }, "pause-requested"),
+                    Lever::Resume => (Event::Resume { now }, "resume-requested"),
+                };
+                let (n, c) = step(phase.clone(), event, plan);
+                shell.transition(&phase, &n, label, None);
                 phase = n;
-                queue.extend(c);
+                l.queue.extend(c);
                 continue;
             }
             Wake::Tick => {}
         }
-        if Instant::now() < next_tick {
+        if Instant::now() < l.next_tick {
             continue;
         }
         // Analyse the window that just ended.
         let now = shell.now();
         let window = Window {
-            seq,
-            start: shell.wall(window_start),
+            seq: l.seq,
+            start: shell.wall(l.window_start),
             end: shell.wall(now),
-            weight: shell.weight,
+            weight: applied,
         };
-        seq += 1;
+        l.seq += 1;
         shell.ticks += 1;
-        // A window that starts inside the warm-up is discarded whole.
-        let warming = first_traffic.is_some_and(|t| window_start < t + plan.warmup);
-        let (statuses, records, requests) = shell.analyse(&window, !warming).await;
-        let now = shell.now();
-        let (n, c) = if warming {
-            // Nothing judged: the phase stays, with its reason on record.
-            let since = now.saturating_sub(first_traffic.unwrap_or(now));
-            let hold = Decision::Hold {
-                reason: format!(
-                    "warming up: {:.0}s of {:.0}s, data discarded",
-                    since.as_secs_f64(),
-                    plan.warmup.as_secs_f64()
-                ),
-            };
-            (phase.clone(), vec![Command::Record(hold)])
-        } else {
-            step(
-                phase.clone(),
-                Event::Tick {
-                    now,
-                    metrics: statuses,
-                    requests,
-                },
-                plan,
-            )
+        let fetches = join_all(policy.metrics.iter().map(|m| source.fetch(m, &window))).await;
+        // What weight is in force, read as late as possible before deciding: a change by
+        // someone else between this read and the next traffic change cannot be seen (that
+        // would need compare-and-set from the provider), so the gap is kept to the decision
+        // and its record.
+        let in_force = shell.in_force(applied).await;
+        // A window that starts inside the warm-up is discarded whole (it was still fetched:
+        // sources keep their windows contiguous).
+        let warming = l
+            .first_traffic
+            .is_some_and(|t| l.window_start < t + plan.warmup);
+        let mut facts = WindowFacts {
+            baseline_errors: baseline_errors(&policy.metrics, &fetches),
+            in_force,
+            discarded: None,
         };
+        let now = shell.now();
+        let (analysed, health) = if warming {
+            let since = now.saturating_sub(l.first_traffic.unwrap_or(now));
+            facts.discarded = Some(format!(
+                "warming up: {:.0}s of {:.0}s, data discarded",
+                since.as_secs_f64(),
+                plan.warmup.as_secs_f64()
+            ));
+            facts.baseline_errors = None;
+            let empty = Analysed {
+                statuses: Vec::new(),
+                records: Vec::new(),
+                requests: None,
+            };
+            (empty, Health::Unknown)
+        } else {
+            let j = judging(&phase, &facts, plan);
+            (shell.judge(&window, fetches, &j), j.health)
+        };
+        let (n, c) = step(
+            phase.clone(),
+            Event::Tick {
+                now,
+                metrics: analysed.statuses,
+                requests: analysed.requests,
+                facts,
+            },
+            plan,
+        );
         let decision = c.iter().find_map(|c| match c {
             Command::Record(d) => Some(d.clone()),
             _ => None,
         });
         let step_requests = match &n {
             Phase::Progressing(p) => p.requests,
+            Phase::Paused(z) => z.progress.requests,
             _ => {
-                let r = requests.unwrap_or([0.0, 0.0]);
+                let r = analysed.requests.unwrap_or([0.0, 0.0]);
                 [
                     step_requests_before[0] + r[0],
                     step_requests_before[1] + r[1],
@@ -719,11 +1042,12 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                 start: rfc3339(window.start),
                 end: rfc3339(window.end),
             }),
-            requests: requests.map(|w| RequestsRecord {
+            requests: analysed.requests.map(|w| RequestsRecord {
                 window: w,
                 step: step_requests,
             }),
-            metrics: records.clone(),
+            baseline: (health != Health::Unknown).then_some(health),
+            metrics: analysed.records.clone(),
             decision: decision.clone().or(Some(Decision::Hold {
                 reason: String::new(),
             })),
@@ -732,14 +1056,16 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         };
         // Written before acting on it.
         shell.record(&r);
-        shell.last = records;
-        phase = n;
-        queue.extend(c);
-        next_tick += plan.analysis_interval;
-        if next_tick < Instant::now() {
-            next_tick = Instant::now() + plan.analysis_interval;
+        if !analysed.records.is_empty() {
+            shell.last = analysed.records;
         }
-        window_start = now;
+        phase = n;
+        l.queue.extend(c);
+        l.next_tick += plan.analysis_interval;
+        if l.next_tick < Instant::now() {
+            l.next_tick = Instant::now() + plan.analysis_interval;
+        }
+        l.window_start = now;
     }
 
     match &phase {
@@ -761,6 +1087,9 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
     let outcome = match &phase {
         Phase::Promoted => FinalOutcome::Promoted,
         Phase::RolledBack { reason } => FinalOutcome::RolledBack {
+            reason: reason.clone(),
+        },
+        Phase::NotStarted { reason } => FinalOutcome::NotStarted {
             reason: reason.clone(),
         },
         Phase::Failed { reason } => FinalOutcome::Failed {

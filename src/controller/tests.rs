@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::machine::{Command, Decision, Event, MetricStatus, Phase, Progress, Reason, step};
+use super::machine::{
+    Command, Decision, Event, MetricStatus, Phase, Progress, Reason, WindowFacts, step,
+};
 use super::runner::{FinalOutcome, Quiet, RunOptions, run};
 use crate::analysis::Outcome;
 use crate::metrics::mock::{Answer, MockSource};
@@ -11,15 +13,15 @@ use crate::model::Weight;
 use crate::policy::{self, OnNoData, Rollout};
 use crate::traffic::mock::{Behaviour, MockTrafficProvider};
 
-fn w(p: f64) -> Weight {
+pub(super) fn w(p: f64) -> Weight {
     Weight::try_from_percent(p).unwrap()
 }
 
-fn s(secs: u64) -> Duration {
+pub(super) fn s(secs: u64) -> Duration {
     Duration::from_secs(secs)
 }
 
-fn plan() -> Rollout {
+pub(super) fn plan() -> Rollout {
     let mut r = Rollout::with_steps(vec![w(5.0), w(25.0), w(100.0)]);
     r.step_duration = s(60);
     r.analysis_interval = s(10);
@@ -31,16 +33,8 @@ fn plan() -> Rollout {
     r
 }
 
-fn progressing(step: usize, weight: Weight, since: u64) -> Phase {
-    Phase::Progressing(Progress {
-        step,
-        weight,
-        since: s(since),
-        requests: [0.0, 0.0],
-        no_data_since: None,
-        error_ticks: 0,
-        approved: false,
-    })
+pub(super) fn progressing(step: usize, weight: Weight, since: u64) -> Phase {
+    Phase::Progressing(Progress::new(step, weight, s(since), Duration::ZERO))
 }
 
 fn status(metric: &str, outcome: Option<Outcome>) -> MetricStatus {
@@ -49,6 +43,7 @@ fn status(metric: &str, outcome: Option<Outcome>) -> MetricStatus {
         outcome,
         reason: format!("{metric} reason"),
         dry_run: false,
+        comparative: true,
     }
 }
 
@@ -61,6 +56,7 @@ fn tick(now: u64, outcomes: &[Option<Outcome>], requests: [f64; 2]) -> Event {
             .map(|(i, o)| status(&format!("m{i}"), *o))
             .collect(),
         requests: Some(requests),
+        facts: WindowFacts::default(),
     }
 }
 
@@ -91,7 +87,8 @@ fn start_shifts_to_first_step() {
         Phase::Shifting {
             step: 0,
             target: w(5.0),
-            attempt: 0
+            attempt: 0,
+            paused_for: Duration::ZERO,
         }
     );
     assert_eq!(c, vec![apply(w(5.0))]);
@@ -173,7 +170,8 @@ fn holds_until_duration_and_requests_then_advances_then_promotes() {
         Phase::Shifting {
             step: 1,
             target: w(25.0),
-            attempt: 0
+            attempt: 0,
+            paused_for: Duration::ZERO,
         }
     );
     assert_eq!(
@@ -317,6 +315,7 @@ fn provider_failures_are_retried_then_roll_back() {
         step: 0,
         target: w(5.0),
         attempt: 0,
+        paused_for: Duration::ZERO,
     };
     let (p, c) = step(shifting.clone(), failed(true), &plan);
     assert_eq!(
@@ -324,7 +323,8 @@ fn provider_failures_are_retried_then_roll_back() {
         Phase::Shifting {
             step: 0,
             target: w(5.0),
-            attempt: 1
+            attempt: 1,
+            paused_for: Duration::ZERO,
         }
     );
     assert!(matches!(c[0], Command::Apply { delay, .. } if delay > Duration::ZERO));
@@ -347,7 +347,10 @@ fn provider_failures_are_retried_then_roll_back() {
 fn a_rollback_that_cannot_be_applied_fails_loudly() {
     let plan = plan();
     let mut p = Phase::RollingBack {
-        reason: Reason::Deadline { after_s: 600.0 },
+        reason: Reason::Deadline {
+            after_s: 600.0,
+            waiting: String::new(),
+        },
         attempt: 0,
     };
     for _ in 0..=plan.apply_retries * 2 {
@@ -380,6 +383,7 @@ fn abort_rolls_back_from_any_live_phase() {
             step: 1,
             target: w(25.0),
             attempt: 0,
+            paused_for: Duration::ZERO,
         },
         Phase::Promoting { attempt: 0 },
     ] {
@@ -414,7 +418,7 @@ fn abort_rolls_back_from_any_live_phase() {
 
 // ---- the runner, under paused time ----
 
-fn policy_with(rollout: &str, metrics: &str) -> policy::Policy {
+pub(super) fn policy_with(rollout: &str, metrics: &str) -> policy::Policy {
     let text = format!(
         "name = \"t\"\n[rollout]\n{rollout}\n[traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\
          baseline = \"http://127.0.0.1:1\"\ncanary = \"http://127.0.0.1:2\"\n{metrics}"
@@ -423,7 +427,7 @@ fn policy_with(rollout: &str, metrics: &str) -> policy::Policy {
 }
 
 const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n";
-const TIMING: &str = "steps = [5, 25, 100]\nstep_duration = \"60s\"\nanalysis_interval = \"10s\"\nmin_requests = 100\ndeadline = \"10m\"";
+pub(super) const TIMING: &str = "steps = [5, 25, 100]\nstep_duration = \"60s\"\nanalysis_interval = \"10s\"\nmin_requests = 100\ndeadline = \"10m\"";
 
 async fn run_quiet(
     policy: &policy::Policy,
@@ -496,7 +500,8 @@ async fn bad_canary_rolls_back_and_the_record_precedes_the_rollback() {
     let opts = RunOptions {
         decisions: Some(log.clone()),
         abort: None,
-        approve: None,
+        levers: None,
+        readiness: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await
@@ -556,7 +561,8 @@ async fn warmup_discards_the_first_windows_and_records_why() {
     let opts = RunOptions {
         decisions: Some(log.clone()),
         abort: None,
-        approve: None,
+        levers: None,
+        readiness: None,
     };
     let source = cold_start_source();
     let report = run(
@@ -740,7 +746,8 @@ async fn abort_signal_rolls_back() {
     let opts = RunOptions {
         decisions: None,
         abort: Some(rx),
-        approve: None,
+        levers: None,
+        readiness: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await

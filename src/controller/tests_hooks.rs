@@ -20,8 +20,8 @@ use crate::traffic::mock::MockTrafficProvider;
 
 fn policy(extra: &str) -> policy::Policy {
     let text = format!(
-        "name = \"hooks\"\n[rollout]\nsteps = [50, 100]\nstep_duration = \"300ms\"\n\
-         analysis_interval = \"100ms\"\nmin_requests = 1\ndeadline = \"20s\"\n\
+        "name = \"hooks\"\n[rollout]\nsteps = [50, 100]\nstep_duration = \"1s\"\n\
+         analysis_interval = \"1s\"\nmin_requests = 1\ndeadline = \"20s\"\n\
          [traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\nbaseline = \"http://127.0.0.1:1\"\n\
          canary = \"http://127.0.0.1:2\"\n[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n{extra}"
     );
@@ -62,14 +62,14 @@ fn machine_gates_the_first_step_on_the_checks() {
         now: Duration::ZERO,
     };
     let (p3, c3) = step(p, bad, &plan);
+    // Not ready: nothing is touched, not even a "safe" 0 % (it is not ours to set).
     assert!(matches!(
         p3,
-        Phase::RollingBack {
+        Phase::NotStarted {
             reason: Reason::PreCheck { .. },
-            ..
         }
     ));
-    assert!(matches!(c3[0], Command::Apply { weight, .. } if weight == Weight::ZERO));
+    assert_eq!(c3, vec![Command::Finish]);
 }
 
 #[tokio::test]
@@ -87,7 +87,7 @@ async fn a_failing_pre_rollout_check_moves_no_traffic() {
     )
     .await
     .unwrap();
-    let FinalOutcome::RolledBack {
+    let FinalOutcome::NotStarted {
         reason: Reason::PreCheck { hook, detail },
     } = &report.outcome
     else {
@@ -95,8 +95,8 @@ async fn a_failing_pre_rollout_check_moves_no_traffic() {
     };
     assert_eq!(hook, "smoke");
     assert!(detail.contains("after 2 attempts"), "{detail}");
-    assert_eq!(report.exit_code, 1);
-    assert_eq!(traffic.calls(), vec![Weight::ZERO], "only the safe weight");
+    assert_eq!(report.exit_code, 3);
+    assert!(traffic.calls().is_empty(), "{:?}", traffic.calls());
 }
 
 #[tokio::test]

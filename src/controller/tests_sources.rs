@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::machine::{Command, Decision, Event, MetricStatus, Phase, Progress, Reason, step};
+use super::machine::{
+    Command, Decision, Event, MetricStatus, Phase, Progress, Reason, WindowFacts, step,
+};
 use crate::analysis::Outcome;
 use crate::model::Weight;
 use crate::policy::{OnNoData, Rollout};
@@ -26,16 +28,15 @@ fn plan() -> Rollout {
 }
 
 fn progressing() -> Phase {
-    Phase::Progressing(Progress {
-        step: 0,
-        weight: Weight::try_from_percent(10.0).unwrap(),
-        since: Duration::ZERO,
-        // Enough requests already: only the metrics decide.
-        requests: [1000.0, 1000.0],
-        no_data_since: None,
-        error_ticks: 0,
-        approved: false,
-    })
+    let mut p = Progress::new(
+        0,
+        Weight::try_from_percent(10.0).unwrap(),
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    // Enough requests already: only the metrics decide.
+    p.requests = [1000.0, 1000.0];
+    Phase::Progressing(p)
 }
 
 fn status(metric: &str, outcome: Option<Outcome>) -> MetricStatus {
@@ -48,6 +49,7 @@ fn status(metric: &str, outcome: Option<Outcome>) -> MetricStatus {
             String::new()
         },
         dry_run: false,
+        comparative: true,
     }
 }
 
@@ -58,6 +60,7 @@ fn tick(phase: Phase, secs: u64, metrics: Vec<MetricStatus>, plan: &Rollout) -> 
             now: Duration::from_secs(secs),
             metrics,
             requests: Some([100.0, 100.0]),
+            facts: WindowFacts::default(),
         },
         plan,
     );

@@ -26,7 +26,7 @@ pub struct LoadStats {
     pub ok: u64,
     /// 5xx responses.
     pub server_errors: u64,
-    /// Connection failures.
+    /// Connection failures and responses whose body broke after the headers.
     pub failed: u64,
     /// Requests not sent because too many were in flight.
     pub skipped: u64,
@@ -88,8 +88,10 @@ impl Load {
                         match client.request(req).await {
                             Ok(resp) => {
                                 let status = resp.status();
-                                let _ = resp.into_body().collect().await;
-                                if status.is_server_error() {
+                                let body = resp.into_body().collect().await;
+                                if body.is_err() {
+                                    c.failed.fetch_add(1, Ordering::Relaxed);
+                                } else if status.is_server_error() {
                                     c.server_errors.fetch_add(1, Ordering::Relaxed);
                                 } else {
                                     c.ok.fetch_add(1, Ordering::Relaxed);

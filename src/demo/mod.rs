@@ -14,7 +14,7 @@ pub const DEMO_POLICY: &str = include_str!("../../policies/demo.toml");
 
 /// What the canary does wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// Canary and baseline behave the same: expect a promotion.
     Healthy,
@@ -22,6 +22,9 @@ pub enum Scenario {
     Errors,
     /// The canary's median latency is about 50 % higher: expect a rollback.
     Latency,
+    /// The canary sends 200 headers, then resets every connection half-way through the
+    /// body: expect a rollback (every canary response is broken).
+    BrokenBodies,
 }
 
 /// Baseline and canary behaviour for a scenario.
@@ -33,6 +36,7 @@ pub fn behaviours(scenario: Scenario, seed: u64) -> (service::Behaviour, service
         median: Duration::from_millis(20),
         sigma: 0.35,
         seed: seed.wrapping_mul(2).wrapping_add(1),
+        body: service::BodyMode::Complete,
     };
     let mut canary = service::Behaviour {
         track: "canary".to_string(),
@@ -43,6 +47,7 @@ pub fn behaviours(scenario: Scenario, seed: u64) -> (service::Behaviour, service
         Scenario::Healthy => {}
         Scenario::Errors => canary.error_rate = 0.05,
         Scenario::Latency => canary.median = Duration::from_millis(30),
+        Scenario::BrokenBodies => canary.body = service::BodyMode::ResetMidBody,
     }
     (base, canary)
 }

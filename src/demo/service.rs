@@ -1,5 +1,9 @@
 //! A tiny in-process HTTP service with a configurable error rate and log-normal latency,
 //! exposing its own Prometheus `/metrics` (requests by code, latency histogram).
+//!
+//! For tests it can also break its responses *after* the headers ([`BodyMode`]): a 200
+//! whose body is reset, truncated against its `Content-Length`, or stalls half-way. Its own
+//! `/metrics` still counts those as the 200s it sent, as a real service would.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -9,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -40,7 +45,30 @@ pub struct Behaviour {
     pub sigma: f64,
     /// Seed of its random draws.
     pub seed: u64,
+    /// What happens to every response's body after the headers.
+    pub body: BodyMode,
 }
+
+/// How a service ends its responses' bodies (every response, `/metrics` excepted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyMode {
+    /// The whole body, as announced by `Content-Length`.
+    #[default]
+    Complete,
+    /// Headers and half the body, then the connection is reset (RST).
+    ResetMidBody,
+    /// Headers and half the body, then the connection is closed (FIN): fewer bytes than
+    /// `Content-Length` announced.
+    Truncated,
+    /// Headers and half the body, then nothing for an hour (an upstream that hangs).
+    Stalled,
+}
+
+/// Length of the demo's response bodies: big enough to be cut in half visibly.
+const BODY_LEN: usize = 256;
+
+type ServiceBody = BoxBody<Bytes, std::io::Error>;
 
 #[derive(Debug)]
 struct Counters {
@@ -135,28 +163,85 @@ impl Shared {
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<ServiceBody>, Infallible> {
     if req.uri().path() == "/metrics" {
-        let mut r = Response::new(Full::new(Bytes::from(shared.exposition())));
+        let mut r = Response::new(full(shared.exposition()));
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
         );
         return Ok(r);
     }
+    if req.uri().path() == "/healthz" {
+        // Readiness (`[traffic] readiness_path`): always ready, never counted.
+        return Ok(Response::new(full("ok\n".to_string())));
+    }
     let (error, latency) = shared.draw();
-    tokio::time::sleep(latency).await;
+    let mode = shared.behaviour.body;
+    // A broken body spends half the latency before the headers and half before it breaks,
+    // so the break is unambiguously after the headers and mid-body.
+    let before = if mode == BodyMode::Complete {
+        latency
+    } else {
+        latency / 2
+    };
+    tokio::time::sleep(before).await;
     shared.record(error, latency);
-    let body = format!(
+    let line = format!(
         "{} {}\n",
         shared.behaviour.track,
         if error { "error" } else { "ok" }
     );
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    // Padded to a fixed length so that half of it is still a readable prefix.
+    let mut text = line.into_bytes();
+    text.resize(BODY_LEN.max(text.len()), b'.');
+    let len = text.len();
+    let body = match mode {
+        BodyMode::Complete => Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed(),
+        BodyMode::ResetMidBody | BodyMode::Truncated | BodyMode::Stalled => broken(
+            Bytes::from(text).slice(..len / 2),
+            latency.saturating_sub(before),
+            mode,
+        ),
+    };
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from(len),
+    );
     if error {
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
     Ok(r)
+}
+
+fn full(text: String) -> ServiceBody {
+    Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed()
+}
+
+/// The first half of a body, then (after `wait`) an error that makes hyper close the
+/// connection: with zero linger (set at accept for [`BodyMode::ResetMidBody`]) that is a
+/// reset, otherwise a plain close short of `Content-Length`. Stalled bodies never go on.
+fn broken(half: Bytes, wait: Duration, mode: BodyMode) -> ServiceBody {
+    // State: the half still to send, then the break, then nothing.
+    let stream = futures_util::stream::unfold(Some(Some(half)), move |state| async move {
+        if let Some(half) = state? {
+            return Some((Ok(Frame::data(half)), Some(None)));
+        }
+        let wait = if mode == BodyMode::Stalled {
+            Duration::from_secs(3600)
+        } else {
+            wait
+        };
+        tokio::time::sleep(wait).await;
+        Some((
+            Err(std::io::Error::other(
+                "demo service: body broken on purpose",
+            )),
+            None,
+        ))
+    });
+    StreamBody::new(stream).boxed()
 }
 
 /// A running demo service.
@@ -199,6 +284,10 @@ impl Service {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                if shared.behaviour.body == BodyMode::ResetMidBody {
+                    // Closing with zero linger sends RST instead of FIN.
+                    let _ = stream.set_zero_linger();
+                }
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(shared.clone(), req));

@@ -2,6 +2,11 @@
 //!
 //! Windows are differences of cumulative snapshots taken at window ends, split by epoch,
 //! so each segment carries the exact assignment probability its requests were routed with.
+//!
+//! `errors` counts, per arm, the requests that failed (5xx, upstream unreachable or timed
+//! out, body broken after the headers) out of all requests counted in the window; `latency`
+//! is the histogram of the requests that did not fail, measured to the last byte, so its
+//! total is `requests - errors` (an arm whose every request failed has no latency data).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -87,6 +87,11 @@ fn read_secret(
     if token.is_empty() {
         return Err(setup(format!("bearer token from {origin} is empty")));
     }
+    // From now on no message, record or log line may show it.
+    crate::redact::register(token);
+    if let Secret::Env(var) = secret {
+        crate::redact::register_env_name(var);
+    }
     Ok(token.to_string())
 }
 
@@ -325,7 +330,8 @@ fn chain(error: &dyn std::error::Error) -> String {
 /// What went wrong in a request, without reqwest's own first line: it repeats the URL with
 /// the whole encoded query, which the error already names.
 fn request_failure(e: &reqwest::Error) -> String {
-    std::error::Error::source(e).map_or_else(|| e.to_string(), chain)
+    let text = std::error::Error::source(e).map_or_else(|| e.to_string(), chain);
+    crate::redact::text(&text).into_owned()
 }
 
 /// What to ask Prometheus for one query.
@@ -389,11 +395,18 @@ impl PrometheusSource {
         let http = builder
             .build()
             .map_err(|e| setup(format!("cannot build the HTTP client: {}", chain(&e))))?;
-        let client = Client::from(http, &cfg.url)
-            .map_err(|e| setup(format!("url `{}`: {}", cfg.url, chain(&e))))?;
+        // Only the redacted URL is kept for messages: a password in it never shows.
+        crate::redact::register_url(&cfg.url, false);
+        let shown = crate::redact::url(&cfg.url);
+        let client = Client::from(http, &cfg.url).map_err(|e| {
+            setup(format!(
+                "url `{shown}`: {}",
+                crate::redact::text(&chain(&e))
+            ))
+        })?;
         Ok(PrometheusSource {
             client,
-            url: cfg.url.clone(),
+            url: shown,
             timeout: cfg.timeout,
             variables: cfg.variables.clone(),
             series_step: cfg.series_step,
@@ -428,11 +441,19 @@ impl PrometheusSource {
                         after: self.timeout,
                     }
                 } else if p.is_unavailable() {
-                    unreachable(format!("{} answered: {}", self.url, p.message()))
+                    unreachable(format!(
+                        "{} answered: {}",
+                        self.url,
+                        crate::redact::text(p.message())
+                    ))
                 } else {
                     MetricsError::Query {
                         query: query.to_string(),
-                        message: format!("Prometheus says {}: {}", p.error_type(), p.message()),
+                        message: format!(
+                            "Prometheus says {}: {}",
+                            p.error_type(),
+                            crate::redact::text(p.message())
+                        ),
                     }
                 }
             }
@@ -471,12 +492,16 @@ impl PrometheusSource {
                 },
                 None => MetricsError::Query {
                     query: query.to_string(),
-                    message: format!("{c} (is {} a Prometheus API?)", self.url),
+                    message: format!(
+                        "{} (is {} a Prometheus API?)",
+                        crate::redact::text(&c.to_string()),
+                        self.url
+                    ),
                 },
             },
             other => MetricsError::Query {
                 query: query.to_string(),
-                message: chain(&other),
+                message: crate::redact::text(&chain(&other)).into_owned(),
             },
         }
     }

@@ -9,7 +9,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::diag::Ctx;
-use super::providers::{argv, http_url, positive_dur};
+use super::providers::{argv, env_names, http_url, positive_dur};
 use super::raw::Dur;
 
 /// When a hook runs.
@@ -58,6 +58,9 @@ pub struct Hook {
     pub timeout: Duration,
     /// Extra attempts after a failure (1 s apart).
     pub retries: u32,
+    /// Variables of coalmine's environment passed to the command, beyond the few every
+    /// program gets (see `traffic::exec::INHERITED`); never a token variable.
+    pub env: Vec<String>,
 }
 
 /// How notifications are shaped.
@@ -99,18 +102,19 @@ pub const NOTIFY_EVENTS: &[&str] = &[
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHook {
+pub(super) struct RawHook {
     name: Spanned<String>,
     when: HookWhen,
     command: Option<Spanned<Vec<Spanned<String>>>>,
     http: Option<Spanned<String>>,
     timeout: Option<Spanned<Dur>>,
     retries: Option<u32>,
+    env: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawNotify {
+pub(super) struct RawNotify {
     webhook: Spanned<String>,
     events: Option<Vec<Spanned<String>>>,
     format: Option<NotifyFormat>,
@@ -170,12 +174,14 @@ pub(super) fn parse_hooks(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Ve
             Duration::from_secs(30),
             "hook timeout",
         );
+        let env = env_names(ctx, raw.env.as_ref());
         out.push(Hook {
             name,
             when: raw.when,
             action,
             timeout,
             retries: raw.retries.unwrap_or(0),
+            env,
         });
     }
     out

@@ -15,8 +15,11 @@ use crate::analysis::JudgeSpec;
 use crate::analysis::observation::Shape;
 use crate::model::{Arm, Weight};
 
+pub mod bounds;
 pub mod diag;
 pub mod hooks;
+mod keys;
+mod lint;
 mod providers;
 pub mod raw;
 pub mod template;
@@ -24,9 +27,9 @@ pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use providers::WEIGHT_PLACEHOLDERS;
-pub use raw::{Advance, Approval, OnNoData};
+pub use raw::{Advance, Approval, OnExternalChange, OnNoData};
 pub use template::Template;
-pub use validate::parse;
+pub use validate::{MAX_POLICY_BYTES, parse, parse_bytes, parse_with_warnings};
 
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +88,13 @@ pub struct Rollout {
     /// Data from the first this-long after the canary first gets traffic is discarded
     /// (warm-up artefacts: cold caches, JIT); the rollout holds meanwhile.
     pub warmup: Duration,
+    /// The baseline counts as unhealthy (no comparison is trusted, nothing promotes) when its
+    /// own error rate is shown to exceed this (in 0..=1; 1 turns the check off).
+    pub baseline_max_error_rate: f64,
+    /// What a weight in force that the controller did not apply does.
+    pub on_external_change: OnExternalChange,
+    /// A step may end before `step_duration` once every metric passes.
+    pub early_pass: bool,
 }
 
 impl Rollout {
@@ -105,6 +115,9 @@ impl Rollout {
             apply_timeout: Duration::from_secs(10),
             approval: Approval::None,
             warmup: Duration::ZERO,
+            baseline_max_error_rate: 0.1,
+            on_external_change: OnExternalChange::Pause,
+            early_pass: false,
         }
     }
 }
@@ -118,8 +131,60 @@ pub struct ProxyConfig {
     pub baseline: Upstream,
     /// Canary upstream.
     pub canary: Upstream,
-    /// Time limit for one upstream request; a timeout counts as an error.
+    /// Time limit for the upstream's response headers, and for each wait for more of its
+    /// body; either timeout counts as an error.
     pub upstream_timeout: Duration,
+    /// Time a client has for a whole request head (from its connection's accept, or from
+    /// the first byte of its next request on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Request headers a client may send; more is a 431.
+    pub max_headers: usize,
+    /// How `run` checks that the canary answers before it moves any traffic to it.
+    pub readiness: Readiness,
+}
+
+impl ProxyConfig {
+    /// A proxy on `listen` in front of `baseline` and `canary`, every other key at its
+    /// default (as if the policy left it out).
+    #[must_use]
+    pub fn new(listen: SocketAddr, baseline: Upstream, canary: Upstream) -> Self {
+        ProxyConfig {
+            listen,
+            baseline,
+            canary,
+            upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: crate::net::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: crate::net::DEFAULT_IDLE_TIMEOUT,
+            max_headers: crate::net::DEFAULT_MAX_HEADERS,
+            readiness: Readiness::default(),
+        }
+    }
+}
+
+/// The canary's HTTP readiness probe (`[traffic] readiness_*` of the built-in proxy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Path requested from the canary, e.g. `/` or `/healthz`.
+    pub path: String,
+    /// Statuses that mean ready (empty: any 2xx).
+    pub statuses: Vec<u16>,
+    /// Time limit of one probe.
+    pub timeout: Duration,
+    /// Probes before giving up (one second apart).
+    pub attempts: u32,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            path: "/".to_string(),
+            statuses: Vec::new(),
+            timeout: Duration::from_secs(2),
+            attempts: 3,
+        }
+    }
 }
 
 /// An HTTP upstream.
@@ -196,6 +261,9 @@ pub struct ExecConfig {
     pub resolution: Weight,
     /// Exit codes that mean "try again later" (all other non-zero codes are permanent).
     pub transient_exit_codes: Vec<i32>,
+    /// Variables of coalmine's environment passed to the programs, beyond the few every
+    /// program gets (see `traffic::exec::INHERITED`); never a token variable.
+    pub env: Vec<String>,
 }
 
 /// Read-back of the `http` provider: GET a URL, take a number (percent) at a JSON pointer.
@@ -416,4 +484,35 @@ pub struct MetricConfig {
     pub judge: JudgeSpec,
     /// Recorded and reported, never acted on.
     pub dry_run: bool,
+}
+
+impl Policy {
+    /// Whether any metric reports request counts (counts or histograms), so that
+    /// `[rollout] min_requests` applies.
+    #[must_use]
+    pub fn counts_requests(&self) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| matches!(m.shape, Shape::Counts | Shape::Histogram))
+    }
+
+    /// Settings that are valid but cannot do what they seem to say (printed by `validate`
+    /// and `run`; never fatal).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rollout.min_requests > 0 && !self.counts_requests() {
+            out.push(format!(
+                "min_requests = {} does not apply: no metric counts requests (none gives counts \
+                 or a histogram), so steps end on step_duration{}",
+                self.rollout.min_requests,
+                if self.scoring.is_some() {
+                    " and the score's [scoring] min_points"
+                } else {
+                    ""
+                }
+            ));
+        }
+        out
+    }
 }

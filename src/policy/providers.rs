@@ -7,10 +7,11 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::bounds::Bound;
 use super::diag::Ctx;
 use super::raw::{RawExec, RawGatewayApi, RawHaproxy, RawHttp, RawNginx};
 use super::template::Template;
-use super::validate::dur;
+use super::validate::{bounded, unknown_placeholders};
 use super::{
     ExecConfig, GatewayApiConfig, HaproxyConfig, HaproxySocket, HttpConfig, HttpRead, NginxConfig,
     Secret,
@@ -30,24 +31,14 @@ pub(super) fn fixed_template(
 ) -> Option<Template> {
     match Template::parse(s.get_ref()) {
         Ok(t) => {
-            let unknown: Vec<String> = t
-                .placeholders()
-                .into_iter()
-                .filter(|p| !known.contains(p))
-                .map(|u| format!("`{{{{{u}}}}}`"))
-                .collect();
-            if unknown.is_empty() {
-                return Some(t);
+            let shown: Vec<String> = known.iter().map(ToString::to_string).collect();
+            match unknown_placeholders(&t, known, &shown, what) {
+                None => Some(t),
+                Some(problem) => {
+                    ctx.error(s.span(), problem);
+                    None
+                }
             }
-            ctx.error(
-                s.span(),
-                format!(
-                    "unknown placeholder {} in {what}; known: {}",
-                    unknown.join(", "),
-                    known.join(", ")
-                ),
-            );
-            None
         }
         Err(e) => {
             ctx.error(s.span(), format!("bad {what} template: {e}"));
@@ -90,17 +81,52 @@ pub(super) fn secret(
     }
 }
 
+/// A time limit of one call: `default` when absent, within [`Bound::timeout`].
+/// `env = ["NAME", ...]`: environment variable names passed to a program.
+pub(super) fn env_names(ctx: &mut Ctx, v: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in v.map(|v| v.get_ref().as_slice()).unwrap_or_default() {
+        let name = n.get_ref();
+        let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push(name.clone());
+        } else {
+            ctx.error(
+                n.span(),
+                format!(
+                    "env must list environment variable names (letters, digits, _), got `{name}`"
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// With a token configured, `url` must not carry credentials too: the HTTP client would
+/// send the URL's basic auth and silently drop the bearer token.
+pub(super) fn one_credential(ctx: &mut Ctx, url: &Spanned<String>, what: &str) {
+    let u = url.get_ref();
+    let authority = u
+        .split_once("://")
+        .map_or("", |(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if authority.contains('@') {
+        ctx.error(
+            url.span(),
+            format!(
+                "{what} carries credentials (user:password@) and a token is configured: the URL's credentials would replace the token; keep one (prefer token_env or token_file)"
+            ),
+        );
+    }
+}
+
 pub(super) fn positive_dur(
     ctx: &mut Ctx,
     v: Option<&Spanned<super::raw::Dur>>,
     default: Duration,
-    what: &str,
+    what: &'static str,
 ) -> Duration {
-    let (d, span) = dur(v, default);
-    if d.is_zero() {
-        ctx.error(span, format!("{what} must be positive"));
-    }
-    d
+    bounded(ctx, v, default, &Bound::timeout(what)).0
 }
 
 /// A name that must be non-empty and free of whitespace and the characters in `bad`.
@@ -347,12 +373,14 @@ pub(super) fn exec(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<ExecCon
         "timeout",
     );
     let resolution = resolution(ctx, raw.resolution.as_ref());
+    let env = env_names(ctx, raw.env.as_ref());
     (ctx.diags.len() == before).then(|| ExecConfig {
         command: command.into_iter().flatten().collect(),
         read_command,
         timeout,
         resolution,
         transient_exit_codes: raw.transient_exit_codes.unwrap_or_else(|| vec![75]),
+        env,
     })
 }
 
@@ -435,6 +463,12 @@ pub(super) fn http(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<HttpCon
         raw.token_env.as_ref(),
         raw.token_file.as_ref(),
     );
+    if token.is_some() {
+        one_credential(ctx, &raw.url, "url");
+        if let Some(u) = &raw.read_url {
+            one_credential(ctx, u, "read_url");
+        }
+    }
     let token_header = raw.token_header.as_ref().map_or_else(
         || "Authorization".to_string(),
         |h| name(ctx, h, "token_header", &[':']),
@@ -611,8 +645,8 @@ mod tests {
             "5:10: socket must be a unix socket path (/run/haproxy/admin.sock) or a TCP address (ipv4@127.0.0.1:9999), got `admin.sock`\n\
              6:11: backend `a/b` must not contain \"/\"\n\
              8:10: baseline and canary name the same server `x`\n\
-             9:11: timeout must be positive\n\
-             10:1: unknown field `colour`, expected one of `socket`, `backend`, `baseline`, `canary`, `timeout`"
+             9:11: timeout must be at least 10ms, got 0s: a shorter limit fails even a healthy call on a busy host\n\
+             10:1: unknown key `colour` in [traffic] type = \"haproxy\"; expected one of type, socket, backend, baseline, canary, timeout"
         );
     }
 

@@ -91,6 +91,20 @@ pub enum OnNoData {
     Rollback,
 }
 
+/// What the controller does when it finds a weight in force that it did not apply (someone
+/// changed traffic by hand, another controller acted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnExternalChange {
+    /// Pause: touch nothing, notify, and wait for an operator to resume or abort.
+    #[default]
+    Pause,
+    /// Roll back: put 0 % on the canary.
+    Rollback,
+    /// Adopt the weight found and go on from there.
+    Adopt,
+}
+
 /// `[rollout]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +122,9 @@ pub(crate) struct RawRollout {
     pub apply_timeout: Option<Spanned<Dur>>,
     pub approval: Option<Approval>,
     pub warmup: Option<Spanned<Dur>>,
+    pub baseline_max_error_rate: Option<Spanned<f64>>,
+    pub on_external_change: Option<OnExternalChange>,
+    pub early_pass: Option<bool>,
 }
 
 /// `[[metric]]` keys shared by every judge.
@@ -228,6 +245,13 @@ pub(crate) struct RawProxy {
     pub baseline: Spanned<String>,
     pub canary: Spanned<String>,
     pub upstream_timeout: Option<Spanned<Dur>>,
+    pub readiness_path: Option<Spanned<String>>,
+    pub readiness_statuses: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub readiness_timeout: Option<Spanned<Dur>>,
+    pub readiness_attempts: Option<Spanned<u32>>,
+    pub header_read_timeout: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub max_headers: Option<Spanned<i64>>,
 }
 
 /// `[metrics] type = "builtin"`.
@@ -284,6 +308,7 @@ pub(crate) struct RawExec {
     pub timeout: Option<Spanned<Dur>>,
     pub resolution: Option<Spanned<f64>>,
     pub transient_exit_codes: Option<Vec<i32>>,
+    pub env: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[traffic] type = "http"`.

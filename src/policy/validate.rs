@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::bounds::{self, Bound};
 use super::diag::{Ctx, Diagnostics, split, table_value, take};
 use super::providers;
 use super::raw::{
@@ -18,8 +19,8 @@ use super::raw::{
 };
 use super::template::Template;
 use super::{
-    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Rollout,
-    SourceConfig, TrafficConfig, Upstream, Variable,
+    BuiltinSignal, DataSpec, MetricConfig, Policy, PrometheusConfig, ProxyConfig, Readiness,
+    Rollout, SourceConfig, TrafficConfig, Upstream, Variable,
 };
 use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
@@ -38,35 +39,100 @@ pub const SOURCE_TYPES: &[&str] = &["builtin", "prometheus", "haproxy"];
 /// Judge names, for messages.
 pub const JUDGES: &[&str] = &["sequential", "mann-whitney", "threshold"];
 
+/// Largest policy file accepted: real policies are a few KB; anything near this size is the
+/// wrong file (or an attack on the parser), and refusing it up front keeps `validate` fast.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
 /// Parses and validates a policy. `origin` names the file in messages.
 ///
 /// # Errors
 /// Every problem found, each with its position.
 pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
+    parse_with_warnings(source, origin).map(|(p, _)| p)
+}
+
+/// Checks a policy file's bytes (size, UTF-8) and parses it; `Ok` carries the warnings.
+///
+/// # Errors
+/// Every problem found, each with its position: a file larger than [`MAX_POLICY_BYTES`],
+/// the first byte that is not UTF-8, or what [`parse_with_warnings`] finds.
+pub fn parse_bytes(bytes: &[u8], origin: &str) -> Result<(Policy, Diagnostics), Diagnostics> {
+    if bytes.len() > MAX_POLICY_BYTES {
+        return Err(Diagnostics::new(
+            origin,
+            "",
+            vec![super::Diagnostic {
+                span: 0..0,
+                message: format!(
+                    "the file is {} bytes, more than the {MAX_POLICY_BYTES} bytes (1 MiB) a policy may have: policies are a few KB of TOML; is this the right file?",
+                    bytes.len()
+                ),
+            }],
+        ));
+    }
+    let source = match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let at = e.valid_up_to();
+            // The valid prefix locates the bad byte.
+            let prefix = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+            return Err(Diagnostics::new(
+                origin,
+                prefix,
+                vec![super::Diagnostic {
+                    span: at..at,
+                    message: format!(
+                        "invalid UTF-8 (byte 0x{:02x} at offset {at}): a policy must be UTF-8 text",
+                        bytes[at]
+                    ),
+                }],
+            ));
+        }
+    };
+    parse_with_warnings(source, origin)
+}
+
+/// Parses and validates a policy; `Ok` carries the warnings (possibly none).
+///
+/// # Errors
+/// Every problem found, each with its position (warnings included).
+pub fn parse_with_warnings(
+    source: &str,
+    origin: &str,
+) -> Result<(Policy, Diagnostics), Diagnostics> {
     let mut ctx = Ctx::default();
+    let fail = |ctx: Ctx| {
+        Err(Diagnostics::with_warnings(
+            origin,
+            source,
+            ctx.diags,
+            ctx.warnings,
+        ))
+    };
     let (root, errors) = DeTable::parse_recoverable(source);
     if !errors.is_empty() {
         // The parser recovers and reports follow-on errors on the same line; the first one
         // per line is the one to fix.
+        let lines = super::diag::LineIndex::new(source);
         let mut lines_seen = BTreeSet::new();
         for e in &errors {
             let span = e.span().unwrap_or(0..0);
-            if lines_seen.insert(super::diag::line_col(source, span.start).0) {
+            if lines_seen.insert(lines.line(span.start)) {
                 let msg = e.message().lines().next().unwrap_or("invalid TOML");
                 ctx.error(span, msg.to_string());
             }
         }
-        return Err(Diagnostics::new(origin, source, ctx.diags));
+        return fail(ctx);
     }
     let root_span = root.span();
     let mut root = root.into_inner();
-    let rollout = take(&mut root, "rollout");
-    let traffic = take(&mut root, "traffic");
+    let rollout_value = take(&mut root, "rollout");
+    let traffic_value = take(&mut root, "traffic");
     let scoring = take(&mut root, "scoring");
     let hook = take(&mut root, "hook");
     let notify = take(&mut root, "notify");
     let metrics = take(&mut root, "metrics");
-    let metric = take(&mut root, "metric");
+    let metric_value = take(&mut root, "metric");
 
     let head: Option<RawRoot> = ctx.de(&table_value(root_span.clone(), root));
     let alpha = head
@@ -85,8 +151,8 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         ctx.error(h.name.span(), "name must not be empty");
     }
 
-    let rollout = parse_rollout(&mut ctx, rollout.as_ref());
-    let traffic = match &traffic {
+    let rollout = parse_rollout(&mut ctx, rollout_value.as_ref());
+    let traffic = match &traffic_value {
         Some(t) => parse_traffic(&mut ctx, t),
         None => {
             ctx.error(
@@ -111,7 +177,7 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
             "metrics type `builtin` reads the built-in proxy's counters and needs [traffic] type = \"proxy\"",
         );
     }
-    let metrics = match &metric {
+    let metrics = match &metric_value {
         Some(m) => parse_metrics(&mut ctx, m, src_cfg.as_ref().map(|s| &s.0), alpha),
         None => {
             ctx.error(
@@ -128,15 +194,55 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
     let scoring = parse_scoring(&mut ctx, scoring.as_ref(), &metrics, has_mw);
     let hooks = super::hooks::parse_hooks(&mut ctx, hook.as_ref());
     let notify = super::hooks::parse_notify(&mut ctx, notify.as_ref());
+    // Programs never get the variables that hold coalmine's tokens.
+    let token_vars: Vec<&str> = [
+        match &src_cfg {
+            Some((SourceConfig::Prometheus(p), _)) => p.token.as_ref(),
+            _ => None,
+        },
+        match &traffic {
+            Some(TrafficConfig::Http(h)) => h.token.as_ref(),
+            _ => None,
+        },
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|s| match s {
+        super::Secret::Env(n) => Some(n.as_str()),
+        super::Secret::File(_) => None,
+    })
+    .collect();
+    let passed = hooks
+        .iter()
+        .flat_map(|h| h.env.iter().map(|n| (n, hook.as_ref())));
+    let passed = passed.chain(
+        match &traffic {
+            Some(TrafficConfig::Exec(e)) => e.env.as_slice(),
+            _ => &[],
+        }
+        .iter()
+        .map(|n| (n, traffic_value.as_ref())),
+    );
+    for (name, at) in passed {
+        if token_vars.contains(&name.as_str()) {
+            let span = at.map_or(root_span.start..root_span.start, |v| {
+                v.span().start..v.span().start
+            });
+            ctx.error(
+                span,
+                format!("env passes `{name}`, the variable token_env reads: programs coalmine starts never get its credentials"),
+            );
+        }
+    }
     if !ctx.diags.is_empty() {
-        return Err(Diagnostics::new(origin, source, ctx.diags));
+        return fail(ctx);
     }
     let (Some(head), Some(rollout), Some(traffic), Some((src_cfg, _))) =
         (head, rollout, traffic, src_cfg)
     else {
-        return Err(Diagnostics::new(origin, source, ctx.diags));
+        return fail(ctx);
     };
-    Ok(Policy {
+    let policy = Policy {
         name: head.name.into_inner(),
         description: head.description,
         alpha,
@@ -148,7 +254,15 @@ pub fn parse(source: &str, origin: &str) -> Result<Policy, Diagnostics> {
         scoring,
         hooks,
         notify,
-    })
+    };
+    let places = super::lint::Places {
+        root: root_span,
+        rollout: rollout_value.as_ref(),
+        metric: metric_value.as_ref(),
+    };
+    super::lint::lint(&mut ctx, &policy, &places);
+    let warnings = Diagnostics::with_warnings(origin, source, Vec::new(), ctx.warnings);
+    Ok((policy, warnings))
 }
 
 fn parse_scoring(
@@ -269,6 +383,32 @@ pub(super) fn dur(
     v.map_or((default, 0..0), |d| (d.get_ref().0, d.span()))
 }
 
+/// A duration key: its value (or `default`) and span; a value outside `bound` is reported
+/// with the bound's reason (defaults are not checked: they are in range by construction).
+pub(super) fn bounded(
+    ctx: &mut Ctx,
+    v: Option<&Spanned<super::raw::Dur>>,
+    default: Duration,
+    bound: &Bound,
+) -> (Duration, Range<usize>) {
+    let (d, span) = dur(v, default);
+    if v.is_some()
+        && let Some(problem) = bound.check(d)
+    {
+        ctx.error(span.clone(), problem);
+    }
+    (d, span)
+}
+
+/// The least time the analysed steps can take: the first step ends no earlier than one
+/// analysis interval after the warm-up, and every step lasts its duration rounded up to
+/// whole analysis intervals (a step ends at the first tick at or after `step_duration`).
+fn time_budget(sd: Duration, ai: Duration, warmup: Duration, analysed: u64) -> Duration {
+    let step = bounds::round_up(sd, ai);
+    let first = step.max(bounds::plus(warmup, ai));
+    bounds::plus(first, bounds::times(step, analysed.saturating_sub(1)))
+}
+
 fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Rollout> {
     let default_steps = || {
         [5.0, 25.0, 100.0]
@@ -317,16 +457,18 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         }
     }
     let mut r = Rollout::with_steps(steps);
-    let (sd, sd_span) = dur(raw.step_duration.as_ref(), r.step_duration);
-    let (ai, ai_span) = dur(raw.analysis_interval.as_ref(), r.analysis_interval);
-    for (d, span, what) in [
-        (sd, &sd_span, "step_duration"),
-        (ai, &ai_span, "analysis_interval"),
-    ] {
-        if d.is_zero() {
-            ctx.error(span.clone(), format!("{what} must be positive"));
-        }
-    }
+    let (sd, sd_span) = bounded(
+        ctx,
+        raw.step_duration.as_ref(),
+        r.step_duration,
+        &bounds::STEP_DURATION,
+    );
+    let (ai, ai_span) = bounded(
+        ctx,
+        raw.analysis_interval.as_ref(),
+        r.analysis_interval,
+        &bounds::ANALYSIS_INTERVAL,
+    );
     if ai > sd && !sd.is_zero() {
         ctx.error(
             ai_span.clone(),
@@ -339,18 +481,56 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     }
     r.step_duration = sd;
     r.analysis_interval = ai;
-    let analysed = r.steps.iter().filter(|w| **w < Weight::FULL).count().max(1);
-    let default_deadline = (sd * analysed as u32 * 3).max(Duration::from_secs(60));
-    let (dl, dl_span) = dur(raw.deadline.as_ref(), default_deadline);
-    let min_total = sd * analysed as u32;
-    if raw.deadline.is_some() && dl < min_total {
+    let analysed = r.steps.iter().filter(|w| **w < Weight::FULL).count().max(1) as u64;
+    let (wu, wu_span) = bounded(
+        ctx,
+        raw.warmup.as_ref(),
+        Duration::ZERO,
+        &Bound {
+            min: Duration::ZERO,
+            ..Bound::positive("warmup")
+        },
+    );
+    let min_total = bounds::times(sd, analysed);
+    let budget = time_budget(sd, ai, wu, analysed);
+    let default_deadline = bounds::times(budget, 3).max(Duration::from_secs(60));
+    let (dl, dl_span) = bounded(
+        ctx,
+        raw.deadline.as_ref(),
+        default_deadline,
+        &bounds::DEADLINE,
+    );
+    let at = if raw.deadline.is_some() {
+        dl_span.clone()
+    } else if raw.step_duration.is_some() {
+        sd_span.clone()
+    } else {
+        v.span().start..v.span().start
+    };
+    if dl < min_total {
+        let what = if raw.deadline.is_some() {
+            format!("deadline {}", humantime::format_duration(dl))
+        } else {
+            format!("the longest deadline {}", humantime::format_duration(dl))
+        };
         ctx.error(
-            dl_span,
+            at,
             format!(
-                "deadline {} is shorter than {analysed} analysed step(s) × step_duration {} = {}",
-                humantime::format_duration(dl),
+                "{what} is shorter than {analysed} analysed step(s) × step_duration {} = {}",
                 humantime::format_duration(sd),
                 humantime::format_duration(min_total)
+            ),
+        );
+    } else if dl < budget {
+        ctx.warn(
+            at,
+            format!(
+                "the rollout can never promote: deadline {} is shorter than the {} its analysed steps take at least ({analysed} step(s) of step_duration {}, each rounded up to whole analysis intervals of {}; the first ends no earlier than one interval after warmup {})",
+                humantime::format_duration(dl),
+                humantime::format_duration(budget),
+                humantime::format_duration(sd),
+                humantime::format_duration(ai),
+                humantime::format_duration(wu)
             ),
         );
     }
@@ -360,10 +540,16 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     }
     r.advance = raw.advance.unwrap_or(Advance::NoFail);
     r.on_no_data = raw.on_no_data.unwrap_or(OnNoData::Hold);
-    let (nd, nd_span) = dur(raw.no_data_limit.as_ref(), ai * 10);
-    if nd.is_zero() && raw.no_data_limit.is_some() {
-        ctx.error(nd_span, "no_data_limit must be positive");
-    }
+    let (nd, nd_span) = bounded(
+        ctx,
+        raw.no_data_limit.as_ref(),
+        bounds::times(ai, 10),
+        &Bound {
+            min: ai,
+            why_min: "the limit must outlast one analysis interval, or a single late scrape would act",
+            ..Bound::positive("no_data_limit")
+        },
+    );
     r.no_data_limit = nd;
     if let Some(e) = raw.error_limit {
         r.error_limit = e;
@@ -371,14 +557,15 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     if let Some(n) = raw.apply_retries {
         r.apply_retries = n;
     }
-    let (at, at_span) = dur(raw.apply_timeout.as_ref(), r.apply_timeout);
-    if at.is_zero() {
-        ctx.error(at_span, "apply_timeout must be positive");
-    }
+    let (at, _) = bounded(
+        ctx,
+        raw.apply_timeout.as_ref(),
+        r.apply_timeout,
+        &bounds::APPLY_TIMEOUT,
+    );
     r.apply_timeout = at;
     r.approval = raw.approval.unwrap_or_default();
-    let (wu, wu_span) = dur(raw.warmup.as_ref(), Duration::ZERO);
-    if wu >= r.deadline {
+    if wu >= r.deadline && wu <= bounds::MAX {
         ctx.error(
             wu_span,
             format!(
@@ -388,8 +575,38 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
             ),
         );
     }
+    if r.on_no_data == OnNoData::Rollback && nd >= r.deadline {
+        ctx.warn(
+            nd_span,
+            format!(
+                "on_no_data = \"rollback\" never applies: no_data_limit {} is not shorter than the deadline {}",
+                humantime::format_duration(nd),
+                humantime::format_duration(r.deadline)
+            ),
+        );
+    }
     r.warmup = wu;
+    rollout_safety(ctx, &raw, &mut r);
     (ctx.diags.len() == before).then_some(r)
+}
+
+/// `baseline_max_error_rate`, `on_external_change` and `early_pass`.
+fn rollout_safety(ctx: &mut Ctx, raw: &RawRollout, r: &mut Rollout) {
+    if let Some(b) = &raw.baseline_max_error_rate {
+        let v = *b.get_ref();
+        if v > 0.0 && v <= 1.0 {
+            r.baseline_max_error_rate = v;
+        } else {
+            ctx.error(
+                b.span(),
+                format!(
+                    "baseline_max_error_rate must be in (0, 1] (1 turns the check off), got {v}"
+                ),
+            );
+        }
+    }
+    r.on_external_change = raw.on_external_change.unwrap_or_default();
+    r.early_pass = raw.early_pass.unwrap_or(false);
 }
 
 fn parse_upstream(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<Upstream> {
@@ -419,6 +636,44 @@ fn parse_upstream(ctx: &mut Ctx, s: &Spanned<String>, what: &str) -> Option<Upst
     })
 }
 
+/// Most request headers `max_headers` may allow (hyper keeps them per request).
+const MAX_HEADERS_LIMIT: i64 = 10_000;
+
+/// The proxy's client-side limits: `header_read_timeout`, `idle_timeout`, `max_headers`.
+fn proxy_limits(ctx: &mut Ctx, raw: &RawProxy) -> (Duration, Duration, usize) {
+    let (header, hspan) = dur(
+        raw.header_read_timeout.as_ref(),
+        crate::net::DEFAULT_HEADER_READ_TIMEOUT,
+    );
+    if header.is_zero() {
+        ctx.error(
+            hspan,
+            "header_read_timeout must be positive (it closes connections whose request head is too slow)",
+        );
+    }
+    let (idle, ispan) = dur(raw.idle_timeout.as_ref(), crate::net::DEFAULT_IDLE_TIMEOUT);
+    if idle.is_zero() {
+        ctx.error(
+            ispan,
+            "idle_timeout must be positive (it closes kept-alive connections without requests)",
+        );
+    }
+    let mut max_headers = crate::net::DEFAULT_MAX_HEADERS;
+    if let Some(m) = &raw.max_headers {
+        match usize::try_from(*m.get_ref()) {
+            Ok(n) if (1..=MAX_HEADERS_LIMIT).contains(m.get_ref()) => max_headers = n,
+            _ => ctx.error(
+                m.span(),
+                format!(
+                    "max_headers must be between 1 and {MAX_HEADERS_LIMIT}, got {}",
+                    m.get_ref()
+                ),
+            ),
+        }
+    }
+    (header, idle, max_headers)
+}
+
 fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfig> {
     let mut table = as_table(ctx, v, "[traffic]")?.clone();
     let span = v.span();
@@ -439,15 +694,21 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
             }
             let baseline = parse_upstream(ctx, &raw.baseline, "baseline");
             let canary = parse_upstream(ctx, &raw.canary, "canary");
-            let (timeout, tspan) = dur(raw.upstream_timeout.as_ref(), Duration::from_secs(30));
-            if timeout.is_zero() {
-                ctx.error(tspan, "upstream_timeout must be positive");
-            }
+            let (timeout, _) = bounded(
+                ctx,
+                raw.upstream_timeout.as_ref(),
+                Duration::from_secs(30),
+                &Bound::timeout("upstream_timeout"),
+            );
+            let readiness = parse_readiness(ctx, &raw);
+            let limits = proxy_limits(ctx, &raw);
             Some(TrafficConfig::Proxy(ProxyConfig {
-                listen: listen.ok()?,
-                baseline: baseline?,
-                canary: canary?,
                 upstream_timeout: timeout,
+                readiness: readiness?,
+                header_read_timeout: limits.0,
+                idle_timeout: limits.1,
+                max_headers: limits.2,
+                ..ProxyConfig::new(listen.ok()?, baseline?, canary?)
             }))
         }
         "haproxy" => providers::haproxy(ctx, &rest).map(TrafficConfig::Haproxy),
@@ -466,6 +727,49 @@ fn parse_traffic(ctx: &mut Ctx, v: &Spanned<DeValue<'_>>) -> Option<TrafficConfi
             None
         }
     }
+}
+
+/// The canary readiness probe of the built-in proxy (`readiness_*` keys).
+fn parse_readiness(ctx: &mut Ctx, raw: &RawProxy) -> Option<Readiness> {
+    let before = ctx.diags.len();
+    let mut r = Readiness::default();
+    if let Some(p) = &raw.readiness_path {
+        let path = p.get_ref().trim();
+        if path.starts_with('/') && !path.contains(char::is_whitespace) {
+            r.path = path.to_string();
+        } else {
+            ctx.error(
+                p.span(),
+                format!("readiness_path must be a path starting with `/`, e.g. \"/healthz\", got `{path}`"),
+            );
+        }
+    }
+    if let Some(list) = &raw.readiness_statuses {
+        for s in list.get_ref() {
+            match u16::try_from(*s.get_ref()) {
+                Ok(code) if (100..=599).contains(&code) => r.statuses.push(code),
+                _ => ctx.error(
+                    s.span(),
+                    format!(
+                        "readiness status {} is not an HTTP status (100 to 599)",
+                        s.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+    let (t, tspan) = dur(raw.readiness_timeout.as_ref(), r.timeout);
+    if t.is_zero() {
+        ctx.error(tspan, "readiness_timeout must be positive");
+    }
+    r.timeout = t;
+    if let Some(a) = &raw.readiness_attempts {
+        if *a.get_ref() == 0 {
+            ctx.error(a.span(), "readiness_attempts must be at least 1");
+        }
+        r.attempts = *a.get_ref();
+    }
+    (ctx.diags.len() == before).then_some(r)
 }
 
 fn parse_source(
@@ -529,16 +833,30 @@ fn parse_prometheus(ctx: &mut Ctx, rest: &Spanned<DeValue<'_>>) -> Option<Promet
         raw.token_env.as_ref(),
         raw.token_file.as_ref(),
     );
-    let (timeout, tspan) = dur(raw.timeout.as_ref(), Duration::from_secs(10));
-    if timeout.is_zero() {
-        ctx.error(tspan, "timeout must be positive");
+    if token.is_some() {
+        providers::one_credential(ctx, &raw.url, "url");
+        if raw
+            .headers
+            .iter()
+            .flatten()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            ctx.error(
+                raw.url.span(),
+                "both a bearer token (token_env/token_file) and an `Authorization` header are configured; keep one",
+            );
+        }
     }
-    let series_step = raw.series_step.as_ref().map(|s| s.get_ref().0);
-    if let Some(s) = &raw.series_step
-        && s.get_ref().0.is_zero()
-    {
-        ctx.error(s.span(), "series_step must be positive");
-    }
+    let (timeout, _) = bounded(
+        ctx,
+        raw.timeout.as_ref(),
+        Duration::from_secs(10),
+        &Bound::timeout("timeout"),
+    );
+    let series_step = raw
+        .series_step
+        .as_ref()
+        .map(|s| bounded(ctx, Some(s), Duration::ZERO, &bounds::SERIES_STEP).0);
     let mut variables = BTreeMap::new();
     for (name, v) in raw.variables.unwrap_or_default() {
         if let Some(var) = variable(ctx, &name, &v) {
@@ -667,49 +985,71 @@ fn template(
     vars: &BTreeMap<String, Variable>,
     needs_arm: bool,
 ) -> Option<Template> {
-    match Template::parse(s.get_ref()) {
-        Ok(t)
-            if needs_arm
-                && !t
-                    .placeholders()
-                    .iter()
-                    .any(|p| *p == "arm" || vars.get(*p).is_some_and(Variable::is_per_arm)) =>
-        {
-            ctx.error(
-                s.span(),
-                "query has no `{{arm}}` (nor a per-arm variable): both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
-            );
-            None
-        }
-        Ok(t) => {
-            let unknown: Vec<&str> = t
-                .placeholders()
-                .into_iter()
-                .filter(|p| !matches!(*p, "arm" | "window") && !vars.contains_key(*p))
-                .collect();
-            if unknown.is_empty() {
-                Some(t)
-            } else {
-                let known: Vec<&str> = ["arm", "window"]
-                    .into_iter()
-                    .chain(vars.keys().map(String::as_str))
-                    .collect();
-                ctx.error(
-                    s.span(),
-                    format!(
-                        "unknown placeholder {} in query; known: {} (define more under [metrics.variables])",
-                        unknown.iter().map(|u| format!("`{{{{{u}}}}}`")).collect::<Vec<_>>().join(", "),
-                        known.join(", ")
-                    ),
-                );
-                None
-            }
-        }
+    let t = match Template::parse(s.get_ref()) {
+        Ok(t) => t,
         Err(e) => {
             ctx.error(s.span(), format!("bad query template: {e}"));
-            None
+            return None;
         }
+    };
+    // Unknown names first: a misspelt `{{arm}}` is the likely reason a query has none.
+    let known: Vec<&str> = ["arm", "window"]
+        .into_iter()
+        .chain(vars.keys().map(String::as_str))
+        .collect();
+    let shown: Vec<String> = known
+        .iter()
+        .map(|k| match vars.get(*k) {
+            Some(v) if v.is_per_arm() => format!("{k} (per arm)"),
+            _ => (*k).to_string(),
+        })
+        .collect();
+    if let Some(problem) = unknown_placeholders(&t, &known, &shown, "query") {
+        ctx.error(
+            s.span(),
+            format!("{problem} (define more under [metrics.variables])"),
+        );
+        return None;
     }
+    if needs_arm
+        && !t
+            .placeholders()
+            .iter()
+            .any(|p| *p == "arm" || vars.get(*p).is_some_and(Variable::is_per_arm))
+    {
+        ctx.error(
+            s.span(),
+            "query has no `{{arm}}` (nor a per-arm variable): both arms would get the same data; select each arm's series with it, e.g. track=\"{{arm}}\"",
+        );
+        return None;
+    }
+    Some(t)
+}
+
+/// "unknown placeholder `{{x}}` in WHAT (did you mean `{{y}}`?); known: ..." for the names
+/// of `t` not in `known` (`shown` is how the known names are listed).
+pub(super) fn unknown_placeholders(
+    t: &Template,
+    known: &[&str],
+    shown: &[String],
+    what: &str,
+) -> Option<String> {
+    let unknown: Vec<String> = t
+        .placeholders()
+        .into_iter()
+        .filter(|p| !known.contains(p))
+        .map(|u| match super::keys::suggest(u, known.iter().copied()) {
+            Some(s) => format!("`{{{{{u}}}}}` (did you mean `{{{{{s}}}}}`?)"),
+            None => format!("`{{{{{u}}}}}`"),
+        })
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "unknown placeholder {} in {what}; known: {}",
+            unknown.join(", "),
+            shown.join(", ")
+        )
+    })
 }
 
 fn parse_data(
@@ -963,8 +1303,15 @@ fn parse_metric(
                             s.report_quantiles.clone_from(q.get_ref());
                         }
                         (None, Some(t)) => {
-                            if t.get_ref().is_empty() || t.get_ref().iter().any(|d| d.0.is_zero()) {
+                            if t.get_ref().is_empty() {
                                 ctx.error(t.span(), "thresholds must be a non-empty list of positive durations, e.g. [\"100ms\", \"500ms\"]");
+                            }
+                            if let Some(problem) = t
+                                .get_ref()
+                                .iter()
+                                .find_map(|d| bounds::LATENCY_THRESHOLD.check(d.0))
+                            {
+                                ctx.error(t.span(), problem);
                             }
                             s.thresholds = Thresholds::Fixed(
                                 t.get_ref().iter().map(|d| d.0.as_secs_f64()).collect(),

@@ -38,8 +38,82 @@ impl Drop for GroupGuard {
 /// What a finished program left.
 #[derive(Debug)]
 pub struct Finished {
-    /// Its stdout.
+    /// Its stdout, at most [`OUTPUT_LIMIT`] bytes of it (the end), with a note of how much
+    /// was cut.
     pub stdout: String,
+}
+
+/// Most bytes of a program's stdout or stderr kept (the last ones); the rest is counted
+/// and dropped as it is read, so a chatty program costs no memory and its output cannot
+/// flood the decision log.
+pub const OUTPUT_LIMIT: usize = 4096;
+
+/// Variables of coalmine's own environment every program it starts inherits (plus every
+/// `LC_*`); everything else is cleared, so tokens in the environment stay with coalmine.
+/// A policy passes more by name with `env = ["NAME"]`; the variables named by `token_env`
+/// are never passed.
+pub const INHERITED: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"];
+
+/// The environment of a program: [`INHERITED`], `LC_*`, the names in `pass` (from
+/// coalmine's environment), then `set` (the `COALMINE_*` variables); never a variable that
+/// holds a token (by name or by value).
+#[must_use]
+pub fn child_env(pass: &[String], set: &[(String, String)]) -> Vec<(String, String)> {
+    let secret_names = crate::redact::secret_env_names();
+    let mut out: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| {
+            INHERITED.contains(&k.as_str()) || k.starts_with("LC_") || pass.contains(k)
+        })
+        .filter(|(k, v)| !secret_names.contains(k) && !crate::redact::holds_secret(v))
+        .collect();
+    out.extend(set.iter().cloned());
+    out
+}
+
+/// Reads all of `r`, keeping the last [`OUTPUT_LIMIT`] bytes and counting the others.
+async fn read_capped(r: Option<impl tokio::io::AsyncRead + Unpin>) -> (Vec<u8>, u64) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut r) = r else {
+        return (Vec::new(), 0);
+    };
+    let mut kept: Vec<u8> = Vec::with_capacity(OUTPUT_LIMIT);
+    let mut cut = 0u64;
+    // On the heap: a buffer in the future would make every caller's future this large.
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > 2 * OUTPUT_LIMIT {
+                    let drop = kept.len() - OUTPUT_LIMIT;
+                    kept.drain(..drop);
+                    cut += drop as u64;
+                }
+            }
+        }
+    }
+    if kept.len() > OUTPUT_LIMIT {
+        let drop = kept.len() - OUTPUT_LIMIT;
+        kept.drain(..drop);
+        cut += drop as u64;
+    }
+    (kept, cut)
+}
+
+/// Captured output as text for messages and records: control characters escaped, secrets
+/// masked, and `… (N bytes cut)` in front when it was longer than [`OUTPUT_LIMIT`].
+#[must_use]
+pub fn shown_output(bytes: &[u8], cut: u64) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = crate::redact::text(text.trim()).replace('\n', " | ");
+    let text = crate::policy::diag::escape_controls(&text).into_owned();
+    if cut > 0 {
+        format!("… ({cut} bytes cut) {text}")
+    } else {
+        text
+    }
 }
 
 /// Runs `argv` with a time limit; classifies every way it can fail.
@@ -54,10 +128,11 @@ pub async fn run(
     timeout: Duration,
     transient: &[i32],
 ) -> Result<Finished, TrafficError> {
-    run_with_env(provider, argv, timeout, transient, &[]).await
+    run_with_env(provider, argv, timeout, transient, &[], &[]).await
 }
 
-/// [`run`] with extra environment variables for the program.
+/// [`run`] with extra environment variables set (`env`) and passed from coalmine's
+/// environment (`pass`); see [`child_env`].
 ///
 /// # Errors
 /// As [`run`].
@@ -67,6 +142,7 @@ pub async fn run_with_env(
     timeout: Duration,
     transient: &[i32],
     env: &[(String, String)],
+    pass: &[String],
 ) -> Result<Finished, TrafficError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(TrafficError::Rejected {
@@ -77,26 +153,33 @@ pub async fn run_with_env(
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_clear()
+        .envs(child_env(pass, env))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     #[cfg(unix)]
     command.process_group(0);
-    let child = command.spawn().map_err(|e| TrafficError::Rejected {
+    let mut child = command.spawn().map_err(|e| TrafficError::Rejected {
         provider,
         message: format!("cannot run `{program}`: {e}"),
     })?;
     let mut group = GroupGuard(child.id());
-    let out = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let finished = async {
+        let ((out, out_cut), (err, err_cut)) =
+            tokio::join!(read_capped(stdout), read_capped(stderr));
+        (child.wait().await, out, out_cut, err, err_cut)
+    };
+    let out = tokio::time::timeout(timeout, finished).await;
     if out.is_ok() {
         // Finished on its own: whatever it left running in the background is its business.
         group.0 = None;
     }
-    let out = match out {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
+    let (status, stdout, out_cut, stderr, err_cut) = match out {
+        Ok((Ok(status), o, oc, e, ec)) => (status, o, oc, e, ec),
+        Ok((Err(e), ..)) => {
             return Err(TrafficError::Unavailable {
                 provider,
                 message: format!("waiting for `{program}`: {e}"),
@@ -109,19 +192,22 @@ pub async fn run_with_env(
             });
         }
     };
-    if out.status.success() {
+    if status.success() {
         return Ok(Finished {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stdout: if out_cut > 0 {
+                shown_output(&stdout, out_cut)
+            } else {
+                String::from_utf8_lossy(&stdout).into_owned()
+            },
         });
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let said = if stderr.trim().is_empty() {
+    let said = if stderr.iter().all(u8::is_ascii_whitespace) {
         String::new()
     } else {
-        format!(": {}", excerpt(&stderr, 1000))
+        format!(": {}", excerpt(&shown_output(&stderr, err_cut), 1000))
     };
-    let message = format!("`{program}` failed ({}){said}", out.status);
-    match out.status.code() {
+    let message = format!("`{program}` failed ({status}){said}");
+    match status.code() {
         Some(code) if transient.contains(&code) => {
             Err(TrafficError::Unavailable { provider, message })
         }
@@ -164,7 +250,15 @@ impl TrafficProvider for ExecProvider {
         let Some(read) = &self.cfg.read_command else {
             return self.last.get(NAME, "read_command");
         };
-        let out = run(NAME, read, self.cfg.timeout, &self.cfg.transient_exit_codes).await?;
+        let out = run_with_env(
+            NAME,
+            read,
+            self.cfg.timeout,
+            &self.cfg.transient_exit_codes,
+            &[],
+            &self.cfg.env,
+        )
+        .await?;
         parse_percent(&out.stdout).ok_or_else(|| TrafficError::Rejected {
             provider: NAME,
             message: format!(
@@ -188,11 +282,13 @@ impl TrafficProvider for ExecProvider {
                 provider: NAME,
                 message: format!("command: {e}"),
             })?;
-        run(
+        run_with_env(
             NAME,
             &argv,
             self.cfg.timeout,
             &self.cfg.transient_exit_codes,
+            &[],
+            &self.cfg.env,
         )
         .await?;
         self.last.set(weight);
@@ -254,7 +350,40 @@ mod tests {
             timeout: Duration::from_secs(5),
             resolution: Weight::try_from_bp(1).unwrap(),
             transient_exit_codes: vec![75],
+            env: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_and_the_environment_cleared() {
+        // 100 000 bytes of output: the last 4 KiB are kept, the rest counted.
+        let argv: Vec<String> = ["sh", "-c", "yes 0123456789 | head -c 100000"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let out = run("exec", &argv, Duration::from_secs(10), &[])
+            .await
+            .unwrap();
+        assert!(
+            out.stdout
+                .starts_with(&format!("… ({} bytes cut) ", 100_000 - OUTPUT_LIMIT)),
+            "{}",
+            &out.stdout[..80]
+        );
+        assert!(out.stdout.len() < OUTPUT_LIMIT * 2);
+        // Only the inherited few, the passed and the set variables reach the program.
+        let env = child_env(
+            &["CARGO_PKG_NAME".to_string()],
+            &[("COALMINE_X".into(), "1".into())],
+        );
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"COALMINE_X"));
+        assert!(
+            names.iter().all(|n| INHERITED.contains(n)
+                || n.starts_with("LC_")
+                || ["CARGO_PKG_NAME", "COALMINE_X"].contains(n)),
+            "{names:?}"
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,9 @@ pub enum Behaviour {
     Ignore,
     /// Take this long, then apply.
     Slow(Duration),
+    /// Apply, then someone else puts this weight in force before the read-back (a human's
+    /// change landing right after coalmine's).
+    Overridden(Weight),
 }
 
 type Hook = Arc<dyn Fn(Weight) + Send + Sync>;
@@ -88,6 +91,11 @@ impl MockTrafficProvider {
     pub fn weight(&self) -> Weight {
         self.lock().weight
     }
+
+    /// Puts `w` in force from outside (a human, another controller): not recorded as a call.
+    pub fn force(&self, w: Weight) {
+        self.lock().weight = w;
+    }
 }
 
 impl TrafficProvider for MockTrafficProvider {
@@ -124,6 +132,10 @@ impl TrafficProvider for MockTrafficProvider {
                 Ok(())
             }
             Behaviour::Ignore => Ok(()),
+            Behaviour::Overridden(w) => {
+                self.lock().weight = w;
+                Ok(())
+            }
             Behaviour::Transient => Err(TrafficError::Unavailable {
                 provider: "mock",
                 message: format!("scripted transient failure setting {weight}"),

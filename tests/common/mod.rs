@@ -102,6 +102,7 @@ impl Backends {
             median: Duration::from_micros(200),
             sigma: 0.1,
             seed,
+            body: coalmine::demo::service::BodyMode::Complete,
         };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         Backends {

@@ -1,8 +1,15 @@
 //! Integration tests: one binary (house style), one module per area.
 
 mod cli;
+#[path = "../common/mod.rs"]
+mod common;
+mod floods;
 mod fuzz;
+mod limits;
+mod policies;
 mod policy_fixtures;
 mod proxy;
+mod raw_http;
+mod rollout;
 mod status;
 mod support;

@@ -1,5 +1,6 @@
 //! The status server of a running rollout: health, status and metrics while it runs, an
-//! approval gate released with POST /approve, and POST /abort rolling back.
+//! approval gate released with POST /approve, POST /pause and /resume, and POST /abort
+//! rolling back.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,20 +9,31 @@ use std::time::Duration;
 
 use crate::support::{coalmine, root};
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
 }
 
-/// One HTTP/1.1 request; returns (status, body), or None when nothing listens.
-fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+/// One HTTP/1.1 request as a deliberate client sends it (`Content-Type: application/json`);
+/// returns (status, body), or None when nothing listens.
+pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_with(addr, method, path, "Content-Type: application/json\r\n")
+}
+
+/// One HTTP/1.1 request with `headers` (each line ending in CRLF).
+pub(crate) fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
@@ -36,7 +48,11 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     clippy::disallowed_methods,
     reason = "polling a child process from a synchronous test"
 )]
-fn wait_for(addr: SocketAddr, child: &mut Child, pred: impl Fn(&serde_json::Value) -> bool) {
+pub(crate) fn wait_for(
+    addr: SocketAddr,
+    child: &mut Child,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) {
     for _ in 0..400 {
         if let Some((200, body)) = http(addr, "GET", "/status")
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
@@ -53,7 +69,7 @@ fn wait_for(addr: SocketAddr, child: &mut Child, pred: impl Fn(&serde_json::Valu
     panic!("status never matched");
 }
 
-fn start(policy_extra: &str, addr: SocketAddr) -> (Child, tempfile::TempDir) {
+pub(crate) fn start(policy_extra: &str, addr: SocketAddr) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::read_to_string(root().join("policies/demo.toml")).unwrap();
     let policy = base.replace("[rollout]\n", &format!("[rollout]\n{policy_extra}\n"));
@@ -71,7 +87,7 @@ fn start(policy_extra: &str, addr: SocketAddr) -> (Child, tempfile::TempDir) {
     (child, dir)
 }
 
-fn finish(child: Child) -> (i32, serde_json::Value) {
+pub(crate) fn finish(child: Child) -> (i32, serde_json::Value) {
     let out = child.wait_with_output().unwrap();
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
@@ -136,4 +152,94 @@ fn approval_without_a_status_server_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--status-addr"));
+}
+
+#[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "waiting on a child process from a synchronous test"
+)]
+fn pause_holds_the_weight_until_resume() {
+    let addr = free_addr();
+    let (mut child, _dir) = start("", addr);
+    wait_for(addr, &mut child, |v| {
+        v["ticks"].as_u64().is_some_and(|t| t >= 2)
+    });
+    assert_eq!(http(addr, "POST", "/resume").unwrap().0, 409, "not paused");
+    assert_eq!(http(addr, "POST", "/pause").unwrap().0, 202);
+    wait_for(addr, &mut child, |v| v["phase"] == "paused");
+    let weight = |addr| {
+        let (_, body) = http(addr, "GET", "/status").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["weight"].as_f64().unwrap(),
+            v["phase"].as_str().unwrap().to_string(),
+        )
+    };
+    let (held, _) = weight(addr);
+    // Longer than a step (8 s in the demo policy): a running rollout would have moved on.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(weight(addr), (held, "paused".to_string()));
+    assert_eq!(
+        http(addr, "POST", "/pause").unwrap().0,
+        409,
+        "already paused"
+    );
+    assert_eq!(http(addr, "POST", "/resume").unwrap().0, 202);
+    let (code, json) = finish(child);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["outcome"], "promoted");
+}
+
+/// Issue 17: a web page could approve a gate, because a browser sends a cross-origin
+/// `POST /approve` with `Content-Type: text/plain` without asking. Such requests (and forms)
+/// are refused now, and the rollout keeps waiting; a deliberate JSON request approves.
+#[test]
+fn a_browser_simple_request_neither_approves_nor_aborts() {
+    let addr = free_addr();
+    let (mut child, _dir) = start("approval = \"promotion\"", addr);
+    let waiting = |v: &serde_json::Value| {
+        v["last_decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("waiting for an operator to approve the promotion"))
+    };
+    wait_for(addr, &mut child, waiting);
+    let evil = "Origin: http://evil.example\r\n";
+    for (path, headers, expect) in [
+        (
+            "/approve",
+            format!("{evil}Content-Type: text/plain\r\n"),
+            403,
+        ),
+        ("/approve", "Content-Type: text/plain\r\n".to_string(), 415),
+        (
+            "/approve",
+            "Content-Type: application/x-www-form-urlencoded\r\n".to_string(),
+            415,
+        ),
+        ("/approve", String::new(), 415),
+        (
+            "/approve",
+            format!("{evil}Content-Type: application/json\r\n"),
+            403,
+        ),
+        ("/abort", format!("{evil}Content-Type: text/plain\r\n"), 403),
+        ("/abort", "Content-Type: text/plain\r\n".to_string(), 415),
+    ] {
+        let (code, body) = http_with(addr, "POST", path, &headers).unwrap();
+        assert_eq!(code, expect, "{path} with {headers:?}: {body}");
+    }
+    // Still waiting, neither promoted nor rolled back.
+    #[expect(clippy::disallowed_methods, reason = "waiting on a child process")]
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, status) = http(addr, "GET", "/status").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(waiting(&v) && v["finished"] == false, "{v}");
+    assert_eq!(v["weight"], 25.0, "{v}");
+    // The same origin and a JSON body: approved.
+    let own = format!("Origin: http://{addr}\r\nContent-Type: application/json\r\n");
+    assert_eq!(http_with(addr, "POST", "/approve", &own).unwrap().0, 202);
+    let (code, json) = finish(child);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["outcome"], "promoted");
 }

@@ -51,6 +51,11 @@ pub fn read_secret(s: &Secret) -> Result<String, String> {
     if value.is_empty() {
         return Err("the token is empty".to_string());
     }
+    // From now on no message, record or log line may show it.
+    crate::redact::register(&value);
+    if let Secret::Env(var) = s {
+        crate::redact::register_env_name(var);
+    }
     Ok(value)
 }
 
@@ -112,7 +117,7 @@ impl HttpProvider {
         let said = if body.trim().is_empty() {
             String::new()
         } else {
-            format!(": {}", excerpt(&body, 500))
+            format!(": {}", excerpt(&crate::redact::text(&body), 500))
         };
         let message = match status.as_u16() {
             401 | 403 => format!("{what}: credentials refused ({status}){said}"),
@@ -136,11 +141,14 @@ impl HttpProvider {
             };
         }
         if e.is_builder() {
-            return rejected(format!("{what}: bad request: {e}"));
+            return rejected(format!(
+                "{what}: bad request: {}",
+                crate::redact::text(&e.to_string())
+            ));
         }
         TrafficError::Unavailable {
             provider: NAME,
-            message: format!("{what}: {}", error_chain(e)),
+            message: format!("{what}: {}", crate::redact::text(&error_chain(e))),
         }
     }
 }
@@ -154,20 +162,20 @@ impl TrafficProvider for HttpProvider {
         let Some(read) = &self.cfg.read else {
             return self.last.get(NAME, "read_url");
         };
-        let what = format!("GET {}", read.url);
+        let what = format!("GET {}", crate::redact::url(&read.url));
         let req = self.request(Method::GET, &read.url, Weight::ZERO)?;
         let body = self.send(req, &what, |s| s.is_success()).await?;
         let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
             rejected(format!(
                 "{what}: answer is not JSON ({e}): {}",
-                excerpt(&body, 200)
+                excerpt(&crate::redact::text(&body), 200)
             ))
         })?;
         let value = doc.pointer(&read.pointer).ok_or_else(|| {
             rejected(format!(
                 "{what}: no `{}` in the answer: {}",
                 read.pointer,
-                excerpt(&body, 200)
+                excerpt(&crate::redact::text(&body), 200)
             ))
         })?;
         let number = match value {
@@ -193,7 +201,7 @@ impl TrafficProvider for HttpProvider {
             .map_err(|e| rejected(format!("url: {e}")))?;
         let method = Method::from_bytes(self.cfg.method.as_bytes())
             .map_err(|e| rejected(format!("method {}: {e}", self.cfg.method)))?;
-        let what = format!("{} {url}", self.cfg.method);
+        let what = format!("{} {}", self.cfg.method, crate::redact::url(&url));
         let mut req = self.request(method, &url, weight)?;
         if let Some(body) = &self.cfg.body {
             let text = body

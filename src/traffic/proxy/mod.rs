@@ -7,6 +7,21 @@
 //! epoch it was routed in, even if it completes after the change. Memory is constant in
 //! the number of requests (two counters and a log-spaced latency histogram per arm and
 //! epoch). Changing the weight never drops a connection: routing is per request.
+//!
+//! A request is counted once, when its response ends: after the last byte of the body, or
+//! when it fails. A response whose body breaks after the headers (reset, fewer bytes than
+//! `Content-Length`, the upstream silent for longer than `upstream_timeout` mid-body) is an
+//! error, like a 5xx or an unreachable upstream. Latency is measured to the last byte and
+//! only for requests that did not fail: a failed request is an error, not a fast request.
+//! A request the client abandons before its end is counted without an error, with the time
+//! it had taken so far (a lower bound of its latency), so that a canary too slow for its
+//! clients is not silently left out of the counts.
+//!
+//! The proxy's own failures are never an arm's: a connection refused at the connection cap
+//! (503), an upstream connection that cannot be opened for a reason of this host (no
+//! descriptors: 503), accept errors and connections closed by the header-read and idle
+//! timeouts are counted in [`LocalStats`], not in any epoch. The client side is served by
+//! [`crate::net::serve`] with the policy's limits.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +36,10 @@ use tokio::task::JoinHandle;
 use super::{TrafficError, TrafficProvider};
 use crate::analysis::histogram::{log_bounds, log_bucket_index};
 use crate::model::{Arm, Weight};
+use crate::net::{ConnBudget, ServerStats, ServerStatsSnapshot};
 use crate::policy::ProxyConfig;
 
+mod metered;
 mod server;
 
 pub use server::ARM_HEADER;
@@ -66,12 +83,14 @@ pub struct Epoch {
 }
 
 impl Epoch {
-    /// Records one completed request.
+    /// Records one completed request: an error, or a success with its latency (to the
+    /// last byte). Failed requests stay out of the latency histogram.
     pub fn record(&self, arm: Arm, latency: Duration, error: bool) {
         let a = &self.arms[arm.index()];
-        a.buckets[log_bucket_index(latency.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
         if error {
             a.errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            a.buckets[log_bucket_index(latency.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
         }
         // Requests last, so a reader that sees the request also sees its error and bucket.
         a.requests.fetch_add(1, Ordering::Release);
@@ -83,9 +102,10 @@ impl Epoch {
 pub struct ArmSnapshot {
     /// Completed requests.
     pub requests: u64,
-    /// 5xx responses and upstream failures.
+    /// 5xx responses, upstream failures and bodies broken after the headers.
     pub errors: u64,
-    /// Latency histogram over [`log_bounds`].
+    /// Latency histogram over [`log_bounds`] of the requests that did not fail (to the last
+    /// byte): it sums to `requests - errors`.
     pub buckets: Vec<u64>,
 }
 
@@ -100,12 +120,27 @@ pub struct EpochSnapshot {
     pub arms: [ArmSnapshot; 2],
 }
 
+/// The proxy's own failures, counted against no arm (cumulative since the proxy started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LocalStats {
+    /// Requests and connections the proxy failed for its own reasons, each answered 503:
+    /// `upstream_local_errors + server.rejected_at_cap`.
+    pub local_errors: u64,
+    /// Routed requests whose upstream connection could not be opened for a reason of this
+    /// host (out of descriptors, buffers or local ports); not counted in any epoch.
+    pub upstream_local_errors: u64,
+    /// The client side: accepts, accept errors, shed and timed-out connections.
+    pub server: ServerStatsSnapshot,
+}
+
 /// Routing state shared by the server, the provider and the metrics source.
 #[derive(Debug)]
 pub struct ProxyState {
     current: RwLock<Arc<Epoch>>,
     epochs: Mutex<Vec<Arc<Epoch>>>,
     rng: Mutex<SmallRng>,
+    server: Arc<ServerStats>,
+    upstream_local_errors: AtomicU64,
 }
 
 impl ProxyState {
@@ -125,6 +160,20 @@ impl ProxyState {
             current: RwLock::new(first.clone()),
             epochs: Mutex::new(vec![first]),
             rng: Mutex::new(rng),
+            server: Arc::default(),
+            upstream_local_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The proxy's own failures so far, none of them counted against an arm.
+    #[must_use]
+    pub fn local_stats(&self) -> LocalStats {
+        let server = self.server.snapshot();
+        let upstream_local_errors = self.upstream_local_errors.load(Ordering::Relaxed);
+        LocalStats {
+            local_errors: upstream_local_errors + server.rejected_at_cap,
+            upstream_local_errors,
+            server,
         }
     }
 
@@ -258,11 +307,24 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
-    /// Binds `cfg.listen` and starts serving. `seed` makes routing reproducible.
+    /// Binds `cfg.listen` and starts serving. `seed` makes routing reproducible. Client
+    /// connections count against the process's [`ConnBudget::global`].
     ///
     /// # Errors
     /// [`TrafficError::Rejected`] when the address cannot be bound.
     pub async fn start(cfg: &ProxyConfig, seed: Option<u64>) -> Result<Self, TrafficError> {
+        Self::start_with_budget(cfg, seed, ConnBudget::global()).await
+    }
+
+    /// [`ProxyHandle::start`] with its own connection budget (tests of the cap).
+    ///
+    /// # Errors
+    /// [`TrafficError::Rejected`] when the address cannot be bound.
+    pub async fn start_with_budget(
+        cfg: &ProxyConfig,
+        seed: Option<u64>,
+        budget: Arc<ConnBudget>,
+    ) -> Result<Self, TrafficError> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| TrafficError::Rejected {
@@ -275,7 +337,13 @@ impl ProxyHandle {
         })?;
         let state = Arc::new(ProxyState::new(seed));
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(server::serve(listener, state.clone(), cfg.clone(), rx));
+        let task = tokio::spawn(server::serve(
+            listener,
+            state.clone(),
+            cfg.clone(),
+            budget,
+            rx,
+        ));
         Ok(ProxyHandle {
             addr,
             state,
@@ -334,12 +402,15 @@ mod tests {
         e0.record(Arm::Baseline, Duration::from_millis(10), false);
         let (_, e1) = s.route();
         e1.record(Arm::Canary, Duration::from_millis(20), true);
+        e1.record(Arm::Canary, Duration::from_millis(30), false);
         s.set_weight(Weight::try_from_percent(25.0).unwrap());
         let snap = s.snapshot();
         assert_eq!(snap.len(), 2, "a repeated weight starts no epoch");
         assert_eq!(snap[0].arms[0].requests, 1);
         assert_eq!(snap[1].weight.bp(), 2500);
+        assert_eq!(snap[1].arms[1].requests, 2);
         assert_eq!(snap[1].arms[1].errors, 1);
+        // The failed request has no latency.
         assert_eq!(snap[1].arms[1].buckets.iter().sum::<u64>(), 1);
     }
 
