@@ -817,6 +817,20 @@ mod tests {
         let v = v.unwrap();
         assert_eq!(v.outcome, Outcome::Fail, "{}", v.reason);
         assert!(v.reason.contains("judged at ×1.0"), "{}", v.reason);
+        // The decision record (the verdict serialised) carries the same facts.
+        let rec = serde_json::to_value(&v).expect("serialisable");
+        assert_eq!(rec["stats"]["allowed_ratio"], 1.1);
+        assert_eq!(rec["stats"]["effective_ratio"], 1.0);
+        assert!(
+            rec["stats"]["resolution"].as_str().is_some_and(|n| n.contains(
+                "allowed_ratio 1.1 is finer than the histogram's buckets (×2.0 at 20.0ms): judged at ×1.0"
+            )),
+            "{rec}"
+        );
+        let lower = rec["stats"]["slowdown_lower"]
+            .as_f64()
+            .expect("a Fail's bound");
+        assert!(lower >= 1.0, "{rec}");
     }
 
     #[test]
