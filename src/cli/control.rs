@@ -189,14 +189,14 @@ fn stored(state: &StateArgs, rollout: &str) -> Result<RolloutState, u8> {
     match state.store().load_blocking(rollout) {
         Ok(Some(s)) => Ok(s),
         Ok(None) => {
-            eprintln!(
+            errln!(
                 "error: no rollout `{rollout}` in {} (started with another --state-dir?)",
                 state.dir().display()
             );
             Err(EXIT_INVALID)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Err(EXIT_FAILURE)
         }
     }
@@ -210,7 +210,7 @@ fn control_addr(state: &StateArgs, t: &RolloutArg) -> Result<SocketAddr, u8> {
     match s.control {
         Some(c) if !s.finished() => Ok(c.addr),
         _ => {
-            eprintln!(
+            errln!(
                 "error: rollout `{}` has no running controller (it is {}{})",
                 t.rollout,
                 s.phase.name(),
@@ -241,7 +241,7 @@ async fn post(state: &StateArgs, addr: SocketAddr, path: &str, body: serde_json:
     let auth = match state.auth(false) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_INVALID;
         }
     };
@@ -257,10 +257,10 @@ async fn post(state: &StateArgs, addr: SocketAddr, path: &str, body: serde_json:
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
             if status.is_success() {
-                println!("{text}");
+                outln!("{text}");
                 EXIT_OK
             } else {
-                eprintln!("error: control API {addr}{path}: {status}: {text}");
+                errln!("error: control API {addr}{path}: {status}: {text}");
                 if status == reqwest::StatusCode::UNAUTHORIZED
                     || status == reqwest::StatusCode::CONFLICT
                     || status == reqwest::StatusCode::BAD_REQUEST
@@ -272,7 +272,7 @@ async fn post(state: &StateArgs, addr: SocketAddr, path: &str, body: serde_json:
             }
         }
         Err(e) => {
-            eprintln!("error: control API {addr}{path}: {e}");
+            errln!("error: control API {addr}{path}: {e}");
             EXIT_FAILURE
         }
     }
@@ -287,11 +287,11 @@ pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
                 if let (Some(addr), EXIT_INVALID) = (args.control_addr, code) {
                     return match get_status(addr).await {
                         Ok(v) => {
-                            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                             EXIT_OK
                         }
                         Err(e) => {
-                            eprintln!("error: {e}");
+                            errln!("error: {e}");
                             EXIT_FAILURE
                         }
                     };
@@ -302,7 +302,7 @@ pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
         None => match state.store().list_blocking() {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return EXIT_FAILURE;
             }
         },
@@ -324,12 +324,12 @@ pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
         } else {
             serde_json::Value::Array(out)
         };
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else if out.is_empty() {
-        println!("no rollouts in {}", state.dir().display());
+        outln!("no rollouts in {}", state.dir().display());
     } else {
         for v in &out {
-            println!("{}", line(v));
+            outln!("{}", line(v));
         }
     }
     EXIT_OK
@@ -405,15 +405,16 @@ pub(crate) async fn promote(state: &StateArgs, args: &PromoteArgs) -> u8 {
             Ok(v) => match v["step"].as_u64() {
                 Some(s) => s as usize,
                 None => {
-                    eprintln!(
+                    errln!(
                         "error: rollout `{}` is not at a step (phase {})",
-                        args.target.rollout, v["phase"]
+                        args.target.rollout,
+                        v["phase"]
                     );
                     return EXIT_INVALID;
                 }
             },
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return EXIT_FAILURE;
             }
         },

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use super::control::StateArgs;
 use super::progress::{Progress, summary};
+use super::signals::{TrafficState, watch_signals};
 use super::status::{Auth, StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::readiness::CanaryProbe;
@@ -98,7 +99,7 @@ pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
                 .read_to_end(&mut bytes)
         })
         .map_err(|e| {
-            eprintln!(
+            errln!(
                 "error: cannot read policy {}: {e}",
                 policy::diag::escape_controls(&shown)
             );
@@ -108,7 +109,7 @@ pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
     match policy::parse_bytes(&bytes, &shown) {
         Ok((p, warnings)) => {
             if !warnings.is_empty() {
-                eprintln!("{warnings}");
+                errln!("{warnings}");
             }
             // Before anything can print or record them: the policy's URL credentials,
             // webhook path and token variable names.
@@ -116,8 +117,8 @@ pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
             Ok((p, sha))
         }
         Err(d) => {
-            eprintln!("{d}");
-            eprintln!(
+            errln!("{d}");
+            errln!(
                 "error: {} problem(s) in {}",
                 d.items().len(),
                 policy::diag::escape_controls(&shown)
@@ -125,32 +126,6 @@ pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
             Err(EXIT_INVALID)
         }
     }
-}
-
-/// Turns Ctrl-C or SIGTERM into an abort on `tx` (the rollout rolls back).
-pub(crate) fn abort_on_signal(tx: watch::Sender<Option<String>>) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                let _ = tokio::signal::ctrl_c().await;
-                let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
-                return;
-            };
-            let why = tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
-                _ = term.recv() => "terminated (SIGTERM)",
-            };
-            let _ = tx.send(Some(why.to_string()));
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
-        }
-    });
 }
 
 /// Builds the traffic provider (starting the built-in proxy if the policy uses it) and the
@@ -162,11 +137,11 @@ pub(crate) async fn setup(
     let built = traffic::build_seeded(&policy.traffic, seed)
         .await
         .map_err(|e| {
-            eprintln!("error: cannot set up traffic provider: {e}");
+            errln!("error: cannot set up traffic provider: {e}");
             EXIT_FAILURE
         })?;
     let source = metrics::build(&policy.source, built.proxy.as_ref()).map_err(|e| {
-        eprintln!("error: cannot set up metrics source: {e}");
+        errln!("error: cannot set up metrics source: {e}");
         EXIT_FAILURE
     })?;
     Ok((built, source))
@@ -193,20 +168,21 @@ pub(crate) async fn drive(
     if let Some(p) = &built.proxy
         && !how.quiet
     {
-        eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
+        errln!("coalmine: built-in proxy listening on http://{}", p.addr());
     }
     if policy.rollout.approval != Approval::None
         && how.status_addr.is_none()
         && how.durable.is_none()
     {
-        eprintln!(
+        errln!(
             "error: the policy's [rollout] approval needs --status-addr ADDR, where an operator \
              approves with POST /approve"
         );
         return EXIT_INVALID;
     }
     let (abort_tx, abort_rx) = watch::channel(None);
-    abort_on_signal(abort_tx.clone());
+    let mut traffic_state = TrafficState::default();
+    watch_signals(abort_tx.clone(), traffic_state.clone());
     let serve_at = how
         .durable
         .as_ref()
@@ -228,9 +204,9 @@ pub(crate) async fn drive(
         match b.serve(addr).await {
             Ok(bound) => {
                 if how.durable.is_some() {
-                    eprintln!("coalmine: control API on http://{bound}");
+                    errln!("coalmine: control API on http://{bound}");
                 } else {
-                    eprintln!("coalmine: status server on http://{bound}");
+                    errln!("coalmine: status server on http://{bound}");
                 }
                 control = Some(ControlRef {
                     addr: bound,
@@ -238,7 +214,7 @@ pub(crate) async fn drive(
                 });
             }
             Err(e) => {
-                eprintln!("error: cannot serve status on {addr}: {e}");
+                errln!("error: cannot serve status on {addr}: {e}");
                 return EXIT_FAILURE;
             }
         }
@@ -254,12 +230,13 @@ pub(crate) async fn drive(
         policy_sha256: None,
     };
     let mut progress = Progress { quiet: how.quiet };
-    let mut observers = Tee(
-        &mut progress,
+    let mut others = Tee(
+        &mut traffic_state,
         board
             .as_mut()
             .map(|b| b as &mut dyn crate::controller::Observer),
     );
+    let mut observers = Tee(&mut progress, Some(&mut others));
     let result = match how.durable {
         Some(d) => {
             let durable = Durable {
@@ -287,7 +264,7 @@ pub(crate) async fn drive(
         Ok(r) => r,
         Err(e) => {
             let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-            eprintln!("error: {e}{cause}");
+            errln!("error: {e}{cause}");
             return EXIT_FAILURE;
         }
     };
@@ -296,13 +273,13 @@ pub(crate) async fn drive(
 }
 
 fn print_report(report: &RunReport, json: bool, extra: Option<serde_json::Value>) {
-    eprint!("{}", summary(report));
+    err!("{}", summary(report));
     if json {
         let mut v = serde_json::to_value(report).unwrap_or_default();
         if let (Some(obj), Some(serde_json::Value::Object(extra))) = (v.as_object_mut(), extra) {
             obj.extend(extra);
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
 }
 
@@ -330,7 +307,7 @@ pub(crate) fn prepare(
 ) -> Result<DurableRun, u8> {
     let addr = control_addr.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     if !addr.ip().is_loopback() && !state.token_configured() {
-        eprintln!(
+        errln!(
             "error: the control API on {addr} is not loopback: configure its token first \
              (COALMINE_TOKEN or --token-file), a generated one is for this machine only"
         );
@@ -340,22 +317,22 @@ pub(crate) fn prepare(
     let lock = match store.acquire_blocking(&policy.name) {
         Ok(l) => l,
         Err(e @ StoreError::Locked { .. }) => {
-            eprintln!("error: {e}; not starting a second controller");
+            errln!("error: {e}; not starting a second controller");
             return Err(EXIT_FAILURE);
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Err(EXIT_FAILURE);
         }
     };
     let stored = match store.load_blocking(&policy.name) {
         Ok(s) => s,
         Err(e @ StoreError::Damaged { .. }) if restart.is_some() => {
-            eprintln!("warning: {e}; starting over (--restart)");
+            errln!("warning: {e}; starting over (--restart)");
             None
         }
         Err(e) => {
-            eprintln!("error: {e}; `coalmine run --restart` starts the rollout over");
+            errln!("error: {e}; `coalmine run --restart` starts the rollout over");
             return Err(EXIT_FAILURE);
         }
     };
@@ -367,7 +344,7 @@ pub(crate) fn prepare(
         ),
         StartPlan::Resume => (stored, None),
         StartPlan::PolicyChanged { recorded } => {
-            eprintln!(
+            errln!(
                 "error: rollout `{}` was started with another policy content (sha256 {}…, now {}…): \
                  resume it with the policy it started with, or start over from step 1 with --restart",
                 policy.name,
@@ -378,7 +355,7 @@ pub(crate) fn prepare(
         }
         StartPlan::Finished { phase } => {
             let s = stored.as_ref().map(|s| &s.phase);
-            eprintln!(
+            errln!(
                 "coalmine: rollout `{}` already finished ({phase}); not run again: `coalmine run --restart` starts it over",
                 policy.name
             );
@@ -386,7 +363,7 @@ pub(crate) fn prepare(
         }
     };
     let auth = state.auth(true).map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         EXIT_FAILURE
     })?;
     Ok(DurableRun {
@@ -411,7 +388,7 @@ pub(crate) async fn main(args: RunArgs, state: &StateArgs) -> u8 {
         Err(code) => return code,
     };
     for w in policy.warnings() {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     let restart = args.durable.restart.then(|| "--restart".to_string());
     let durable = match prepare(
@@ -472,7 +449,7 @@ pub(crate) async fn retry(mut args: RetryArgs, state: &StateArgs) -> u8 {
     let stored = match state.store().load_blocking(&args.rollout) {
         Ok(Some(s)) => s,
         Ok(None) => {
-            eprintln!(
+            errln!(
                 "error: no rollout `{}` in {}",
                 args.rollout,
                 state.dir().display()
@@ -480,7 +457,7 @@ pub(crate) async fn retry(mut args: RetryArgs, state: &StateArgs) -> u8 {
             return EXIT_INVALID;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return EXIT_FAILURE;
         }
     };
@@ -488,7 +465,7 @@ pub(crate) async fn retry(mut args: RetryArgs, state: &StateArgs) -> u8 {
         Phase::RolledBack { reason } | Phase::NotStarted { reason } => reason.to_string(),
         Phase::Failed { reason } => reason.clone(),
         other => {
-            eprintln!(
+            errln!(
                 "error: rollout `{}` is {}: only a rolled-back rollout is retried",
                 args.rollout,
                 other.name()
@@ -497,7 +474,7 @@ pub(crate) async fn retry(mut args: RetryArgs, state: &StateArgs) -> u8 {
         }
     };
     let Some(path) = stored.policy.path.as_deref().map(PathBuf::from) else {
-        eprintln!(
+        errln!(
             "error: rollout `{}` has no recorded policy file",
             args.rollout
         );
@@ -508,7 +485,7 @@ pub(crate) async fn retry(mut args: RetryArgs, state: &StateArgs) -> u8 {
         Err(code) => return code,
     };
     if policy.name != args.rollout {
-        eprintln!(
+        errln!(
             "error: {} now names rollout `{}`, not `{}`",
             path.display(),
             policy.name,
