@@ -42,7 +42,11 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
     ) {
         (Ok(b), Ok(c)) => (b, c),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: cannot start demo services: {e}");
+            super::output::error(&format!(
+                "cannot start the demo's services on --baseline {} and --canary {}: {e}; choose \
+                 free ports",
+                args.baseline, args.canary
+            ));
             return EXIT_FAILURE;
         }
     };

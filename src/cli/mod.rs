@@ -8,9 +8,12 @@ use clap::{Parser, Subcommand};
 pub mod completions;
 pub mod demo;
 pub mod demo_services;
+pub mod init;
 pub mod judge;
+pub mod output;
 pub mod progress;
 pub mod run;
+pub mod schema;
 pub mod status;
 pub mod validate;
 
@@ -38,6 +41,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Colour and verbosity, taken by every command.
+    #[command(flatten)]
+    pub global: output::GlobalArgs,
 }
 
 /// The subcommands.
@@ -63,6 +69,12 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff) on stdout: `coalmine man > coalmine.1`.
     Man,
+    /// Print the policy's JSON Schema (draft 2020-12) on stdout, for editors that check TOML
+    /// as you type (taplo, Even Better TOML); docs/policy.schema.json is the same.
+    Schema(schema::SchemaArgs),
+    /// Write a commented starting policy for a traffic provider and a metrics source, one
+    /// that `coalmine validate` accepts as it is (on stdout, or to -o FILE).
+    Init(init::InitArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -72,6 +84,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Judge(cmd) => return judge::run(cmd),
         Command::Completions(a) => return completions::completions(a),
         Command::Man => return completions::man(),
+        Command::Schema(a) => return schema::main(a),
+        Command::Init(a) => return init::main(a),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +94,9 @@ pub fn run(cli: Cli) -> u8 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::error(&format!(
+                "cannot start the async runtime: {e}; check the process's thread and memory limits"
+            ));
             return EXIT_FAILURE;
         }
     };
@@ -90,7 +106,11 @@ pub fn run(cli: Cli) -> u8 {
             Command::DemoServices(a) => demo_services::main(a).await,
             Command::Run(a) => run::main(a).await,
             Command::Validate(a) => validate::main(a).await,
-            Command::Judge(_) | Command::Completions(_) | Command::Man => EXIT_OK,
+            Command::Judge(_)
+            | Command::Completions(_)
+            | Command::Man
+            | Command::Schema(_)
+            | Command::Init(_) => EXIT_OK,
         }
     })
 }

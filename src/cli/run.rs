@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tokio::sync::watch;
 
+use super::output;
 use super::progress::{Progress, summary};
 use super::status::{StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
@@ -46,40 +47,20 @@ pub struct OutputArgs {
 /// Reads and validates a policy; prints problems and returns `Err(exit code)`. Warnings are
 /// printed too (they never fail the load).
 pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
-    use std::io::Read;
-    let shown = path.display().to_string();
-    // Read one byte past the limit, never more: a huge file is refused without being held
-    // in memory.
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| {
-            f.take(policy::MAX_POLICY_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-        })
-        .map_err(|e| {
-            eprintln!(
-                "error: cannot read policy {}: {e}",
-                policy::diag::escape_controls(&shown)
-            );
-            EXIT_INVALID
-        })?;
-    match policy::parse_bytes(&bytes, &shown) {
+    match super::validate::read(path) {
         Ok((p, warnings)) => {
             if !warnings.is_empty() {
                 eprintln!("{warnings}");
             }
-            // Before anything can print or record them: the policy's URL credentials,
-            // webhook path and token variable names.
-            crate::redact::register_policy(&p);
             Ok(p)
         }
-        Err(d) => {
+        Err(super::validate::Unread::Io(message)) => {
+            super::output::error(&message);
+            Err(EXIT_INVALID)
+        }
+        Err(super::validate::Unread::Invalid(d)) => {
             eprintln!("{d}");
-            eprintln!(
-                "error: {} problem(s) in {}",
-                d.items().len(),
-                policy::diag::escape_controls(&shown)
-            );
+            super::output::error(&super::validate::invalid_sentence(path, d.items().len()));
             Err(EXIT_INVALID)
         }
     }
@@ -115,16 +96,25 @@ pub(crate) fn abort_on_signal(tx: watch::Sender<Option<String>>) {
 /// metrics source. Prints the problem and returns the exit code on failure.
 pub(crate) async fn setup(
     policy: &Policy,
+    origin: &str,
     seed: Option<u64>,
 ) -> Result<(traffic::BuiltTraffic, metrics::AnySource), u8> {
     let built = traffic::build_seeded(&policy.traffic, seed)
         .await
         .map_err(|e| {
-            eprintln!("error: cannot set up traffic provider: {e}");
+            output::error(&format!(
+                "{origin}: cannot set up the [traffic] {} provider: {e}; nothing was moved, \
+                 check the section (`coalmine validate --preflight {origin}`)",
+                policy.traffic.kind()
+            ));
             EXIT_FAILURE
         })?;
     let source = metrics::build(&policy.source, built.proxy.as_ref()).map_err(|e| {
-        eprintln!("error: cannot set up metrics source: {e}");
+        output::error(&format!(
+            "{origin}: cannot set up the [metrics] {} source: {e}; nothing was moved, check \
+             the section (`coalmine validate --preflight {origin}`)",
+            policy.source.kind()
+        ));
         EXIT_FAILURE
     })?;
     Ok((built, source))
@@ -132,6 +122,8 @@ pub(crate) async fn setup(
 
 /// How to present a run.
 pub(crate) struct Presentation {
+    /// The policy file, as messages name it.
+    pub(crate) origin: String,
     pub(crate) status_addr: Option<std::net::SocketAddr>,
     pub(crate) decisions: Option<PathBuf>,
     pub(crate) json: bool,
@@ -152,10 +144,11 @@ pub(crate) async fn drive(
         eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
     }
     if policy.rollout.approval != Approval::None && how.status_addr.is_none() {
-        eprintln!(
-            "error: the policy's [rollout] approval needs --status-addr ADDR, where an operator \
-             approves with POST /approve"
-        );
+        output::error(&format!(
+            "{}: [rollout] approval needs --status-addr ADDR, where an operator approves with \
+             POST /approve; add it, e.g. --status-addr 127.0.0.1:9900",
+            how.origin
+        ));
         return EXIT_INVALID;
     }
     let (abort_tx, abort_rx) = watch::channel(None);
@@ -171,7 +164,10 @@ pub(crate) async fn drive(
         match b.serve(addr).await {
             Ok(bound) => eprintln!("coalmine: status server on http://{bound}"),
             Err(e) => {
-                eprintln!("error: cannot serve status on {addr}: {e}");
+                output::error(&format!(
+                    "cannot serve the status server on --status-addr {addr}: {e}; choose a free \
+                     port (port 0 picks one)"
+                ));
                 return EXIT_FAILURE;
             }
         }
@@ -185,7 +181,7 @@ pub(crate) async fn drive(
             _ => None,
         },
     };
-    let mut progress = Progress { quiet: how.quiet };
+    let mut progress = Progress::new(how.quiet);
     let mut observers = Tee(
         &mut progress,
         board
@@ -196,7 +192,9 @@ pub(crate) async fn drive(
         Ok(r) => r,
         Err(e) => {
             let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-            eprintln!("error: {e}{cause}");
+            output::error(&format!(
+                "{e}{cause}; nothing was moved: choose a writable --decisions FILE"
+            ));
             return EXIT_FAILURE;
         }
     };
@@ -221,14 +219,16 @@ pub(crate) async fn main(args: RunArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let origin = policy::diag::escape_controls(&args.policy.display().to_string()).into_owned();
     for w in policy.warnings() {
-        eprintln!("warning: {w}");
+        output::warning(&format!("{origin}: {w}"));
     }
-    let (built, source) = match setup(&policy, None).await {
+    let (built, source) = match setup(&policy, &origin, None).await {
         Ok(x) => x,
         Err(code) => return code,
     };
     let how = Presentation {
+        origin,
         status_addr: args.output.status_addr,
         decisions: args.output.decisions,
         json: args.output.json,
