@@ -582,6 +582,14 @@ fn validate_preflight_evaluates_every_query() {
             "{stdout}"
         );
     }
+    // The demo's buckets (…, 20, 25, 30, 40, 50, 75 ms, …) are at least 1.2× apart, finer
+    // than the policy's allowed_ratio 1.1 nowhere: preflight says at which margin it judges.
+    assert!(
+        stdout.contains(
+            "metric `latency`: allowed_ratio 1.1 is finer than the histogram's buckets (×"
+        ) && stdout.contains("judged at ×1.0"),
+        "{stdout}"
+    );
     // A PromQL syntax error shows Prometheus's message and the rendered query before any
     // traffic moves.
     let text = std::fs::read_to_string(&path).expect("policy");

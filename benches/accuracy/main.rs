@@ -25,7 +25,7 @@ use coalmine::policy::{self, Rollout};
 
 use judges::{Analyzer, Ctx, Fixed, FlaggerStyle, KayentaStyle, Kind, Oracle, Sequential};
 use report::{Cell, RunResult};
-use sim::{Assignment, ErrorMode, Fault, LatencyMode, Scenario, World};
+use sim::{Assignment, Buckets, ErrorMode, Fault, LatencyMode, Scenario, World};
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 
@@ -75,12 +75,34 @@ fn setup(share: f64) -> Setup {
     }
 }
 
+/// `specs` with the latency metrics' `allowed_ratio` set to `m`.
+fn allowed_ratio(specs: &[(String, JudgeSpec)], m: f64) -> Vec<(String, JudgeSpec)> {
+    specs
+        .iter()
+        .map(|(n, s)| {
+            let mut s = s.clone();
+            if let JudgeSpec::Latency(l) = &mut s {
+                l.allowed_ratio = m;
+            }
+            (n.clone(), s)
+        })
+        .collect()
+}
+
 /// One rollout of `sc` judged by `kind`; `None` if the judge does not apply.
 fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Option<RunResult> {
     let interval = s.plan.analysis_interval.as_secs_f64();
     let mut world = World::new(sc, seed, interval);
+    let with_ratio;
+    let specs = match sc.allowed_ratio {
+        Some(m) => {
+            with_ratio = allowed_ratio(&s.specs, m);
+            &with_ratio
+        }
+        None => &s.specs,
+    };
     let mut analyzer: Box<dyn Analyzer> = match kind {
-        Kind::Sequential => Box::new(Sequential::new(&s.specs)),
+        Kind::Sequential => Box::new(Sequential::new(specs)),
         Kind::SequentialObserved => {
             if sc.assignment == Assignment::PerRequest {
                 return None;
@@ -91,7 +113,7 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
             if sc.latency != Some(LatencyMode::Warmup) {
                 return None;
             }
-            Box::new(Sequential::new(&s.specs))
+            Box::new(Sequential::new(specs))
         }
         Kind::Kayenta => Box::new(KayentaStyle::new()),
         Kind::Flagger => Box::new(FlaggerStyle::new(sc.p0, report::baseline_p99())),
@@ -239,6 +261,8 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
         errors: None,
         latency: None,
         fault: Fault::None,
+        buckets: Buckets::Fine,
+        allowed_ratio: None,
     };
     let mut v: Vec<(Scenario, f64)> = Vec::new();
     // A/A across traffic and baseline error rates.
@@ -465,6 +489,52 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
         },
         0.05,
     ));
+    // The latency cells again on classic Prometheus buckets doubling at each bound (5, 10,
+    // 20, 40 ms, …) with the latency metric's `allowed_ratio = 1.1`: the buckets cannot
+    // place 1.1·τ, so the test judges at ×1.0 (never looser than the policy, issue 10).
+    let coarse = Scenario {
+        variant: "×2 buckets, allowed 1.1",
+        buckets: Buckets::Doubling,
+        allowed_ratio: Some(1.1),
+        ..base.clone()
+    };
+    v.push((coarse.clone(), 0.05));
+    v.push((
+        Scenario {
+            name: "improvement",
+            effect: 0.9,
+            latency: Some(LatencyMode::Shift),
+            ..coarse.clone()
+        },
+        0.05,
+    ));
+    let coarse_ms: &[f64] = if quick {
+        &[1.5]
+    } else {
+        &[1.1, 1.25, 1.5, 2.0]
+    };
+    for &m in coarse_ms {
+        v.push((
+            Scenario {
+                name: "latency",
+                effect: m,
+                latency: Some(LatencyMode::Shift),
+                ..coarse.clone()
+            },
+            0.05,
+        ));
+    }
+    if !quick {
+        v.push((
+            Scenario {
+                name: "latency-tail",
+                effect: 1.5,
+                latency: Some(LatencyMode::Tail),
+                ..coarse.clone()
+            },
+            0.05,
+        ));
+    }
     // Data faults.
     v.push((
         Scenario {

@@ -184,7 +184,7 @@ fn effect(c: &Cell) -> String {
         "–".into()
     } else if c.variant == "new-errors" {
         format!("+{}×p0", c.effect)
-    } else if c.variant == "bimodal" {
+    } else if c.variant.starts_with("bimodal") {
         format!("{:.0}% +200ms", c.effect * 100.0)
     } else {
         format!("×{}", c.effect)
@@ -359,6 +359,35 @@ fn targets(cells: &[Cell], quick: bool) -> String {
             "NOT MET"
         },
         worst_ratio
+    );
+    // 3b. Classic ×2 buckets never loosen the policy's allowed slowdown (issue 10): with
+    // allowed_ratio 1.1 a ×1.5 slower canary is rolled back.
+    let coarse: Vec<&Cell> = cells
+        .iter()
+        .filter(seq)
+        .filter(|c| c.regression && c.variant.contains("×2 buckets"))
+        .collect();
+    let at_15: Vec<&&Cell> = coarse
+        .iter()
+        .filter(|c| c.scenario == "latency" && c.effect == 1.5)
+        .collect();
+    let ok3b = !at_15.is_empty() && at_15.iter().all(|c| c.rollback_rate >= 0.95);
+    let listed: Vec<String> = coarse
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}: {:.1}%",
+                c.scenario,
+                effect(c),
+                c.rollback_rate * 100.0
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- on ×2 buckets with allowed_ratio 1.1 (judged at ×1.0), a ×1.5 slower canary is rolled back in ≥ 95% of runs: {} (rolled back: {})",
+        if ok3b { "MET" } else { "NOT MET" },
+        listed.join(", ")
     );
     // 4. More regressions caught with less harm than Kayenta- and Flagger-style.
     let mut wins = 0;

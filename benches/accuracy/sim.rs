@@ -63,6 +63,29 @@ pub enum Fault {
     BaselineDies(f64),
 }
 
+/// The latency histogram's buckets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Buckets {
+    /// The built-in proxy's: 2^(1/8) apart (9 %).
+    Fine,
+    /// Classic Prometheus buckets doubling at each bound: 5 ms … 40.96 s, then `+∞`.
+    Doubling,
+}
+
+impl Buckets {
+    /// The bounds, seconds.
+    pub fn bounds(self) -> Vec<f64> {
+        match self {
+            Buckets::Fine => log_bounds(),
+            Buckets::Doubling => {
+                let mut b: Vec<f64> = (0..14).map(|i| 0.005 * 2f64.powi(i)).collect();
+                b.push(f64::INFINITY);
+                b
+            }
+        }
+    }
+}
+
 /// Counts a window reports (what the metrics source returns).
 #[derive(Clone, Debug)]
 struct Reported {
@@ -108,6 +131,10 @@ pub struct Scenario {
     pub latency: Option<LatencyMode>,
     /// Data faults.
     pub fault: Fault,
+    /// Latency histogram buckets.
+    pub buckets: Buckets,
+    /// The latency metric's `allowed_ratio` when not the default policy's.
+    pub allowed_ratio: Option<f64>,
 }
 
 impl Scenario {
@@ -316,7 +343,7 @@ impl World {
     pub fn new(sc: &Scenario, seed: u64, interval: f64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         let base_latency = LatencyModel::standard();
-        let bounds = log_bounds();
+        let bounds = sc.buckets.bounds();
         let base_probs = Latency::Same.bucket_probs(&base_latency, &bounds);
         let canary_latency = match sc.latency {
             Some(LatencyMode::Shift) => Latency::Shift(sc.effect),

@@ -61,8 +61,13 @@ pub struct EventStats {
     pub share: f64,
     /// Maximum-likelihood rate ratio canary/baseline, per unit of traffic.
     pub ratio: f64,
-    /// Confidence sequence for the ratio (`null` upper end means unbounded).
+    /// Confidence sequence for the ratio (`null` upper end means unbounded): the two-sided
+    /// one, except on a Fail, where it is the test's own one-sided interval
+    /// `[lower_bound, ∞)`, which always excludes the allowed ratio.
     pub ci_ratio: [f64; 2],
+    /// The (1 − α) lower confidence bound for the ratio that the test itself implies: every
+    /// ratio at or below it has been rejected (0 while the test has rejected nothing).
+    pub lower_bound: f64,
     /// Natural log of the current e-value.
     pub log_e: f64,
     /// Natural log of the rejection threshold 1/α.
@@ -149,7 +154,7 @@ impl EventJudge {
             Outcome::Fail
         } else if self.trials.0 <= 0.0 || self.trials.1 <= 0.0 {
             Outcome::NoData
-        } else if self.spec.intervals && self.test.confidence_sequence().1 <= self.spec.pass_ratio {
+        } else if self.spec.intervals && self.test.confidence_sequence().1 < self.spec.pass_ratio {
             Outcome::Pass
         } else {
             Outcome::Inconclusive
@@ -168,7 +173,12 @@ impl EventJudge {
     fn stats(&self) -> EventStats {
         let (be, ce) = self.test.events();
         let rate = |e: f64, t: f64| if t > 0.0 { e / t } else { f64::NAN };
-        let (lo, hi) = self.test.confidence_sequence();
+        let lower = self.test.lower_bound();
+        let (lo, hi) = if self.test.rejected() {
+            (lower, f64::INFINITY)
+        } else {
+            self.test.confidence_sequence()
+        };
         EventStats {
             baseline_events: be,
             canary_events: ce,
@@ -179,6 +189,7 @@ impl EventJudge {
             share: self.share,
             ratio: self.test.ratio_estimate(),
             ci_ratio: [lo, hi],
+            lower_bound: lower,
             log_e: self.test.log_e(),
             log_threshold: self.test.log_threshold(),
             p_value: self.test.p_value(),
@@ -191,7 +202,7 @@ impl EventJudge {
         let s = self.stats();
         let conf = (1.0 - self.spec.alpha) * 100.0;
         let head = format!(
-            "canary {} ({} of {}) vs baseline {} ({} of {}), ratio {} {conf:.1}% CS {}, e-value {}",
+            "canary {} ({} of {}) vs baseline {} ({} of {}), ratio {}",
             fmt::pct(s.canary_rate),
             fmt::count(s.canary_events),
             fmt::count(s.canary_trials),
@@ -199,17 +210,24 @@ impl EventJudge {
             fmt::count(s.baseline_events),
             fmt::count(s.baseline_trials),
             fmt::num(s.ratio),
-            fmt::interval(s.ci_ratio[0], s.ci_ratio[1]),
-            fmt::evalue(s.log_e),
         );
         if self.test.rejected() {
+            // Only the test's own bound: a two-sided interval from another construction
+            // could still include the allowed ratio and contradict the verdict.
             format!(
-                "{head} reached {} (1/α): canary rate exceeds {}× baseline",
+                "{head}, e-value {} reached {} (1/α): canary rate exceeds {}× baseline (the test rejects every ratio ≤ {}, a {conf:.1}% lower confidence bound)",
+                fmt::evalue(s.log_e.max(self.test.max_log_e())),
                 fmt::evalue(s.log_threshold),
-                fmt::num(s.allowed_ratio)
+                fmt::num(s.allowed_ratio),
+                fmt::num_down(s.lower_bound)
             )
         } else {
-            format!("{head}, needs {} to fail", fmt::evalue(s.log_threshold))
+            format!(
+                "{head} {conf:.1}% CS {}, e-value {}, needs {} to fail",
+                fmt::interval(s.ci_ratio[0], s.ci_ratio[1]),
+                fmt::evalue(s.log_e),
+                fmt::evalue(s.log_threshold)
+            )
         }
     }
 }

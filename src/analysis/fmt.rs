@@ -42,6 +42,41 @@ pub fn num(x: f64) -> String {
     }
 }
 
+/// [`num`] rounded toward zero instead of to the nearest digit, for lower bounds: "the test
+/// rejects every ratio ≤ 1.233" must stay true of the printed number.
+#[must_use]
+pub fn num_down(x: f64) -> String {
+    let decimals = if !x.is_finite() || x == 0.0 || x.abs() >= 1e5 || x.abs() < 1e-3 {
+        return num(x);
+    } else if x.abs() >= 100.0 {
+        0
+    } else if x.abs() >= 10.0 {
+        1
+    } else {
+        3
+    };
+    let scale = 10f64.powi(decimals);
+    // A hair of slack so that exact values (2.5) are not pushed down by representation error.
+    let v = ((x * scale) * (1.0 + 1e-12)).trunc() / scale;
+    format!("{v:.prec$}", prec = decimals as usize)
+}
+
+/// A ratio or margin with at most three significant digits and no trailing zeros, keeping
+/// one decimal: `1.0`, `1.1`, `1.19`, `2.5`, `∞`.
+#[must_use]
+pub fn num_short(x: f64) -> String {
+    if !x.is_finite() {
+        return num(x);
+    }
+    let s = format!("{x:.3}");
+    let s = s.trim_end_matches('0');
+    if s.ends_with('.') {
+        format!("{s}0")
+    } else {
+        s.to_string()
+    }
+}
+
 /// A count: whole numbers as integers, fractional ones (PromQL `increase()` extrapolates)
 /// with one decimal.
 #[must_use]
@@ -104,5 +139,12 @@ mod tests {
         assert_eq!(interval(0.5, 2.0), "[0.500, 2.000]");
         assert_eq!(count(7.448_499_999_999_999), "7.4");
         assert_eq!(count(12.0), "12");
+        assert_eq!(num_down(1.000_6), "1.000");
+        assert_eq!(num_down(2.5), "2.500");
+        assert_eq!(num_down(28.57), "28.5");
+        assert_eq!(num_short(1.0), "1.0");
+        assert_eq!(num_short(2.0), "2.0");
+        assert_eq!(num_short(1.1), "1.1");
+        assert_eq!(num_short(1.189_207), "1.189");
     }
 }

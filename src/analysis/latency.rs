@@ -3,15 +3,21 @@
 //! A request slower than a threshold τ is an event. Under H0 (same latency distribution,
 //! per-request assignment) a slow request comes from the canary with probability `w`, so
 //! the conditional event test of [`super::sequential`] applies unchanged, and drift that
-//! slows both arms cancels. With an allowed slowdown `m0`, the canary's events are counted
-//! above `m0·τ` (rounded up to a bucket bound, which only makes the test more conservative):
-//! if the canary is at most `m0` times slower, its events are no likelier than the baseline's.
+//! slows both arms cancels. With an allowed slowdown `m`, the canary's events are counted
+//! above the largest bucket bound at most `m·τ` ([`super::resolution`]): if the canary is
+//! at most that many times slower, its events are no likelier than the baseline's, and the
+//! test is never looser than the policy says. Where the buckets cannot represent `m`, the
+//! verdict says which margin it judged at.
 //!
 //! Thresholds are the baseline's quantiles estimated from *earlier* windows only (or fixed
 //! bounds), so they are predictable and each window's factor keeps its null expectation.
 //! The per-threshold e-processes are averaged, which is itself an e-process.
 //!
-//! For reporting, quantiles of each arm carry Howard–Ramdas time-uniform bounds.
+//! The same test runs at a short ladder of larger margins, so a Fail reports the largest
+//! slowdown the test has rejected (statistics.md §2.4.1). For reporting and for a Pass,
+//! quantiles of each arm carry Howard–Ramdas time-uniform bounds.
+
+use std::fmt::Write as _;
 
 use serde::Serialize;
 
@@ -19,6 +25,7 @@ use super::confseq::cdf_band_epsilon;
 use super::fmt;
 use super::histogram::Histogram;
 use super::observation::{Observation, Segment};
+use super::resolution::{self, Resolved};
 use super::sequential::{EventTest, Prior};
 use super::share::{ShareMode, ShareTracker};
 use super::special::log_sum_exp;
@@ -36,7 +43,8 @@ pub enum Thresholds {
 /// Settings of the sequential judge on latency.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LatencyJudgeSpec {
-    /// Allowed slowdown m0: the canary may be this many times slower before it fails.
+    /// Allowed slowdown m: the canary may be this many times slower before it fails
+    /// (judged at the largest margin at most m that the buckets represent).
     pub allowed_ratio: f64,
     /// A Pass needs every reported canary quantile's upper bound below this many times the
     /// baseline's lower bound.
@@ -69,6 +77,10 @@ impl LatencyJudgeSpec {
     }
 }
 
+/// Margins (relative to the allowed ratio) at which the test also runs, for the lower
+/// confidence bound a Fail reports; the first is the policy's own.
+const LADDER: [f64; 6] = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
+
 /// One arm-pair quantile with time-uniform bounds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct QuantileStat {
@@ -93,8 +105,11 @@ pub struct SlowStat {
     pub q: Option<f64>,
     /// Latest baseline threshold, seconds.
     pub baseline_threshold: f64,
-    /// Latest canary threshold (≥ allowed ratio × baseline threshold), seconds.
+    /// Latest canary threshold: the largest bucket bound at most allowed ratio × baseline
+    /// threshold, seconds.
     pub canary_threshold: f64,
+    /// `canary_threshold / baseline_threshold`: the margin judged at (≤ allowed ratio).
+    pub effective_ratio: f64,
     /// Slow baseline requests so far.
     pub baseline_slow: f64,
     /// Slow canary requests so far.
@@ -108,6 +123,8 @@ pub struct SlowStat {
 /// The numbers behind a latency verdict.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LatencyStats {
+    /// Which latency test: `slow-thresholds`.
+    pub test: &'static str,
     /// Baseline requests so far.
     pub baseline_requests: f64,
     /// Canary requests so far.
@@ -126,15 +143,32 @@ pub struct LatencyStats {
     pub p_value: f64,
     /// This metric's α.
     pub alpha: f64,
-    /// Allowed slowdown.
+    /// Allowed slowdown, as the policy says.
     pub allowed_ratio: f64,
+    /// The margin the test judged at: the smallest canary bound ÷ baseline threshold used
+    /// so far (at most `allowed_ratio`, at least 1; `null` before the first judged window).
+    /// The false-rollback guarantee holds for canaries at most this many times slower.
+    pub effective_ratio: f64,
+    /// Pass threshold on the slowdown's upper bound.
+    pub pass_ratio: f64,
+    /// On a Fail, the (1 − α) lower confidence bound the test implies: it rejected every
+    /// slowdown up to and including this margin, so the canary is more than this many
+    /// times slower (`null` while nothing is rejected).
+    pub slowdown_lower: Option<f64>,
+    /// Upper confidence bound on the slowdown, once every reported quantile has passed: the
+    /// largest canary bound ÷ baseline threshold at which the canary was shown less often
+    /// slow than the baseline (bucket edges, always below `pass_ratio`); `null` until then.
+    pub slowdown_upper: Option<f64>,
+    /// What the buckets could not resolve, when they could not (see [`super::resolution`]).
+    pub resolution: Option<String>,
 }
 
 #[derive(Clone, Debug)]
 struct Slot {
     q: Option<f64>,
     fixed: Option<f64>,
-    test: EventTest,
+    /// One test per ladder margin; the first is the policy's.
+    tests: Vec<EventTest>,
     last: Option<(f64, f64)>,
 }
 
@@ -145,7 +179,12 @@ pub struct LatencyJudge {
     slots: Vec<Slot>,
     baseline: Option<Histogram>,
     canary: Option<Histogram>,
-    max_log_e: f64,
+    /// Running maximum of the averaged log e-value, per ladder margin.
+    max_log_e: Vec<f64>,
+    /// Smallest judged-at margin so far, per ladder margin (the first with its place).
+    effective: Vec<f64>,
+    coarsest: Option<Resolved>,
+    pass: PassTest,
     share: f64,
     shares: ShareTracker,
 }
@@ -157,7 +196,10 @@ impl LatencyJudge {
         let mk = |q, fixed| Slot {
             q,
             fixed,
-            test: EventTest::new(spec.prior.clone(), 1.0, spec.alpha),
+            tests: LADDER
+                .iter()
+                .map(|_| EventTest::new(spec.prior.clone(), 1.0, spec.alpha))
+                .collect(),
             last: None,
         };
         let slots = match &spec.thresholds {
@@ -166,21 +208,29 @@ impl LatencyJudge {
         };
         LatencyJudge {
             shares: ShareTracker::new(spec.share),
+            pass: PassTest::new(&spec),
             spec,
             slots,
             baseline: None,
             canary: None,
-            max_log_e: 0.0,
+            max_log_e: vec![0.0; LADDER.len()],
+            effective: vec![f64::INFINITY; LADDER.len()],
+            coarsest: None,
             share: f64::NAN,
         }
     }
 
-    fn log_e(&self) -> f64 {
+    /// Averaged log e-value at ladder margin `n`.
+    fn log_e_at(&self, n: usize) -> f64 {
         if self.slots.is_empty() {
             return 0.0;
         }
-        let l: Vec<f64> = self.slots.iter().map(|s| s.test.log_e()).collect();
+        let l: Vec<f64> = self.slots.iter().map(|s| s.tests[n].log_e()).collect();
         log_sum_exp(&l) - (self.slots.len() as f64).ln()
+    }
+
+    fn log_e(&self) -> f64 {
+        self.log_e_at(0)
     }
 
     fn log_threshold(&self) -> f64 {
@@ -188,7 +238,19 @@ impl LatencyJudge {
     }
 
     fn rejected(&self) -> bool {
-        self.max_log_e >= self.log_threshold()
+        self.max_log_e[0] >= self.log_threshold()
+    }
+
+    /// The largest judged-at margin among the ladder margins the test has rejected.
+    fn slowdown_lower(&self) -> Option<f64> {
+        let thr = self.log_threshold();
+        // The e-values decrease along the ladder on every path (fewer canary events above
+        // a higher bound), so the rejected margins are a prefix of it.
+        (0..LADDER.len())
+            .take_while(|&n| self.max_log_e[n] >= thr)
+            .last()
+            .map(|n| self.effective[n])
+            .filter(|x| x.is_finite())
     }
 
     /// Adds one window and returns the verdict so far.
@@ -236,6 +298,7 @@ impl LatencyJudge {
         }
         let share = self.shares.share(seg.share, Some((b.total(), c.total())));
         self.share = share;
+        let bounds = b.bounds();
         // Thresholds from earlier windows only: chosen before this window is merged.
         for slot in &mut self.slots {
             let bi = match (slot.q, slot.fixed) {
@@ -244,19 +307,28 @@ impl LatencyJudge {
                     .baseline
                     .as_ref()
                     .and_then(|h| h.quantile_bucket(q))
-                    .filter(|&i| b.bounds()[i].is_finite()),
+                    .filter(|&i| bounds[i].is_finite()),
                 (None, None) => None,
             };
             let Some(bi) = bi else { continue };
-            let tau = b.bounds()[bi];
-            let Some(ci) = c.bound_at_or_above(tau * self.spec.allowed_ratio) else {
-                continue;
-            };
-            slot.last = Some((tau, c.bounds()[ci]));
-            slot.test
-                .update(share, c.count_above(ci), b.count_above(bi));
+            let tau = bounds[bi];
+            let base_slow = b.count_above(bi);
+            for (n, test) in slot.tests.iter_mut().enumerate() {
+                let m = self.spec.allowed_ratio * LADDER[n];
+                let r = Resolved::at_threshold(bounds, bi, m);
+                let ci = resolution::canary_bound(bounds, bi, m);
+                if n == 0 {
+                    slot.last = Some((tau, bounds[ci]));
+                    self.coarsest = resolution::coarsest(self.coarsest.into_iter().chain([r]));
+                }
+                self.effective[n] = self.effective[n].min(r.ratio);
+                test.update(share, c.count_above(ci), base_slow);
+            }
         }
-        self.max_log_e = self.max_log_e.max(self.log_e());
+        for n in 0..LADDER.len() {
+            self.max_log_e[n] = self.max_log_e[n].max(self.log_e_at(n));
+        }
+        self.pass.update(self.baseline.as_ref(), b, c, share);
         merge_into(&mut self.baseline, b);
         merge_into(&mut self.canary, c);
 
@@ -266,11 +338,9 @@ impl LatencyJudge {
             Outcome::Fail
         } else if nb <= 0.0 || nc <= 0.0 {
             Outcome::NoData
-        } else if !stats.quantiles.is_empty()
-            && stats
-                .quantiles
-                .iter()
-                .all(|q| q.canary_ci[1] <= self.spec.pass_ratio * q.baseline_ci[0])
+        } else if stats
+            .slowdown_upper
+            .is_some_and(|u| u < self.spec.pass_ratio)
         {
             Outcome::Pass
         } else {
@@ -293,76 +363,69 @@ impl LatencyJudge {
 
     fn stats(&self) -> LatencyStats {
         let (nb, nc) = self.requests();
-        // Two arms, each band at α/2.
-        let eb = cdf_band_epsilon(nb, self.spec.alpha / 2.0);
-        let ec = cdf_band_epsilon(nc, self.spec.alpha / 2.0);
-        let quantiles = match (&self.baseline, &self.canary) {
-            (Some(b), Some(c)) if nb > 0.0 && nc > 0.0 => self
-                .spec
-                .report_quantiles
-                .iter()
-                .map(|&q| {
-                    let (bl, bh) = b.quantile_bounds(q, eb);
-                    let (cl, ch) = c.quantile_bounds(q, ec);
-                    let (bq, cq) = (b.quantile(q), c.quantile(q));
-                    QuantileStat {
-                        q,
-                        baseline: bq,
-                        canary: cq,
-                        baseline_ci: [bl, bh],
-                        canary_ci: [cl, ch],
-                        ratio: cq / bq,
-                    }
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let quantiles = quantile_stats(
+            self.baseline.as_ref(),
+            self.canary.as_ref(),
+            &self.spec.report_quantiles,
+            self.spec.alpha,
+        );
         let thresholds = self
             .slots
             .iter()
             .map(|s| {
-                let (bs, cs) = s.test.events();
+                let (bs, cs) = s.tests[0].events();
                 let (bt, ct) = s.last.unwrap_or((f64::NAN, f64::NAN));
                 SlowStat {
                     q: s.q,
                     baseline_threshold: bt,
                     canary_threshold: ct,
+                    effective_ratio: ct / bt,
                     baseline_slow: bs,
                     canary_slow: cs,
-                    log_e: s.test.log_e(),
-                    ratio: s.test.ratio_estimate(),
+                    log_e: s.tests[0].log_e(),
+                    ratio: s.tests[0].ratio_estimate(),
                 }
             })
             .collect();
+        let effective = self.effective[0];
+        let pass_note = self.pass.note(self.spec.pass_ratio);
+        let fail_note = self
+            .coarsest
+            .and_then(|r| r.fail_note(self.spec.allowed_ratio));
+        let resolution = match (fail_note, pass_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         LatencyStats {
+            test: "slow-thresholds",
             baseline_requests: nb,
             canary_requests: nc,
             share: self.share,
+            slowdown_upper: self.pass.upper(),
             quantiles,
             thresholds,
             log_e: self.log_e(),
             log_threshold: self.log_threshold(),
-            p_value: (-self.max_log_e).exp().min(1.0),
+            p_value: (-self.max_log_e[0]).exp().min(1.0),
             alpha: self.spec.alpha,
             allowed_ratio: self.spec.allowed_ratio,
+            effective_ratio: if effective.is_finite() {
+                effective
+            } else {
+                f64::NAN
+            },
+            pass_ratio: self.spec.pass_ratio,
+            slowdown_lower: if self.rejected() {
+                self.slowdown_lower()
+            } else {
+                None
+            },
+            resolution,
         }
     }
 
     fn reason(&self) -> String {
         let s = self.stats();
-        let qs: Vec<String> = s
-            .quantiles
-            .iter()
-            .map(|q| {
-                format!(
-                    "p{} canary {} vs baseline {} (×{})",
-                    fmt_q(q.q),
-                    fmt::secs(q.canary),
-                    fmt::secs(q.baseline),
-                    fmt::num(q.ratio)
-                )
-            })
-            .collect();
         let worst = s
             .thresholds
             .iter()
@@ -370,29 +433,227 @@ impl LatencyJudge {
             .max_by(|a, b| a.log_e.total_cmp(&b.log_e));
         let slow = worst.map_or(String::new(), |t| {
             format!(
-                "; strongest evidence above {}: canary {} slow vs baseline {}, slow-rate ratio {}",
+                "; strongest evidence above {} (canary above {}): canary {} slow vs baseline {}, slow-rate ratio {}",
                 fmt::secs(t.baseline_threshold),
+                fmt::secs(t.canary_threshold),
                 fmt::count(t.canary_slow),
                 fmt::count(t.baseline_slow),
                 fmt::num(t.ratio)
             )
         });
-        let verdict = if self.rejected() {
-            format!(
-                "e-value {} reached {} (1/α): canary slower than {}× baseline",
-                fmt::evalue(s.log_e.max(self.max_log_e)),
-                fmt::evalue(s.log_threshold),
-                fmt::num(s.allowed_ratio)
-            )
-        } else {
-            format!(
-                "e-value {}, needs {} to fail",
-                fmt::evalue(s.log_e),
-                fmt::evalue(s.log_threshold)
-            )
-        };
-        format!("{}{slow}; {verdict}", qs.join(", "))
+        let max_log_e = self.max_log_e[0];
+        format!(
+            "{}{slow}; {}",
+            quantile_summary(&s.quantiles),
+            verdict_summary(&s, max_log_e, self.rejected())
+        )
     }
+}
+
+/// The pass side (statistics.md §2.4.1): for each reported quantile q, a one-sided test of
+/// "the canary's requests slower than c are at least as frequent as the baseline's slower
+/// than τ", τ the baseline's q-quantile bound (fixed once earlier windows hold about 20
+/// requests above it) and c the largest bound *below* `pass_ratio`·τ. Rejecting it for
+/// every quantile shows, at level α, that the canary is less than c/τ (< `pass_ratio`)
+/// times slower there; the bound is a bucket ratio, so no Pass is finer than the buckets.
+#[derive(Clone, Debug)]
+struct PassTest {
+    pass_ratio: f64,
+    slots: Vec<PassSlot>,
+    bounds: Option<Vec<f64>>,
+}
+
+#[derive(Clone, Debug)]
+struct PassSlot {
+    q: f64,
+    /// (baseline threshold index, canary bound index), fixed once chosen.
+    at: Option<(usize, usize)>,
+    /// Baseline events against canary events, share 1 − w: rejects "canary rate ≥
+    /// baseline rate".
+    test: EventTest,
+}
+
+impl PassTest {
+    fn new(spec: &LatencyJudgeSpec) -> Self {
+        PassTest {
+            pass_ratio: spec.pass_ratio,
+            slots: spec
+                .report_quantiles
+                .iter()
+                .map(|&q| PassSlot {
+                    q,
+                    at: None,
+                    test: EventTest::new(spec.prior.clone(), 1.0, spec.alpha),
+                })
+                .collect(),
+            bounds: None,
+        }
+    }
+
+    /// Adds a window; thresholds come from `earlier` (the baseline before this window).
+    fn update(&mut self, earlier: Option<&Histogram>, b: &Histogram, c: &Histogram, w: f64) {
+        if self.bounds.as_deref() != Some(b.bounds()) {
+            // New buckets: thresholds and evidence about the old ones no longer apply.
+            let fresh: Vec<PassSlot> = self
+                .slots
+                .iter()
+                .map(|s| PassSlot {
+                    q: s.q,
+                    at: None,
+                    test: s.test.fresh(),
+                })
+                .collect();
+            self.slots = fresh;
+            self.bounds = Some(b.bounds().to_vec());
+        }
+        let bounds = b.bounds();
+        for slot in &mut self.slots {
+            if slot.at.is_none()
+                && let Some(h) = earlier.filter(|h| h.bounds() == bounds)
+                && let Some(i) = h.quantile_bucket(slot.q).filter(|&i| bounds[i].is_finite())
+                && h.count_above(i) >= 20.0
+            {
+                slot.at = Some((i, pass_bound(bounds, i, self.pass_ratio)));
+            }
+            if let Some((i, ci)) = slot.at {
+                slot.test
+                    .update(1.0 - w, b.count_above(i), c.count_above(ci));
+            }
+        }
+    }
+
+    /// The largest margin c/τ over the quantiles, once every one has passed.
+    fn upper(&self) -> Option<f64> {
+        let bounds = self.bounds.as_ref()?;
+        let mut worst: f64 = 0.0;
+        for s in &self.slots {
+            let (i, ci) = s.at?;
+            if !s.test.rejected() {
+                return None;
+            }
+            worst = worst.max(bounds[ci] / bounds[i]);
+        }
+        (!self.slots.is_empty()).then_some(worst)
+    }
+
+    /// Where the buckets make `pass_ratio` unreachable except for a faster canary.
+    fn note(&self, pass_ratio: f64) -> Option<String> {
+        let bounds = self.bounds.as_ref()?;
+        let resolved = self
+            .slots
+            .iter()
+            .filter_map(|s| s.at)
+            .map(|(i, _)| Resolved::at_threshold(bounds, i, 1.0));
+        resolution::widest(resolved)?.pass_note(pass_ratio)
+    }
+}
+
+/// Index of the largest bound strictly below `p·bounds[i]` (at least `i`): the pass side
+/// rounds the other way, so a Pass never claims a finer margin than the buckets show.
+fn pass_bound(bounds: &[f64], i: usize, p: f64) -> usize {
+    let c = resolution::canary_bound(bounds, i, p);
+    if c > i && bounds[c] >= p * bounds[i] * (1.0 - 1e-9) {
+        c - 1
+    } else {
+        c
+    }
+}
+
+/// The reported quantiles with Howard–Ramdas bounds, each arm's band at α/2.
+fn quantile_stats(
+    baseline: Option<&Histogram>,
+    canary: Option<&Histogram>,
+    qs: &[f64],
+    alpha: f64,
+) -> Vec<QuantileStat> {
+    let (Some(b), Some(c)) = (baseline, canary) else {
+        return Vec::new();
+    };
+    let (nb, nc) = (b.total(), c.total());
+    if !(nb > 0.0 && nc > 0.0) {
+        return Vec::new();
+    }
+    let eb = cdf_band_epsilon(nb, alpha / 2.0);
+    let ec = cdf_band_epsilon(nc, alpha / 2.0);
+    qs.iter()
+        .map(|&q| {
+            let (bl, bh) = b.quantile_bounds(q, eb);
+            let (cl, ch) = c.quantile_bounds(q, ec);
+            let (bq, cq) = (b.quantile(q), c.quantile(q));
+            QuantileStat {
+                q,
+                baseline: bq,
+                canary: cq,
+                baseline_ci: [bl, bh],
+                canary_ci: [cl, ch],
+                ratio: cq / bq,
+            }
+        })
+        .collect()
+}
+
+fn quantile_summary(qs: &[QuantileStat]) -> String {
+    qs.iter()
+        .map(|q| {
+            format!(
+                "p{} canary {} vs baseline {} (×{})",
+                fmt_q(q.q),
+                fmt::secs(q.canary),
+                fmt::secs(q.baseline),
+                fmt::num(q.ratio)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The verdict part of a latency reason: on a Fail, the margin judged at and the test's own
+/// lower bound (never another construction's interval); otherwise the e-value and, when it
+/// can be computed, the upper bound a Pass needs below `pass_ratio`.
+fn verdict_summary(s: &LatencyStats, max_log_e: f64, rejected: bool) -> String {
+    let mut out = if rejected {
+        let judged = if s.effective_ratio.is_finite() {
+            s.effective_ratio
+        } else {
+            s.allowed_ratio
+        };
+        let mut v = format!(
+            "e-value {} reached {} (1/α): canary slower than {}× baseline",
+            fmt::evalue(s.log_e.max(max_log_e)),
+            fmt::evalue(s.log_threshold),
+            fmt::num_short(judged),
+        );
+        if let Some(l) = s.slowdown_lower {
+            let _ = write!(
+                v,
+                " (the test rejects every slowdown up to ×{}, a {:.1}% lower confidence bound)",
+                fmt::num_short(l),
+                (1.0 - s.alpha) * 100.0
+            );
+        }
+        v
+    } else {
+        let mut v = format!(
+            "e-value {}, needs {} to fail",
+            fmt::evalue(s.log_e),
+            fmt::evalue(s.log_threshold)
+        );
+        if let Some(u) = s.slowdown_upper {
+            let _ = write!(
+                v,
+                "; slowdown below ×{} at every reported quantile ({:.1}% confidence), passes below ×{}",
+                fmt::num_short(u),
+                (1.0 - s.alpha) * 100.0,
+                fmt::num_short(s.pass_ratio)
+            );
+        }
+        v
+    };
+    if let Some(note) = &s.resolution {
+        out.push_str("; ");
+        out.push_str(note);
+    }
+    out
 }
 
 fn fmt_q(q: f64) -> String {
@@ -416,6 +677,48 @@ fn merge_into(acc: &mut Option<Histogram>, h: &Histogram) {
     }
 }
 
+/// What the histogram's buckets cannot resolve for this metric, for `validate --preflight`:
+/// the allowed ratio where the canary's bound had to be rounded down (over the thresholds
+/// the judge would use on `h`, or every bound when `h` is empty) and a pass ratio finer
+/// than the buckets. Empty when the buckets resolve both.
+#[must_use]
+pub fn resolution_notes(spec: &LatencyJudgeSpec, h: &Histogram) -> Vec<String> {
+    let bounds = h.bounds();
+    let finite: Vec<usize> = (0..bounds.len())
+        .filter(|&i| bounds[i].is_finite())
+        .collect();
+    let at: Vec<usize> = match &spec.thresholds {
+        Thresholds::Fixed(ts) => ts.iter().filter_map(|t| h.bound_at_or_above(*t)).collect(),
+        Thresholds::Quantiles(qs) if h.total() > 0.0 => qs
+            .iter()
+            .filter_map(|q| h.quantile_bucket(*q))
+            .filter(|&i| bounds[i].is_finite())
+            .collect(),
+        Thresholds::Quantiles(_) => finite.clone(),
+    };
+    let pass_at: Vec<usize> = if h.total() > 0.0 {
+        spec.report_quantiles
+            .iter()
+            .filter_map(|q| h.quantile_bucket(*q))
+            .filter(|&i| bounds[i].is_finite())
+            .collect()
+    } else {
+        finite
+    };
+    let fail = resolution::coarsest(
+        at.iter()
+            .map(|&i| Resolved::at_threshold(bounds, i, spec.allowed_ratio)),
+    )
+    .and_then(|r| r.fail_note(spec.allowed_ratio));
+    let pass = resolution::widest(
+        pass_at
+            .iter()
+            .map(|&i| Resolved::at_threshold(bounds, i, 1.0)),
+    )
+    .and_then(|r| r.pass_note(spec.pass_ratio));
+    fail.into_iter().chain(pass).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::histogram::{log_bounds, log_bucket_index};
@@ -430,6 +733,23 @@ mod tests {
             let z = super::super::special::norm_ppf(u);
             let x = median * (0.5 * z).exp();
             counts[log_bucket_index(x)] += 1.0;
+        }
+        Histogram::try_new(bounds, counts).unwrap()
+    }
+
+    /// Classic Prometheus buckets doubling at each bound: 5, 10, 20, … ms, then `+∞`.
+    fn coarse(n: usize, median: f64) -> Histogram {
+        let mut bounds: Vec<f64> = (0..13).map(|i| 0.005 * 2f64.powi(i)).collect();
+        bounds.push(f64::INFINITY);
+        let mut counts = vec![0.0; bounds.len()];
+        for i in 0..n {
+            let u = (i as f64 + 0.5) / n as f64;
+            let x = median * (0.5 * super::super::special::norm_ppf(u)).exp();
+            let b = bounds
+                .iter()
+                .position(|b| x <= *b)
+                .unwrap_or(bounds.len() - 1);
+            counts[b] += 1.0;
         }
         Histogram::try_new(bounds, counts).unwrap()
     }
@@ -480,6 +800,135 @@ mod tests {
             let v = j.observe("latency", &seg(0.25, hist(750, 0.02), hist(250, 0.022)));
             assert_ne!(v.outcome, Outcome::Fail, "{}", v.reason);
         }
+    }
+
+    /// Issue 10, item 1: with buckets doubling at each bound, a canary 1.5× slower under
+    /// `allowed_ratio = 1.1` was promoted, because the canary's bound 1.1·τ was rounded up
+    /// to the next bucket (2·τ). It must fail, and say it judged at ×1.0.
+    #[test]
+    fn coarse_buckets_never_loosen_the_allowed_ratio() {
+        let mut spec = LatencyJudgeSpec::new(0.01);
+        spec.allowed_ratio = 1.1;
+        let mut j = LatencyJudge::new(spec);
+        let mut v = None;
+        for _ in 0..60 {
+            v = Some(j.observe("latency", &seg(0.05, coarse(950, 0.02), coarse(50, 0.03))));
+        }
+        let v = v.unwrap();
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.reason);
+        assert!(v.reason.contains("judged at ×1.0"), "{}", v.reason);
+        // The decision record (the verdict serialised) carries the same facts.
+        let rec = serde_json::to_value(&v).expect("serialisable");
+        assert_eq!(rec["stats"]["allowed_ratio"], 1.1);
+        assert_eq!(rec["stats"]["effective_ratio"], 1.0);
+        assert!(
+            rec["stats"]["resolution"].as_str().is_some_and(|n| n.contains(
+                "allowed_ratio 1.1 is finer than the histogram's buckets (×2.0 at 20.0ms): judged at ×1.0"
+            )),
+            "{rec}"
+        );
+        let lower = rec["stats"]["slowdown_lower"]
+            .as_f64()
+            .expect("a Fail's bound");
+        assert!(lower >= 1.0, "{rec}");
+    }
+
+    #[test]
+    fn coarse_buckets_same_latency_does_not_fail() {
+        let mut spec = LatencyJudgeSpec::new(0.01);
+        spec.allowed_ratio = 1.1;
+        let mut j = LatencyJudge::new(spec);
+        let mut v = None;
+        for _ in 0..100 {
+            v = Some(j.observe("latency", &seg(0.25, coarse(750, 0.02), coarse(250, 0.02))));
+            assert_ne!(v.as_ref().unwrap().outcome, Outcome::Fail);
+        }
+        let Stats::SlowEvents(s) = v.unwrap().stats else {
+            panic!("stats")
+        };
+        assert_eq!(s.effective_ratio, 1.0);
+        assert!(s.resolution.unwrap().contains("judged at ×1.0"));
+        // ×2 buckets cannot show a same-latency canary within ×1.375 (1.25 × 1.1): no Pass.
+        assert_eq!(s.slowdown_upper, None);
+    }
+
+    #[test]
+    fn fixed_thresholds_round_the_canary_bound_down() {
+        let mut spec = LatencyJudgeSpec::new(0.01);
+        spec.allowed_ratio = 1.1;
+        spec.thresholds = Thresholds::Fixed(vec![0.02]);
+        let mut j = LatencyJudge::new(spec);
+        let mut v = None;
+        for _ in 0..60 {
+            v = Some(j.observe("latency", &seg(0.05, coarse(950, 0.02), coarse(50, 0.03))));
+        }
+        let v = v.unwrap();
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.reason);
+        let Stats::SlowEvents(s) = v.stats else {
+            panic!("stats")
+        };
+        assert_eq!(s.thresholds[0].canary_threshold, 0.02);
+        assert_eq!(s.thresholds[0].effective_ratio, 1.0);
+        // The bound the Fail reports is the test's own: at least the margin judged at.
+        assert!(s.slowdown_lower.unwrap() >= s.effective_ratio);
+    }
+
+    #[test]
+    fn representable_margins_are_kept_and_reported() {
+        // ×2 buckets and allowed_ratio 2: the canary's bound is exactly 2τ, no note.
+        let mut spec = LatencyJudgeSpec::new(0.01);
+        spec.allowed_ratio = 2.0;
+        spec.pass_ratio = 2.5;
+        let h = coarse(1000, 0.02);
+        assert!(resolution_notes(&spec, &h).is_empty());
+        let mut j = LatencyJudge::new(spec.clone());
+        for _ in 0..40 {
+            // Exactly 2× slower is the boundary of the null: not a Fail.
+            let v = j.observe("latency", &seg(0.05, coarse(950, 0.02), coarse(50, 0.04)));
+            assert_ne!(v.outcome, Outcome::Fail, "{}", v.reason);
+        }
+        spec.allowed_ratio = 1.1;
+        spec.pass_ratio = 1.25;
+        let notes = resolution_notes(&spec, &h);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0]
+                .starts_with("allowed_ratio 1.1 is finer than the histogram's buckets (×2.0 at ")
+        );
+        assert!(notes[1].starts_with("pass_ratio 1.25 is finer"));
+        assert!(notes[1].ends_with("only a canary faster than the baseline can pass"));
+        // The built-in buckets (9 % apart) resolve a 1.1 margin down to ×1.09.
+        let fine = hist(1000, 0.02);
+        let notes = resolution_notes(&spec, &fine);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("judged at ×1.091"), "{notes:?}");
+    }
+
+    /// Early pass (`[rollout] early_pass`) needs a reachable, honest Pass: with enough data
+    /// a same-latency canary's slowdown bound drops below `pass_ratio`, on fine buckets.
+    #[test]
+    fn healthy_canary_passes_with_enough_data() {
+        let mut j = LatencyJudge::new(LatencyJudgeSpec::new(0.01));
+        let mut v = None;
+        // 5 minutes at 5 % and 5 at 25 % of 200 req/s, 5 s windows.
+        for i in 0..120 {
+            let w = if i < 60 { 0.05 } else { 0.25 };
+            let n = 1000.0;
+            let (nb, nc) = ((n * (1.0 - w)) as usize, (n * w) as usize);
+            v = Some(j.observe("latency", &seg(w, hist(nb, 0.05), hist(nc, 0.05))));
+            if v.as_ref().unwrap().outcome == Outcome::Pass {
+                eprintln!("passed at window {i}");
+                break;
+            }
+        }
+        let v = v.unwrap();
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.reason);
+        let Stats::SlowEvents(s) = v.stats else {
+            panic!("stats")
+        };
+        let u = s.slowdown_upper.unwrap();
+        assert!(u < 1.25 && u > 1.0, "{u}");
+        assert!(v.reason.contains("passes below ×1.25"), "{}", v.reason);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod observation;
 pub mod proportions;
 #[cfg(test)]
 mod props;
+pub mod resolution;
 pub mod sequential;
 pub mod share;
 pub mod special;

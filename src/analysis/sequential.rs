@@ -200,6 +200,7 @@ pub struct EventTest {
     log_lik: Vec<f64>,
     by_share: Vec<ShareCounts>,
     max_log_e: f64,
+    lower: f64,
     cs: (f64, f64),
     canary_events: f64,
     baseline_events: f64,
@@ -218,10 +219,17 @@ impl EventTest {
             log_lik: vec![0.0; n],
             by_share: Vec::new(),
             max_log_e: 0.0,
+            lower: 0.0,
             cs: (0.0, f64::INFINITY),
             canary_events: 0.0,
             baseline_events: 0.0,
         }
+    }
+
+    /// The same test with no evidence yet.
+    #[must_use]
+    pub fn fresh(&self) -> Self {
+        EventTest::new(self.prior.clone(), self.ln_r0.exp(), self.alpha)
     }
 
     /// Adds one window: `canary` and `baseline` events routed while the canary's
@@ -255,7 +263,49 @@ impl EventTest {
                 baseline: b,
             }),
         }
-        self.max_log_e = self.max_log_e.max(self.log_e());
+        let log_e = self.log_e();
+        self.max_log_e = self.max_log_e.max(log_e);
+        if log_e >= self.log_threshold {
+            self.lower = self.lower.max(self.rejected_below());
+        }
+    }
+
+    /// The largest ratio r′ ≥ r0 whose one-sided test (this prior, shifted to the boundary
+    /// ln r′) is at or above 1/α now; r0 itself when none is (statistics.md §2.4.1).
+    ///
+    /// Each member of the family is an e-process under r ≤ r′ and its e-value decreases
+    /// strictly in r′, so the ratios it rejects form an interval from 0 up to this point.
+    /// Bisection keeps a point that is certainly rejected.
+    fn rejected_below(&self) -> f64 {
+        let f = |d: f64| self.log_e_at(self.ln_r0 + d, &self.prior) - self.log_threshold;
+        if !(f(0.0) >= 0.0) {
+            return self.ln_r0.exp();
+        }
+        let (mut lo, mut hi) = (0.0_f64, 40.0_f64);
+        if f(hi) >= 0.0 {
+            return (self.ln_r0 + hi).exp();
+        }
+        for _ in 0..200 {
+            if hi - lo <= 1e-13 * (1.0 + (self.ln_r0 + lo).abs()) {
+                break;
+            }
+            let mid = 0.5 * (lo + hi);
+            if f(mid) >= 0.0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        (self.ln_r0 + lo).exp()
+    }
+
+    /// The one-sided (1 − α) lower confidence bound for r implied by the test itself: every
+    /// ratio at or below it has been rejected at some look (running maximum over looks; 0
+    /// until the test rejects r0). Time-uniform: the true ratio is above it at every look
+    /// with probability at least 1 − α.
+    #[must_use]
+    pub fn lower_bound(&self) -> f64 {
+        self.lower
     }
 
     /// Current log e-value against H0: r ≤ r0.
@@ -288,10 +338,12 @@ impl EventTest {
         (-self.max_log_e).exp().min(1.0)
     }
 
-    /// Whether the e-process has crossed 1/α at any look.
+    /// Whether the test has rejected r ≤ r0 at some look: its lower confidence bound is
+    /// above r0 (so a Fail is never reported with a bound at or below the allowed ratio).
+    /// This implies that the e-process crossed 1/α.
     #[must_use]
     pub fn rejected(&self) -> bool {
-        self.max_log_e >= self.log_threshold
+        self.lower > self.ln_r0.exp()
     }
 
     /// Events so far: (baseline, canary).
@@ -300,7 +352,9 @@ impl EventTest {
         (self.baseline_events, self.canary_events)
     }
 
-    /// Two-sided log e-value of the mixture centred on log ratio `delta0`.
+    /// Log e-value of the mixture `prior` (offsets from the boundary) against the null
+    /// boundary log ratio `delta0`: the test's own family when `prior` is the test's prior,
+    /// the two-sided one for the confidence sequence.
     fn log_e_at(&self, delta0: f64, two: &Prior) -> f64 {
         let terms: Vec<f64> = two
             .deltas
@@ -450,6 +504,12 @@ mod tests {
             t.update(0.05, 2.0, 18.0);
         }
         assert!(t.rejected(), "log e {}", t.max_log_e());
+        // The bound the test implies excludes r0 and sits below the estimate.
+        let l = t.lower_bound();
+        assert!(l > 1.0 && l < t.ratio_estimate(), "{l}");
+        // It is the boundary of the rejected set: the family shifted to l is at 1/α.
+        let at = t.log_e_at(l.ln(), &t.prior.clone());
+        assert!((at - t.log_threshold()).abs() < 1e-6, "{at}");
         let (lo, hi) = t.update_confidence_sequence();
         assert!(lo > 1.0 && hi > 2.0 && lo < 2.0, "{lo} {hi}");
         // Exactly the share: never rejects, interval covers 1.

@@ -47,7 +47,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         None => match policy::parse(DEMO_POLICY, "policies/demo.toml") {
             Ok(p) => p,
             Err(d) => {
-                eprintln!("{d}");
+                errln!("{d}");
                 return EXIT_INVALID;
             }
         },
@@ -72,7 +72,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         return EXIT_INVALID;
     }
     if !args.output.quiet {
-        eprintln!(
+        errln!(
             "coalmine demo: scenario {:?}; baseline http://{}, canary http://{}; {} req/s",
             args.scenario,
             baseline.addr(),
@@ -110,7 +110,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         p.shutdown().await;
     }
     if !args.output.quiet {
-        eprintln!(
+        errln!(
             "load: {} sent, {} ok, {} 5xx, {} failed, {} skipped",
             stats.sent, stats.ok, stats.server_errors, stats.failed, stats.skipped
         );

@@ -379,7 +379,7 @@ pub fn main(args: &InitArgs) -> u8 {
         .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
     match written {
         Ok(()) => {
-            eprintln!(
+            errln!(
                 "coalmine: wrote {shown} ({} traffic, {} metrics); check it with `coalmine validate {shown}`",
                 args.provider.word(),
                 metrics.word()

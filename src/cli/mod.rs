@@ -5,6 +5,32 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` that never panics: when stdout is closed (`coalmine run --json | true`) the
+/// output is lost, not the rollout's exit code.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics: after a hangup (a closed SSH session) stderr may be gone,
+/// and the rollback must still run to its end.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`errln`]).
+macro_rules! err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 pub mod completions;
 pub mod demo;
 pub mod demo_services;
@@ -14,6 +40,7 @@ pub mod output;
 pub mod progress;
 pub mod run;
 pub mod schema;
+pub mod signals;
 pub mod status;
 pub mod validate;
 

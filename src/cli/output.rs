@@ -125,12 +125,12 @@ pub fn unpainted(text: &str) -> String {
 
 /// Prints `error: {message}` on stderr, "error" coloured when stderr is.
 pub fn error(message: &str) {
-    eprintln!("{}: {message}", paint("error", Style::Bad, color()));
+    errln!("{}: {message}", paint("error", Style::Bad, color()));
 }
 
 /// Prints `warning: {message}` on stderr, "warning" coloured when stderr is.
 pub fn warning(message: &str) {
-    eprintln!("{}: {message}", paint("warning", Style::Note, color()));
+    errln!("{}: {message}", paint("warning", Style::Note, color()));
 }
 
 /// Writes to stdout; a closed pipe (`coalmine man | head`) is not an error worth a panic.

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use super::output;
 use super::progress::{Progress, summary};
+use super::signals::{TrafficState, watch_signals};
 use super::status::{StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::readiness::CanaryProbe;
@@ -50,7 +51,7 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
     match super::validate::read(path) {
         Ok((p, warnings)) => {
             if !warnings.is_empty() {
-                eprintln!("{warnings}");
+                errln!("{warnings}");
             }
             Ok(p)
         }
@@ -59,37 +60,11 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
             Err(EXIT_INVALID)
         }
         Err(super::validate::Unread::Invalid(d)) => {
-            eprintln!("{d}");
+            errln!("{d}");
             super::output::error(&super::validate::invalid_sentence(path, d.items().len()));
             Err(EXIT_INVALID)
         }
     }
-}
-
-/// Turns Ctrl-C or SIGTERM into an abort on `tx` (the rollout rolls back).
-pub(crate) fn abort_on_signal(tx: watch::Sender<Option<String>>) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                let _ = tokio::signal::ctrl_c().await;
-                let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
-                return;
-            };
-            let why = tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
-                _ = term.recv() => "terminated (SIGTERM)",
-            };
-            let _ = tx.send(Some(why.to_string()));
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
-        }
-    });
 }
 
 /// Builds the traffic provider (starting the built-in proxy if the policy uses it) and the
@@ -141,7 +116,7 @@ pub(crate) async fn drive(
     if let Some(p) = &built.proxy
         && !how.quiet
     {
-        eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
+        errln!("coalmine: built-in proxy listening on http://{}", p.addr());
     }
     if policy.rollout.approval != Approval::None && how.status_addr.is_none() {
         output::error(&format!(
@@ -152,7 +127,8 @@ pub(crate) async fn drive(
         return EXIT_INVALID;
     }
     let (abort_tx, abort_rx) = watch::channel(None);
-    abort_on_signal(abort_tx.clone());
+    let mut traffic_state = TrafficState::default();
+    watch_signals(abort_tx.clone(), traffic_state.clone());
     let (mut board, levers) = match how.status_addr {
         Some(_) => {
             let (b, rx) = StatusBoard::new(abort_tx);
@@ -162,7 +138,7 @@ pub(crate) async fn drive(
     };
     if let (Some(b), Some(addr)) = (&board, how.status_addr) {
         match b.serve(addr).await {
-            Ok(bound) => eprintln!("coalmine: status server on http://{bound}"),
+            Ok(bound) => errln!("coalmine: status server on http://{bound}"),
             Err(e) => {
                 output::error(&format!(
                     "cannot serve the status server on --status-addr {addr}: {e}; choose a free \
@@ -182,12 +158,13 @@ pub(crate) async fn drive(
         },
     };
     let mut progress = Progress::new(how.quiet);
-    let mut observers = Tee(
-        &mut progress,
+    let mut others = Tee(
+        &mut traffic_state,
         board
             .as_mut()
             .map(|b| b as &mut dyn crate::controller::Observer),
     );
+    let mut observers = Tee(&mut progress, Some(&mut others));
     let report = match run(policy, &built.provider, source, opts, &mut observers).await {
         Ok(r) => r,
         Err(e) => {
@@ -203,13 +180,13 @@ pub(crate) async fn drive(
 }
 
 fn print_report(report: &RunReport, json: bool, extra: Option<serde_json::Value>) {
-    eprint!("{}", summary(report));
+    err!("{}", summary(report));
     if json {
         let mut v = serde_json::to_value(report).unwrap_or_default();
         if let (Some(obj), Some(serde_json::Value::Object(extra))) = (v.as_object_mut(), extra) {
             obj.extend(extra);
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
 }
 

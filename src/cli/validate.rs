@@ -174,7 +174,7 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
 /// The `path: ok: ...` line and the policy's warnings.
 fn print_ok(path: &Path, policy: &Policy) {
     let metrics: Vec<&str> = policy.metrics.iter().map(|m| m.name.as_str()).collect();
-    println!(
+    outln!(
         "{}: ok: rollout `{}`, steps {}, traffic {}, metrics {} ({})",
         escape_controls(&path.display().to_string()),
         escape_controls(&policy.name),
@@ -190,7 +190,7 @@ fn print_ok(path: &Path, policy: &Policy) {
         escape_controls(&metrics.join(", "))
     );
     for w in policy.warnings() {
-        eprintln!(
+        errln!(
             "{}: {}: {w}",
             path.display(),
             output::paint("warning", output::Style::Note, output::color())
@@ -208,14 +208,14 @@ struct Report<'a> {
 impl Report<'_> {
     fn ok(&self, what: &str) {
         if self.json.is_none() {
-            println!("{}: preflight{what}", self.path.display());
+            outln!("{}: preflight{what}", self.path.display());
         }
     }
 
     fn problem(&mut self, what: &str) {
         match &mut self.json {
             Some(list) => list.push(format!("preflight: {what}")),
-            None => eprintln!("{}: preflight: {what}", self.path.display()),
+            None => errln!("{}: preflight: {what}", self.path.display()),
         }
     }
 }
@@ -251,6 +251,22 @@ async fn check_queries(policy: &Policy, source: &metrics::AnySource, out: &mut R
                     },
                 );
                 out.ok(&format!(": metric `{}`: queries ok ({arms})", m.name));
+                // What the histogram's buckets cannot resolve of the policy's ratios.
+                if let (crate::analysis::JudgeSpec::Latency(spec), Some(s)) =
+                    (&m.judge, f.segments.last())
+                {
+                    let h = match (&s.baseline, &s.canary) {
+                        (crate::analysis::Observation::Histogram(h), _)
+                        | (_, crate::analysis::Observation::Histogram(h)) => Some(h),
+                        _ => None,
+                    };
+                    for note in h
+                        .map(|h| crate::analysis::latency::resolution_notes(spec, h))
+                        .unwrap_or_default()
+                    {
+                        out.ok(&format!(": metric `{}`: {note}", m.name));
+                    }
+                }
             }
             Err(e) => {
                 out.problem(&format!("metric `{}`: {e}", m.name));

@@ -41,7 +41,7 @@ fn demo_errors_rolls_back_naming_the_metric_and_its_numbers() {
     assert_eq!(json["final_weight"], 0.0);
     let detail = json["reason"]["detail"].as_str().unwrap();
     assert!(
-        detail.contains("e-value") && detail.contains("CS ["),
+        detail.contains("e-value") && detail.contains("lower confidence bound"),
         "{detail}"
     );
     let m = json["metrics"]
@@ -54,6 +54,7 @@ fn demo_errors_rolls_back_naming_the_metric_and_its_numbers() {
     assert!(m["stats"]["log_e"].as_f64().unwrap() >= m["stats"]["log_threshold"].as_f64().unwrap());
     let ci = m["stats"]["ci_ratio"].as_array().unwrap();
     assert!(ci[0].as_f64().unwrap() > 1.0, "interval excludes 1: {ci:?}");
+    assert!(m["stats"]["lower_bound"].as_f64().unwrap() > 1.0, "{m}");
     assert!(stderr.contains("ROLLED BACK"), "{stderr}");
     assert!(took < Duration::from_secs(60), "{took:?}");
 }

@@ -13,5 +13,6 @@ mod proxy;
 mod raw_http;
 mod rollout;
 mod schema;
+mod signals;
 mod status;
 mod support;
