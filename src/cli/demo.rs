@@ -112,7 +112,11 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
     if !args.output.quiet {
         errln!(
             "load: {} sent, {} ok, {} 5xx, {} failed, {} skipped",
-            stats.sent, stats.ok, stats.server_errors, stats.failed, stats.skipped
+            stats.sent,
+            stats.ok,
+            stats.server_errors,
+            stats.failed,
+            stats.skipped
         );
     }
     baseline.stop();

@@ -68,7 +68,11 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
         let s = load.stop().await;
         errln!(
             "load: {} sent, {} ok, {} 5xx, {} failed, {} skipped",
-            s.sent, s.ok, s.server_errors, s.failed, s.skipped
+            s.sent,
+            s.ok,
+            s.server_errors,
+            s.failed,
+            s.skipped
         );
     }
     baseline.stop();
