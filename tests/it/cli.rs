@@ -138,3 +138,20 @@ fn judge_counts_prints_json() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn demo_services_refuses_buckets_that_are_not_a_histogram() {
+    for (arg, says) in [
+        ("0.02,0.01", "bucket bounds must increase (0.01 after 0.02)"),
+        ("0.01,-1", "bucket bounds must be positive seconds, got -1"),
+        (
+            "0.01,inf",
+            "bucket bounds must be positive seconds, got inf",
+        ),
+    ] {
+        let out = run(&["demo-services", "--rps", "0", "--buckets", arg]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {stderr}");
+        assert!(stderr.contains(says), "{arg}: {stderr}");
+    }
+}
