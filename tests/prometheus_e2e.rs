@@ -47,10 +47,11 @@ struct Services {
     canary: SocketAddr,
 }
 
-fn start_services(scenario: &str, load_to: SocketAddr) -> Services {
+fn start_services(scenario: &str, extra: &[&str], load_to: SocketAddr) -> Services {
     let mut proc = Guard::spawn(
         Command::new(BIN)
             .args(["demo-services", "--scenario", scenario])
+            .args(extra)
             .args(["--baseline", "127.0.0.1:0", "--canary", "127.0.0.1:0"])
             .args(["--load-to", &load_to.to_string(), "--rps", "250"])
             .stdout(Stdio::piped())
@@ -368,11 +369,22 @@ struct Finished {
 
 /// Runs one rollout of the generated policy against `scenario`; `None` to skip.
 fn rollout(test: &str, scenario: &str, limits: &Limits, outage: Outage) -> Option<Finished> {
+    rollout_on(test, scenario, &[], limits, outage)
+}
+
+/// [`rollout`] with extra `demo-services` arguments (e.g. its histogram's buckets).
+fn rollout_on(
+    test: &str,
+    scenario: &str,
+    extra: &[&str],
+    limits: &Limits,
+    outage: Outage,
+) -> Option<Finished> {
     let bin = require_tool("prometheus", "prometheus")?;
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let services = start_services(scenario, proxy);
+    let services = start_services(scenario, extra, proxy);
     let mut prom = Prometheus::start(bin, &[services.baseline, services.canary]);
     let policy = policy(dir.path(), proxy, &services, &prom, limits);
     let ready = started.elapsed();
@@ -463,6 +475,43 @@ fn assert_rolled_back_by(f: &Finished, metric: &str) {
 fn erroring_canary_rolls_back_naming_the_metric() {
     if let Some(f) = rollout("errors", "errors", &LIMITS, Outage::None) {
         assert_rolled_back_by(&f, "errors");
+    }
+}
+
+/// A classic histogram doubling at each bound: it cannot place a bound at 1.1 × τ.
+const COARSE: &[&str] = &[
+    "--buckets",
+    "0.005,0.01,0.02,0.04,0.08,0.16,0.32,0.64,1.28,2.56",
+];
+
+#[test]
+fn coarse_buckets_a_canary_1_5x_slower_under_allowed_ratio_1_1_rolls_back() {
+    // Issue 10: on ×2 buckets the canary's bound m·τ was rounded up to the next bucket, and
+    // "up to 10 % slower" behaved like "up to 2× slower": this canary was promoted. It is
+    // now judged at the largest margin the buckets represent (×1.0), and says so.
+    let Some(f) = rollout_on("coarse-latency", "latency", COARSE, &LIMITS, Outage::None) else {
+        return;
+    };
+    assert_rolled_back_by(&f, "latency");
+    let said = f
+        .run
+        .ticks()
+        .iter()
+        .filter_map(|t| t["metrics"].as_array())
+        .flatten()
+        .filter(|m| m["metric"] == "latency")
+        .any(|m| m.to_string().contains("finer than the histogram's buckets"));
+    assert!(
+        said,
+        "the records say at which margin it judged\n{}",
+        f.run.diagnostics()
+    );
+}
+
+#[test]
+fn coarse_buckets_a_healthy_canary_promotes() {
+    if let Some(f) = rollout_on("coarse-healthy", "healthy", COARSE, &LIMITS, Outage::None) {
+        assert_eq!(f.code, 0, "expected a promotion\n{}", f.run.diagnostics());
     }
 }
 
@@ -566,7 +615,7 @@ fn validate_preflight_evaluates_every_query() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let services = start_services("healthy", proxy);
+    let services = start_services("healthy", &[], proxy);
     let prom = Prometheus::start(bin, &[services.baseline, services.canary]);
     let path = policy(dir.path(), proxy, &services, &prom, &LIMITS);
     let out = validate_preflight(&path);
@@ -648,7 +697,7 @@ fn tls_with_a_private_ca_file() {
     )
     .expect("write web config");
     let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let services = start_services("healthy", proxy);
+    let services = start_services("healthy", &[], proxy);
     let mut prom = Prometheus::new(bin, &[services.baseline, services.canary]);
     prom.web_config = Some(web);
     prom.spawn();

@@ -31,7 +31,7 @@ pub fn man() -> u8 {
     let cmd = Cli::command();
     let mut out = Vec::new();
     if let Err(e) = render_man(&cmd, &mut out) {
-        errln!("error: cannot render the man page: {e}");
+        super::output::error(&format!("cannot render the man page: {e}"));
         return EXIT_FAILURE;
     }
     write_stdout(&out)
@@ -59,16 +59,10 @@ fn render_man(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes to stdout; a closed pipe (`coalmine man | head`) is not an error worth a panic.
 fn write_stdout(bytes: &[u8]) -> u8 {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+    match super::output::write_stdout(bytes) {
         Ok(()) => EXIT_OK,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
-        Err(e) => {
-            errln!("error: cannot write to stdout: {e}");
-            EXIT_FAILURE
-        }
+        Err(code) => code,
     }
 }
 
@@ -99,7 +93,17 @@ mod tests {
         let mut out = Vec::new();
         clap_complete::generate(Shell::Bash, &mut Cli::command(), "coalmine", &mut out);
         let text = String::from_utf8(out).unwrap();
-        for word in ["validate", "demo", "run", "judge", "--policy"] {
+        for word in [
+            "validate",
+            "demo",
+            "run",
+            "judge",
+            "schema",
+            "init",
+            "--provider",
+            "--color",
+            "--policy",
+        ] {
             assert!(text.contains(word), "no {word} in the bash completion");
         }
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::output;
 use super::run::{OutputArgs, Presentation, drive, load, setup};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::demo::{DEMO_POLICY, Scenario, behaviours, load::Load, service::Service, wire};
@@ -34,6 +35,10 @@ pub struct DemoArgs {
 
 /// Runs `coalmine demo`.
 pub(crate) async fn main(args: DemoArgs) -> u8 {
+    let origin = args.policy.as_ref().map_or_else(
+        || "policies/demo.toml".to_string(),
+        |p| crate::policy::diag::escape_controls(&p.display().to_string()).into_owned(),
+    );
     let mut policy = match &args.policy {
         Some(p) => match load(p) {
             Ok(p) => p,
@@ -52,12 +57,18 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
     let (baseline, canary) = match (Service::start(any, b).await, Service::start(any, c).await) {
         (Ok(b), Ok(c)) => (b, c),
         (Err(e), _) | (_, Err(e)) => {
-            errln!("error: cannot start demo services: {e}");
+            output::error(&format!(
+                "cannot start the demo's services on 127.0.0.1: {e}; check that loopback \
+                 ports can be bound"
+            ));
             return EXIT_FAILURE;
         }
     };
     if let Err(e) = wire(&mut policy, baseline.addr(), canary.addr()) {
-        errln!("error: {e}");
+        output::error(&format!(
+            "{origin}: {e}; give --policy a policy for the built-in proxy (`coalmine init` \
+             writes one)"
+        ));
         return EXIT_INVALID;
     }
     if !args.output.quiet {
@@ -69,7 +80,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
             args.rps
         );
     }
-    let (built, source) = match setup(&policy, Some(args.seed)).await {
+    let (built, source) = match setup(&policy, &origin, Some(args.seed)).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -78,11 +89,15 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         .as_ref()
         .map(crate::traffic::proxy::ProxyHandle::addr)
     else {
-        errln!("error: the demo needs [traffic] type = \"proxy\"");
+        output::error(&format!(
+            "{origin}: the demo needs [traffic] type = \"proxy\"; give --policy a policy for \
+             the built-in proxy (`coalmine init` writes one)"
+        ));
         return EXIT_INVALID;
     };
     let load = Load::start(proxy_addr, args.rps, 512);
     let how = Presentation {
+        origin,
         status_addr: args.output.status_addr,
         decisions: args.output.decisions.clone(),
         json: args.output.json,

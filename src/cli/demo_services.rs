@@ -28,6 +28,11 @@ pub struct DemoServicesArgs {
     /// Requests per second sent to `--load-to` (0: no load).
     #[arg(long, default_value_t = 400)]
     pub rps: u32,
+    /// Bucket bounds (seconds) of the services' latency histograms, e.g.
+    /// `0.005,0.01,0.02,0.04,0.08` for a classic histogram doubling at each bound (default:
+    /// 18 bounds from 5 ms to 10 s, at most 1.5× apart below 100 ms).
+    #[arg(long, value_name = "SECONDS,...", value_delimiter = ',')]
+    pub buckets: Option<Vec<f64>>,
     /// Seed for the services' errors and latencies.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -36,13 +41,24 @@ pub struct DemoServicesArgs {
 /// Runs `coalmine demo-services` until Ctrl-C or SIGTERM.
 pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
     let (b, c) = behaviours(args.scenario, args.seed);
+    let bounds = args
+        .buckets
+        .unwrap_or_else(|| crate::demo::service::METRIC_BUCKETS.to_vec());
+    if let Some(problem) = crate::demo::service::check_buckets(&bounds) {
+        errln!("error: --buckets: {problem}; write e.g. --buckets 0.005,0.01,0.02,0.04");
+        return super::EXIT_INVALID;
+    }
     let (baseline, canary) = match (
-        Service::start(args.baseline, b).await,
-        Service::start(args.canary, c).await,
+        Service::start_with_buckets(args.baseline, b, bounds.clone()).await,
+        Service::start_with_buckets(args.canary, c, bounds).await,
     ) {
         (Ok(b), Ok(c)) => (b, c),
         (Err(e), _) | (_, Err(e)) => {
-            errln!("error: cannot start demo services: {e}");
+            super::output::error(&format!(
+                "cannot start the demo's services on --baseline {} and --canary {}: {e}; choose \
+                 free ports",
+                args.baseline, args.canary
+            ));
             return EXIT_FAILURE;
         }
     };

@@ -286,7 +286,7 @@ fn report(result: Result<Value, String>) -> u8 {
             EXIT_OK
         }
         Err(e) => {
-            errln!("error: {e}");
+            super::output::error(&e);
             EXIT_INVALID
         }
     }

@@ -35,9 +35,12 @@ pub mod completions;
 pub mod control;
 pub mod demo;
 pub mod demo_services;
+pub mod init;
 pub mod judge;
+pub mod output;
 pub mod progress;
 pub mod run;
+pub mod schema;
 pub mod signals;
 pub mod status;
 pub mod validate;
@@ -69,6 +72,9 @@ pub struct Cli {
     /// The rollout store and the control API's token.
     #[command(flatten)]
     pub state: control::StateArgs,
+    /// Colour and verbosity, taken by every command.
+    #[command(flatten)]
+    pub global: output::GlobalArgs,
 }
 
 /// The subcommands.
@@ -108,6 +114,12 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff) on stdout: `coalmine man > coalmine.1`.
     Man,
+    /// Print the policy's JSON Schema (draft 2020-12) on stdout, for editors that check TOML
+    /// as you type (taplo, Even Better TOML); docs/policy.schema.json is the same.
+    Schema(schema::SchemaArgs),
+    /// Write a commented starting policy for a traffic provider and a metrics source, one
+    /// that `coalmine validate` accepts as it is (on stdout, or to -o FILE).
+    Init(init::InitArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -117,6 +129,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Judge(cmd) => return judge::run(cmd),
         Command::Completions(a) => return completions::completions(a),
         Command::Man => return completions::man(),
+        Command::Schema(a) => return schema::main(a),
+        Command::Init(a) => return init::main(a),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +139,9 @@ pub fn run(cli: Cli) -> u8 {
     {
         Ok(r) => r,
         Err(e) => {
-            errln!("error: cannot start the async runtime: {e}");
+            output::error(&format!(
+                "cannot start the async runtime: {e}; check the process's thread and memory limits"
+            ));
             return EXIT_FAILURE;
         }
     };
@@ -141,7 +157,11 @@ pub fn run(cli: Cli) -> u8 {
             Command::Pause(a) => control::lever(&cli.state, &a, "/pause").await,
             Command::Resume(a) => control::lever(&cli.state, &a, "/resume").await,
             Command::Validate(a) => validate::main(a).await,
-            Command::Judge(_) | Command::Completions(_) | Command::Man => EXIT_OK,
+            Command::Judge(_)
+            | Command::Completions(_)
+            | Command::Man
+            | Command::Schema(_)
+            | Command::Init(_) => EXIT_OK,
         }
     })
 }

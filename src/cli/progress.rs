@@ -3,17 +3,38 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use super::output::{self, Style, paint};
 use crate::analysis::fmt;
 use crate::analysis::{Outcome, Stats};
 use crate::controller::record::{MetricRecord, RecordKind};
 use crate::controller::runner::not_started_text;
 use crate::controller::{Decision, FinalOutcome, Observer, Record, RunReport};
 
+/// The widest a progress line gets without `--verbose`: a 100-column terminal shows each
+/// on one line. The detail is in `--verbose` and in the decision records.
+pub const WIDTH: usize = 100;
+
 /// Prints records as progress lines on stderr.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Print nothing.
     pub quiet: bool,
+    /// Every number on every line, however long (`-v`).
+    pub verbose: bool,
+    /// Colour the decisions and failures (stderr is a terminal, or `--color always`).
+    pub color: bool,
+}
+
+impl Progress {
+    /// Progress as the command line asked for it (`-v`, `--color`, `NO_COLOR`).
+    #[must_use]
+    pub fn new(quiet: bool) -> Self {
+        Progress {
+            quiet,
+            verbose: output::verbosity() > 0,
+            color: output::color(),
+        }
+    }
 }
 
 fn outcome_word(o: Option<Outcome>) -> &'static str {
@@ -79,9 +100,58 @@ fn arms(metrics: &[MetricRecord]) -> String {
     out
 }
 
-/// One progress line for a record.
+/// The decision of a tick, as the line ends with it.
+fn decision_text(d: Option<&Decision>) -> String {
+    match d {
+        Some(Decision::Hold { reason }) if reason.is_empty() => "hold".to_string(),
+        Some(Decision::Hold { reason }) => format!("hold: {reason}"),
+        Some(Decision::Advance { step, weight }) => {
+            format!("ADVANCE to step {} ({weight})", step + 1)
+        }
+        Some(Decision::Promote) => "PROMOTE".to_string(),
+        Some(Decision::Rollback { reason }) => format!("ROLLBACK: {reason}"),
+        Some(Decision::Pause { reason }) => format!("PAUSE: {reason}"),
+        Some(Decision::Adopt { weight }) => format!("ADOPT {weight} (set outside coalmine)"),
+        None => String::new(),
+    }
+}
+
+/// The metrics of a tick in a few words: the failing ones by name, the others counted.
+fn metrics_counted(metrics: &[MetricRecord]) -> String {
+    let mut parts: Vec<String> = metrics
+        .iter()
+        .filter(|m| m.outcome == Some(Outcome::Fail))
+        .map(|m| {
+            let dry = if m.dry_run { " (dry-run)" } else { "" };
+            format!("{} FAIL{dry}", m.metric)
+        })
+        .collect();
+    for word in ["pass", "inconclusive", "nodata", "error"] {
+        let n = metrics
+            .iter()
+            .filter(|m| outcome_word(m.outcome) == word)
+            .count();
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// `text` cut to `width` characters, ending with `…` when cut.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// One progress line for a record, without colour: every number when `verbose`, else at
+/// most [`WIDTH`] characters.
 #[must_use]
-pub fn line(r: &Record) -> String {
+pub fn line(r: &Record, verbose: bool) -> String {
     let head = format!("{:>6.1}s", r.elapsed_s);
     match r.kind {
         RecordKind::Tick => {
@@ -91,39 +161,44 @@ pub fn line(r: &Record) -> String {
             let req = r.requests.as_ref().map_or(String::new(), |q| {
                 format!("  req b={:.0} c={:.0}", q.step[0], q.step[1])
             });
-            let metrics: Vec<String> = r
+            let decision = decision_text(r.decision.as_ref());
+            let left = format!("{head}  {step} {:>5}{req}", r.weight.to_string());
+            if verbose {
+                let metrics: Vec<String> = r
+                    .metrics
+                    .iter()
+                    .map(|m| {
+                        let b = brief(m);
+                        let dry = if m.dry_run { " (dry-run)" } else { "" };
+                        if b.is_empty() {
+                            format!("{} {}{dry}", m.metric, outcome_word(m.outcome))
+                        } else {
+                            format!("{} {} {b}{dry}", m.metric, outcome_word(m.outcome))
+                        }
+                    })
+                    .collect();
+                return format!(
+                    "{left}{}  | {} | {decision}",
+                    arms(&r.metrics),
+                    metrics.join(", ")
+                );
+            }
+            let named: Vec<String> = r
                 .metrics
                 .iter()
                 .map(|m| {
-                    let b = brief(m);
                     let dry = if m.dry_run { " (dry-run)" } else { "" };
-                    if b.is_empty() {
-                        format!("{} {}{dry}", m.metric, outcome_word(m.outcome))
-                    } else {
-                        format!("{} {} {b}{dry}", m.metric, outcome_word(m.outcome))
-                    }
+                    format!("{} {}{dry}", m.metric, outcome_word(m.outcome))
                 })
                 .collect();
-            let decision = match &r.decision {
-                Some(Decision::Hold { reason }) if reason.is_empty() => "hold".to_string(),
-                Some(Decision::Hold { reason }) => format!("hold: {reason}"),
-                Some(Decision::Advance { step, weight }) => {
-                    format!("ADVANCE to step {} ({weight})", step + 1)
-                }
-                Some(Decision::Promote) => "PROMOTE".to_string(),
-                Some(Decision::Rollback { reason }) => format!("ROLLBACK: {reason}"),
-                Some(Decision::Pause { reason }) => format!("PAUSE: {reason}"),
-                Some(Decision::Adopt { weight }) => {
-                    format!("ADOPT {weight} (set outside coalmine)")
-                }
-                None => String::new(),
-            };
-            format!(
-                "{head}  {step} {:>5}{req}{}  | {} | {decision}",
-                r.weight.to_string(),
-                arms(&r.metrics),
-                metrics.join(", ")
-            )
+            let mut metrics = named.join(", ");
+            let total = |m: &str, d: &str| format!("{left}  | {m} | {d}").chars().count();
+            if total(&metrics, &decision) > WIDTH {
+                metrics = metrics_counted(&r.metrics);
+            }
+            let room = WIDTH.saturating_sub(total(&metrics, ""));
+            let fitted = format!("{left}  | {metrics} | {}", cut(&decision, room));
+            cut(&fitted, WIDTH)
         }
         RecordKind::Transition | RecordKind::Final | RecordKind::Resumed | RecordKind::Operator => {
             let event = r.event.as_deref().unwrap_or("event");
@@ -131,16 +206,41 @@ pub fn line(r: &Record) -> String {
                 .detail
                 .as_ref()
                 .map_or(String::new(), |d| format!(": {d}"));
-            format!("{head}  {event} (weight {}){detail}", r.weight)
+            let full = format!("{head}  {event} (weight {}){detail}", r.weight);
+            if verbose { full } else { cut(&full, WIDTH) }
         }
     }
+}
+
+/// Colours the words that matter in a line made by [`line`]: the decision of a tick and
+/// failing metrics.
+fn painted(text: &str) -> String {
+    const WORDS: [(&str, Style); 8] = [
+        ("| PROMOTE", Style::Good),
+        ("| ROLLBACK", Style::Bad),
+        ("| ADVANCE", Style::Good),
+        ("| PAUSE", Style::Note),
+        ("| ADOPT", Style::Note),
+        (" FAIL", Style::Bad),
+        ("  promoted", Style::Good),
+        ("  rolled-back", Style::Bad),
+    ];
+    let mut out = text.to_string();
+    for (w, style) in WORDS {
+        let word = w.trim_start_matches(['|', ' ']);
+        let lead = &w[..w.len() - word.len()];
+        out = out.replace(w, &format!("{lead}{}", paint(word, style, true)));
+    }
+    out
 }
 
 impl Observer for Progress {
     fn on_record(&mut self, r: &Record) {
         if !self.quiet {
+            let text = line(r, self.verbose);
+            let text = if self.color { painted(&text) } else { text };
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{}", line(r));
+            let _ = writeln!(err, "{text}");
         }
     }
 }
@@ -238,12 +338,13 @@ fn statistic(m: &MetricRecord) -> (String, String) {
 #[must_use]
 pub fn summary(r: &RunReport) -> String {
     let mut out = String::new();
-    let verdict = match &r.outcome {
-        FinalOutcome::Promoted => "PROMOTED".to_string(),
-        FinalOutcome::RolledBack { .. } => "ROLLED BACK".to_string(),
-        FinalOutcome::NotStarted { .. } => "NOT STARTED".to_string(),
-        FinalOutcome::Failed { .. } => "FAILED".to_string(),
+    let (verdict, style) = match &r.outcome {
+        FinalOutcome::Promoted => ("PROMOTED", Style::Good),
+        FinalOutcome::RolledBack { .. } => ("ROLLED BACK", Style::Bad),
+        FinalOutcome::NotStarted { .. } => ("NOT STARTED", Style::Note),
+        FinalOutcome::Failed { .. } => ("FAILED", Style::Bad),
     };
+    let verdict = paint(verdict, style, output::color());
     let _ = writeln!(
         out,
         "\ncoalmine: rollout `{}` {verdict} after {:.1}s (step {} of {}, {} ticks); canary weight now {}",

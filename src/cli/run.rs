@@ -6,6 +6,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::control::StateArgs;
+use super::output;
 use super::progress::{Progress, summary};
 use super::signals::{TrafficState, watch_signals};
 use super::status::{Auth, StatusBoard, Tee};
@@ -88,41 +89,20 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
 
 /// [`load`], with the SHA-256 of the very bytes parsed.
 pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
-    use std::io::Read;
-    let shown = path.display().to_string();
-    // Read one byte past the limit, never more: a huge file is refused without being held
-    // in memory.
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| {
-            f.take(policy::MAX_POLICY_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-        })
-        .map_err(|e| {
-            errln!(
-                "error: cannot read policy {}: {e}",
-                policy::diag::escape_controls(&shown)
-            );
-            EXIT_INVALID
-        })?;
-    let sha = policy_sha256(&bytes);
-    match policy::parse_bytes(&bytes, &shown) {
+    match super::validate::read_hashed(path) {
         Ok((p, warnings)) => {
             if !warnings.is_empty() {
                 errln!("{warnings}");
             }
-            // Before anything can print or record them: the policy's URL credentials,
-            // webhook path and token variable names.
-            crate::redact::register_policy(&p);
             Ok((p, sha))
         }
-        Err(d) => {
+        Err(super::validate::Unread::Io(message)) => {
+            super::output::error(&message);
+            Err(EXIT_INVALID)
+        }
+        Err(super::validate::Unread::Invalid(d)) => {
             errln!("{d}");
-            errln!(
-                "error: {} problem(s) in {}",
-                d.items().len(),
-                policy::diag::escape_controls(&shown)
-            );
+            super::output::error(&super::validate::invalid_sentence(path, d.items().len()));
             Err(EXIT_INVALID)
         }
     }
@@ -132,16 +112,25 @@ pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
 /// metrics source. Prints the problem and returns the exit code on failure.
 pub(crate) async fn setup(
     policy: &Policy,
+    origin: &str,
     seed: Option<u64>,
 ) -> Result<(traffic::BuiltTraffic, metrics::AnySource), u8> {
     let built = traffic::build_seeded(&policy.traffic, seed)
         .await
         .map_err(|e| {
-            errln!("error: cannot set up traffic provider: {e}");
+            output::error(&format!(
+                "{origin}: cannot set up the [traffic] {} provider: {e}; nothing was moved, \
+                 check the section (`coalmine validate --preflight {origin}`)",
+                policy.traffic.kind()
+            ));
             EXIT_FAILURE
         })?;
     let source = metrics::build(&policy.source, built.proxy.as_ref()).map_err(|e| {
-        errln!("error: cannot set up metrics source: {e}");
+        output::error(&format!(
+            "{origin}: cannot set up the [metrics] {} source: {e}; nothing was moved, check \
+             the section (`coalmine validate --preflight {origin}`)",
+            policy.source.kind()
+        ));
         EXIT_FAILURE
     })?;
     Ok((built, source))
@@ -149,6 +138,8 @@ pub(crate) async fn setup(
 
 /// How to present a run.
 pub(crate) struct Presentation {
+    /// The policy file, as messages name it.
+    pub(crate) origin: String,
     pub(crate) status_addr: Option<std::net::SocketAddr>,
     pub(crate) decisions: Option<PathBuf>,
     pub(crate) json: bool,
@@ -174,10 +165,11 @@ pub(crate) async fn drive(
         && how.status_addr.is_none()
         && how.durable.is_none()
     {
-        errln!(
-            "error: the policy's [rollout] approval needs --status-addr ADDR, where an operator \
-             approves with POST /approve"
-        );
+        output::error(&format!(
+            "{}: [rollout] approval needs --status-addr ADDR, where an operator approves with \
+             POST /approve; add it, e.g. --status-addr 127.0.0.1:9900",
+            how.origin
+        ));
         return EXIT_INVALID;
     }
     let (abort_tx, abort_rx) = watch::channel(None);
@@ -214,7 +206,10 @@ pub(crate) async fn drive(
                 });
             }
             Err(e) => {
-                errln!("error: cannot serve status on {addr}: {e}");
+                output::error(&format!(
+                    "cannot serve the status server on --status-addr {addr}: {e}; choose a free \
+                     port (port 0 picks one)"
+                ));
                 return EXIT_FAILURE;
             }
         }
@@ -229,7 +224,7 @@ pub(crate) async fn drive(
         },
         policy_sha256: None,
     };
-    let mut progress = Progress { quiet: how.quiet };
+    let mut progress = Progress::new(how.quiet);
     let mut others = Tee(
         &mut traffic_state,
         board
@@ -264,7 +259,9 @@ pub(crate) async fn drive(
         Ok(r) => r,
         Err(e) => {
             let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-            errln!("error: {e}{cause}");
+            output::error(&format!(
+                "{e}{cause}; nothing was moved: choose a writable --decisions FILE"
+            ));
             return EXIT_FAILURE;
         }
     };
@@ -387,8 +384,9 @@ pub(crate) async fn main(args: RunArgs, state: &StateArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let origin = policy::diag::escape_controls(&args.policy.display().to_string()).into_owned();
     for w in policy.warnings() {
-        errln!("warning: {w}");
+        output::warning(&format!("{origin}: {w}"));
     }
     let restart = args.durable.restart.then(|| "--restart".to_string());
     let durable = match prepare(
@@ -407,7 +405,10 @@ pub(crate) async fn main(args: RunArgs, state: &StateArgs) -> u8 {
 
 /// Runs a prepared durable rollout (`run`, `retry`).
 pub(crate) async fn main_with(policy: &Policy, output: OutputArgs, durable: DurableRun) -> u8 {
-    let (built, source) = match setup(policy, None).await {
+    let origin =
+        policy::diag::escape_controls(durable.policy.path.as_deref().unwrap_or(&policy.name))
+            .into_owned();
+    let (built, source) = match setup(policy, &origin, None).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -417,6 +418,7 @@ pub(crate) async fn main_with(policy: &Policy, output: OutputArgs, durable: Dura
         p.state().set_weight(r.weight);
     }
     let how = Presentation {
+        origin,
         status_addr: output.status_addr,
         decisions: output.decisions,
         json: output.json,

@@ -32,6 +32,22 @@ pub const METRIC_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// The problem with `bounds` as histogram bucket bounds, if any: 1 to 100 finite,
+/// positive, strictly increasing values (seconds).
+#[must_use]
+pub fn check_buckets(bounds: &[f64]) -> Option<String> {
+    if bounds.is_empty() || bounds.len() > 100 {
+        return Some(format!("1 to 100 bucket bounds, got {}", bounds.len()));
+    }
+    if let Some(b) = bounds.iter().find(|b| !b.is_finite() || **b <= 0.0) {
+        return Some(format!("bucket bounds must be positive seconds, got {b}"));
+    }
+    bounds
+        .windows(2)
+        .find(|w| w[1] <= w[0])
+        .map(|w| format!("bucket bounds must increase ({} after {})", w[1], w[0]))
+}
+
 /// How a service behaves.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Behaviour {
@@ -81,6 +97,8 @@ struct Counters {
 #[derive(Debug)]
 struct Shared {
     behaviour: Behaviour,
+    /// Bucket bounds of the `/metrics` histogram, seconds.
+    bounds: Vec<f64>,
     rng: Mutex<SmallRng>,
     counters: Counters,
 }
@@ -103,7 +121,7 @@ impl Shared {
     fn record(&self, error: bool, latency: Duration) {
         let c = &self.counters;
         let s = latency.as_secs_f64();
-        let i = METRIC_BUCKETS.partition_point(|b| *b < s);
+        let i = self.bounds.partition_point(|b| *b < s);
         c.buckets[i].fetch_add(1, Ordering::Relaxed);
         c.sum_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
@@ -135,14 +153,14 @@ impl Shared {
              # TYPE coalmine_demo_request_duration_seconds histogram\n",
         );
         let mut cum = 0;
-        for (i, b) in METRIC_BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             cum += c.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "coalmine_demo_request_duration_seconds_bucket{{track=\"{t}\",le=\"{b}\"}} {cum}"
             );
         }
-        cum += c.buckets[METRIC_BUCKETS.len()].load(Ordering::Relaxed);
+        cum += c.buckets[self.bounds.len()].load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "coalmine_demo_request_duration_seconds_bucket{{track=\"{t}\",le=\"+Inf\"}} {cum}"
@@ -258,6 +276,19 @@ impl Service {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn start(listen: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
+        Self::start_with_buckets(listen, behaviour, METRIC_BUCKETS.to_vec()).await
+    }
+
+    /// Starts a service whose `/metrics` histogram has these bucket bounds (seconds,
+    /// increasing; see [`check_buckets`]), e.g. a classic histogram doubling at each bound.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start_with_buckets(
+        listen: SocketAddr,
+        behaviour: Behaviour,
+        bounds: Vec<f64>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -266,11 +297,10 @@ impl Service {
             counters: Counters {
                 ok: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
-                buckets: (0..=METRIC_BUCKETS.len())
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
+                buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
                 sum_micros: AtomicU64::new(0),
             },
+            bounds,
         });
         let (tx, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {

@@ -18,6 +18,29 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The policy is invalid.
+    Error,
+    /// The policy is valid but will not do what it seems to say.
+    Warning,
+}
+
+/// One problem with its position, as `coalmine validate --json` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Entry {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Error or warning.
+    pub severity: Severity,
+    /// The message (URLs echoed from the policy without their credentials).
+    pub message: String,
+}
+
 /// How many problems [`Diagnostics`] prints before "… and N more".
 pub const PRINT_LIMIT: usize = 100;
 
@@ -92,6 +115,24 @@ impl Diagnostics {
     #[must_use]
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         self.0.lines.line_col(offset)
+    }
+
+    /// Every problem, errors and warnings, in source order (all of them: no print limit).
+    #[must_use]
+    pub fn entries(&self) -> Vec<Entry> {
+        self.sorted()
+            .into_iter()
+            .map(|(line, column, warning, message)| Entry {
+                line,
+                column,
+                severity: if warning {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                },
+                message: crate::redact::text(message).into_owned(),
+            })
+            .collect()
     }
 
     /// Every problem as `(line, col, is_warning, message)`, in source order.

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
@@ -13,7 +14,7 @@ use super::providers::{argv, env_names, http_url, positive_dur};
 use super::raw::Dur;
 
 /// When a hook runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HookWhen {
     /// Before any traffic moves; a failure ends the rollout with nothing changed.
@@ -64,7 +65,7 @@ pub struct Hook {
 }
 
 /// How notifications are shaped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NotifyFormat {
     /// The decision record itself (JSON).
@@ -100,25 +101,66 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "failed",
 ];
 
-#[derive(Debug, Deserialize)]
+/// `[[hook]]`: a smoke check before traffic moves, or an action after the decision.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHook {
+    /// Unique name of the hook, for records.
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    /// When it runs: "pre-rollout" (before any traffic moves; a failure ends the rollout with
+    /// nothing changed), "promoted" or "rolled-back" (after the decision).
     when: HookWhen,
+    /// A program to run (argv, never a shell string); exit 0 is success. Give command or
+    /// http.
+    #[schemars(with = "Option<Vec<String>>", extend("minItems" = 1))]
     command: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A URL to GET; a 2xx status is success. Give command or http.
+    #[schemars(with = "Option<String>")]
     http: Option<Spanned<String>>,
+    /// Time limit of one attempt (10ms to 1h).
+    #[schemars(with = "Option<super::raw::Dur>", extend("default" = "30s"))]
     timeout: Option<Spanned<Dur>>,
+    /// Extra attempts after a failure, 1 s apart.
+    #[schemars(extend("default" = 0))]
     retries: Option<u32>,
+    /// Variables of coalmine's environment passed to the command, beyond PATH, HOME, USER,
+    /// LOGNAME, LANG, LC_*, TZ, TMPDIR and COALMINE_*; never a token variable.
+    #[schemars(with = "Option<Vec<String>>", extend("default" = []))]
     env: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[notify]`: a webhook told about transitions.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNotify {
+    /// Where each notification is POSTed (http:// or https://).
+    #[schemars(with = "String")]
     webhook: Spanned<String>,
+    /// Which events are sent (decision record event names). Default: every transition and
+    /// the end.
+    #[schemars(with = "Option<Vec<NotifyEventName>>")]
     events: Option<Vec<Spanned<String>>>,
+    /// Payload shape: "record" (each decision record as JSON) or "slack" ({"text": ...}, which
+    /// Slack, Mattermost and Discord webhooks take).
+    #[schemars(extend("default" = "record"))]
     format: Option<NotifyFormat>,
+    /// Time limit of one request (10ms to 1h).
+    #[schemars(with = "Option<super::raw::Dur>", extend("default" = "5s"))]
     timeout: Option<Spanned<Dur>>,
+}
+
+/// An event name `[notify] events` may select: one of [`NOTIFY_EVENTS`].
+pub(super) struct NotifyEventName;
+
+impl JsonSchema for NotifyEventName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NotifyEvent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "enum": NOTIFY_EVENTS })
+    }
 }
 
 pub(super) fn parse_hooks(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Vec<Hook> {

@@ -58,15 +58,25 @@ impl<'de> de::Deserializer<'de> for Probe {
         Err(Fields(fields))
     }
 
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        variants: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Fields> {
+        Err(Fields(variants))
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        option unit unit_struct newtype_struct seq tuple tuple_struct map identifier
         ignored_any
     }
 }
 
-/// The field names of the struct `T`.
-fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+/// The field names of the struct `T`, or the variant names of the enum `T`, as serde spells
+/// them in TOML.
+pub(crate) fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
     match T::deserialize(Probe) {
         Err(Fields(f)) => f,
         Ok(_) => &[],

@@ -22,6 +22,7 @@ mod keys;
 mod lint;
 mod providers;
 pub mod raw;
+pub mod schema;
 pub mod template;
 pub mod validate;
 

@@ -13,6 +13,7 @@ fn demo(scenario: &str) -> (i32, serde_json::Value, String, Duration) {
     let out = run(&["demo", "--scenario", scenario, "--json"]);
     let took = start.elapsed();
     let (stdout, stderr) = text(&out);
+    crate::authoring::assert_progress_fits(&stderr);
     let json: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is JSON ({e}):\n{stdout}\n{stderr}"));
     (out.status.code().unwrap_or(-1), json, stderr, took)
@@ -136,4 +137,21 @@ fn judge_counts_prints_json() {
         "1.5",
     ]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn demo_services_refuses_buckets_that_are_not_a_histogram() {
+    for (arg, says) in [
+        ("0.02,0.01", "bucket bounds must increase (0.01 after 0.02)"),
+        ("0.01,-1", "bucket bounds must be positive seconds, got -1"),
+        (
+            "0.01,inf",
+            "bucket bounds must be positive seconds, got inf",
+        ),
+    ] {
+        let out = run(&["demo-services", "--rps", "0", "--buckets", arg]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {stderr}");
+        assert!(stderr.contains(says), "{arg}: {stderr}");
+    }
 }

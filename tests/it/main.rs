@@ -1,5 +1,6 @@
 //! Integration tests: one binary (house style), one module per area.
 
+mod authoring;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +13,7 @@ mod policy_fixtures;
 mod proxy;
 mod raw_http;
 mod rollout;
+mod schema;
 mod signals;
 mod status;
 mod support;
