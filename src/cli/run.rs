@@ -14,7 +14,7 @@ use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::readiness::CanaryProbe;
 use crate::controller::store::{
     ControlRef, FileStore, OwnerLock, PolicyRef, RolloutState, StartPlan, StoreError,
-    new_rollout_id, policy_sha256, start_plan,
+    new_rollout_id, start_plan,
 };
 use crate::controller::{Durable, FinalOutcome, Phase, RunOptions, RunReport, run, run_durable};
 use crate::metrics;
@@ -90,7 +90,7 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
 /// [`load`], with the SHA-256 of the very bytes parsed.
 pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
     match super::validate::read_hashed(path) {
-        Ok((p, warnings)) => {
+        Ok((p, warnings, sha)) => {
             if !warnings.is_empty() {
                 errln!("{warnings}");
             }
@@ -195,11 +195,8 @@ pub(crate) async fn drive(
     if let (Some(b), Some(addr)) = (&board, serve_at) {
         match b.serve(addr).await {
             Ok(bound) => {
-                if how.durable.is_some() {
-                    errln!("coalmine: control API on http://{bound}");
-                } else {
-                    errln!("coalmine: status server on http://{bound}");
-                }
+                // One server: status, health, metrics and (with the token) the levers.
+                errln!("coalmine: status server on http://{bound}");
                 control = Some(ControlRef {
                     addr: bound,
                     pid: std::process::id(),
