@@ -10,6 +10,7 @@
 //! [`hodges_lehmann`], [`fisher`], [`proportions`] and [`welch`]. [`confseq`] holds the
 //! time-uniform confidence sequences and boundaries of §2.2–2.3.
 
+pub mod bucket_test;
 pub mod confseq;
 pub mod errors;
 pub mod fisher;
@@ -28,6 +29,7 @@ mod props;
 pub mod resolution;
 pub mod sequential;
 pub mod share;
+pub mod slow_thresholds;
 pub mod special;
 pub mod threshold;
 pub mod verdict;

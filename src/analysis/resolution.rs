@@ -12,6 +12,10 @@
 
 use super::fmt;
 
+/// Margins (relative to the allowed ratio) at which a latency test also runs, for the lower
+/// confidence bound a Fail reports (statistics.md §2.4.1); the first is the policy's own.
+pub const LADDER: [f64; 6] = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
+
 /// Relative tolerance when comparing a margin times a bound with another bound.
 const TOL: f64 = 1e-9;
 

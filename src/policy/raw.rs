@@ -167,6 +167,8 @@ pub(crate) struct RawSequential {
     pub alpha: Option<Spanned<f64>>,
     pub quantiles: Option<Spanned<Vec<f64>>>,
     pub thresholds: Option<Spanned<Vec<Dur>>>,
+    /// Latency only: `"buckets"` (default) or `"slow-thresholds"`.
+    pub test: Option<Spanned<String>>,
 }
 
 /// `prior = { min_ratio = 1.2, max_ratio = 10, points = 9 }` of a sequential metric.
