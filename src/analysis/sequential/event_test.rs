@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use super::special::{bisect, ln_beta, log_sum_exp, xlogy};
+use crate::analysis::special::{bisect, ln_beta, log_sum_exp, xlogy};
 
 /// `ln σ(x)` = −ln(1 + e^{−x}), stable for all `x`.
 fn ln_sigmoid(x: f64) -> f64 {

@@ -1,26 +1,26 @@
 //! The slow-thresholds latency test (statistics.md §2.2): the conditional event test of
-//! [`super::sequential`] on requests slower than a few thresholds.
+//! [`crate::analysis::sequential`] on requests slower than a few thresholds.
 //!
 //! A request slower than a threshold τ is an event. Under H0 (same latency distribution,
 //! per-request assignment) a slow request comes from the canary with probability `w`, so
 //! the conditional event test applies unchanged, and drift that slows both arms cancels.
 //! With an allowed slowdown `m`, the canary's events are counted above the largest bucket
-//! bound at most `m·τ` ([`super::resolution`]): if the canary is at most that many times
+//! bound at most `m·τ` ([`crate::analysis::resolution`]): if the canary is at most that many times
 //! slower, its events are no likelier than the baseline's, and the test is never looser
 //! than the policy says.
 //!
 //! Thresholds are the baseline's quantiles estimated from *earlier* windows only (or fixed
 //! bounds), so they are predictable and each window's factor keeps its null expectation.
 //! The per-threshold e-processes are averaged, which is itself an e-process. The same test
-//! runs at the ladder of larger margins ([`super::resolution::LADDER`]) for the lower bound
+//! runs at the ladder of larger margins ([`crate::analysis::resolution::LADDER`]) for the lower bound
 //! a Fail reports.
 
-use super::fmt;
-use super::histogram::Histogram;
-use super::latency::{SlowStat, Thresholds};
-use super::resolution::{self, LADDER, Resolved};
-use super::sequential::{EventTest, Prior};
-use super::special::log_sum_exp;
+use crate::analysis::fmt;
+use crate::analysis::histogram::Histogram;
+use crate::analysis::latency::{SlowStat, Thresholds};
+use crate::analysis::resolution::{self, LADDER, Resolved};
+use crate::analysis::sequential::{EventTest, Prior};
+use crate::analysis::special::log_sum_exp;
 
 #[derive(Clone, Debug)]
 struct Slot {

@@ -10,7 +10,7 @@
 //! the buckets can represent (m' ≥ 1, since τ is itself a bound: the A/A guarantee holds).
 //! Where m' < m the verdict, the decision record and `validate --preflight` say so.
 
-use super::fmt;
+use crate::analysis::fmt;
 
 /// Margins (relative to the allowed ratio) at which a latency test also runs, for the lower
 /// confidence bound a Fail reports (statistics.md §2.4.1); the first is the policy's own.
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(canary_bound(&b, 7, 10.0), 7);
         assert_eq!(canary_bound(&b, 5, 100.0), 7);
         // Finer buckets resolve finer margins: built-in 2^(1/8) spacing.
-        let fine = super::super::histogram::log_bounds();
+        let fine = crate::analysis::histogram::log_bounds();
         let i = 80;
         let c = canary_bound(&fine, i, 1.1);
         assert_eq!(c, i + 1);

@@ -1,11 +1,11 @@
 //! The sequential judge on latency histograms (statistics.md §2.2 and §2.5).
 //!
-//! Two tests, chosen by the policy's `test` key: `buckets` (the default, [`super::bucket_test`])
+//! Two tests, chosen by the policy's `test` key: `buckets` (the default, [`crate::analysis::bucket_test`])
 //! compares the arms over every bucket of the histograms; `slow-thresholds`
-//! ([`super::slow_thresholds`]) compares their slow-request rates at a few thresholds. Both
+//! ([`crate::analysis::slow_thresholds`]) compares their slow-request rates at a few thresholds. Both
 //! are anytime-valid for any latency distribution under per-window shares and load that
 //! varies over time, and both judge an allowed slowdown `m` at the largest margin at most
-//! `m` the buckets represent ([`super::resolution`]), never looser than the policy says.
+//! `m` the buckets represent ([`crate::analysis::resolution`]), never looser than the policy says.
 //!
 //! This module holds what they share: the verdict, a Pass (the conditional event test in
 //! the other direction at each reported quantile, statistics.md §2.4.1), the lower bound a
@@ -16,16 +16,16 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::bucket_test::BucketTest;
-use super::confseq::cdf_band_epsilon;
-use super::fmt;
-use super::histogram::Histogram;
-use super::observation::{Observation, Segment};
-use super::resolution::{self, LADDER, Resolved};
-use super::sequential::{EventTest, Prior};
-use super::share::{ShareMode, ShareTracker};
-use super::slow_thresholds::SlowThresholdTest;
-use super::verdict::{MetricVerdict, Outcome, Stats};
+use crate::analysis::bucket_test::BucketTest;
+use crate::analysis::confseq::cdf_band_epsilon;
+use crate::analysis::fmt;
+use crate::analysis::histogram::Histogram;
+use crate::analysis::observation::{Observation, Segment};
+use crate::analysis::resolution::{self, LADDER, Resolved};
+use crate::analysis::sequential::{EventTest, Prior};
+use crate::analysis::share::{ShareMode, ShareTracker};
+use crate::analysis::slow_thresholds::SlowThresholdTest;
+use crate::analysis::verdict::{MetricVerdict, Outcome, Stats};
 
 /// How slow-request thresholds are chosen.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,7 +178,7 @@ pub struct LatencyStats {
     /// largest canary bound ÷ baseline threshold at which the canary was shown less often
     /// slow than the baseline (bucket edges, always below `pass_ratio`); `null` until then.
     pub slowdown_upper: Option<f64>,
-    /// What the buckets could not resolve, when they could not (see [`super::resolution`]).
+    /// What the buckets could not resolve, when they could not (see [`crate::analysis::resolution`]).
     pub resolution: Option<String>,
 }
 
@@ -724,8 +724,8 @@ pub fn resolution_notes(spec: &LatencyJudgeSpec, h: &Histogram) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::histogram::log_bounds;
     use super::*;
+    use crate::analysis::histogram::log_bounds;
 
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
@@ -742,7 +742,7 @@ mod tests {
         RNG.with(|r| {
             let mut rng = r.borrow_mut();
             for _ in 0..n {
-                let z = super::super::special::norm_ppf(rng.random::<f64>().max(1e-300));
+                let z = crate::analysis::special::norm_ppf(rng.random::<f64>().max(1e-300));
                 let x = median * (0.5 * z).exp();
                 let b = bounds.partition_point(|b| *b < x).min(bounds.len() - 1);
                 counts[b] += 1.0;

@@ -9,15 +9,15 @@
 //! expectation at most 1 per request, whatever the distributions and however they drift
 //! together, so the wealth is a test supermartingale. With an allowed slowdown m the
 //! canary's bucket is compared with the baseline's bucket m' times lower, m' ≤ m the
-//! largest margin the buckets represent ([`super::resolution`]).
+//! largest margin the buckets represent ([`crate::analysis::resolution`]).
 //!
 //! The bets are a mixture: normal-score tilts (the exact likelihood ratio of a log-normal
 //! slowdown, scored on the baseline's earlier distribution) and isotonic plug-ins of the
 //! canary's share per bucket in earlier windows (any monotone shape: tails, bimodal).
 
-use super::histogram::Histogram;
-use super::resolution::{self, LADDER, Resolved};
-use super::special::{log_sum_exp, norm_ppf};
+use crate::analysis::histogram::Histogram;
+use crate::analysis::resolution::{self, LADDER, Resolved};
+use crate::analysis::special::{log_sum_exp, norm_ppf};
 
 /// `ln σ(x)` = −ln(1 + e^{−x}), stable for all `x`.
 fn ln_sigmoid(x: f64) -> f64 {
