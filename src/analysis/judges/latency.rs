@@ -21,7 +21,7 @@ use crate::analysis::confseq::cdf_band_epsilon;
 use crate::analysis::fmt;
 use crate::analysis::histogram::Histogram;
 use crate::analysis::observation::{Observation, Segment};
-use crate::analysis::resolution::{self, LADDER, Resolved};
+use crate::analysis::resolution::{self, LADDER, Ladder, Resolved};
 use crate::analysis::sequential::{EventTest, Prior};
 use crate::analysis::share::{ShareMode, ShareTracker};
 use crate::analysis::slow_thresholds::SlowThresholdTest;
@@ -204,24 +204,10 @@ impl Test {
         }
     }
 
-    fn max_log_e(&self) -> &[f64] {
+    fn ladder(&self) -> &Ladder {
         match self {
-            Test::Buckets(t) => t.max_log_e(),
-            Test::Slow(t) => t.max_log_e(),
-        }
-    }
-
-    fn effective(&self) -> &[f64] {
-        match self {
-            Test::Buckets(t) => t.effective(),
-            Test::Slow(t) => t.effective(),
-        }
-    }
-
-    fn coarsest(&self) -> Option<Resolved> {
-        match self {
-            Test::Buckets(t) => t.coarsest(),
-            Test::Slow(t) => t.coarsest(),
+            Test::Buckets(t) => t.ladder(),
+            Test::Slow(t) => t.ladder(),
         }
     }
 
@@ -281,13 +267,16 @@ impl LatencyJudge {
     }
 
     fn rejected(&self) -> bool {
-        self.test.max_log_e()[0] >= self.log_threshold()
+        self.test.ladder().max_log_e()[0] >= self.log_threshold()
     }
 
     /// The largest judged-at margin among the ladder margins the test has rejected.
     fn slowdown_lower(&self) -> Option<f64> {
         let thr = self.log_threshold();
-        let (max, eff) = (self.test.max_log_e(), self.test.effective());
+        let (max, eff) = (
+            self.test.ladder().max_log_e(),
+            self.test.ladder().effective(),
+        );
         // The e-values decrease along the ladder on every path (the canary is compared
         // with lower baseline buckets), so the rejected margins are a prefix of it.
         (0..LADDER.len())
@@ -387,10 +376,11 @@ impl LatencyJudge {
             self.spec.alpha,
         );
         let thresholds = self.test.slot_stats();
-        let effective = self.test.effective()[0];
+        let effective = self.test.ladder().effective()[0];
         let pass_note = self.pass.note(self.spec.pass_ratio);
         let fail_note = self
             .test
+            .ladder()
             .coarsest()
             .and_then(|r| r.fail_note(self.spec.allowed_ratio));
         let resolution = match (fail_note, pass_note) {
@@ -407,7 +397,7 @@ impl LatencyJudge {
             thresholds,
             log_e: self.test.log_e(),
             log_threshold: self.log_threshold(),
-            p_value: (-self.test.max_log_e()[0]).exp().min(1.0),
+            p_value: (-self.test.ladder().max_log_e()[0]).exp().min(1.0),
             alpha: self.spec.alpha,
             allowed_ratio: self.spec.allowed_ratio,
             effective_ratio: if effective.is_finite() {
@@ -430,7 +420,7 @@ impl LatencyJudge {
             "{}{}; {}",
             quantile_summary(&s.quantiles),
             self.test.evidence(),
-            verdict_summary(s, self.test.max_log_e()[0], self.rejected())
+            verdict_summary(s, self.test.ladder().max_log_e()[0], self.rejected())
         )
     }
 }

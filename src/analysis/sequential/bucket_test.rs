@@ -16,7 +16,7 @@
 //! canary's share per bucket in earlier windows (any monotone shape: tails, bimodal).
 
 use crate::analysis::histogram::Histogram;
-use crate::analysis::resolution::{self, LADDER, Resolved};
+use crate::analysis::resolution::{self, LADDER, Ladder, Resolved};
 use crate::analysis::special::{log_sum_exp, norm_ppf};
 
 /// `ln σ(x)` = −ln(1 + e^{−x}), stable for all `x`.
@@ -115,9 +115,7 @@ pub struct BucketTest {
     log_prior: Vec<f64>,
     /// Log wealth per ladder step and bet.
     wealth: Vec<Vec<f64>>,
-    max_log_e: Vec<f64>,
-    effective: Vec<f64>,
-    coarsest: Option<Resolved>,
+    ladder: Ladder,
     layout: Option<Layout>,
     /// Baseline requests per bucket in earlier windows (current layout).
     base: Vec<f64>,
@@ -149,9 +147,7 @@ impl BucketTest {
             wealth: vec![vec![0.0; bets.len()]; LADDER.len()],
             bets,
             log_prior,
-            max_log_e: vec![0.0; LADDER.len()],
-            effective: vec![f64::INFINITY; LADDER.len()],
-            coarsest: None,
+            ladder: Ladder::default(),
             layout: None,
             base: Vec::new(),
             canary: Vec::new(),
@@ -265,15 +261,12 @@ impl BucketTest {
         for (n, resolved) in layout.resolved.iter().enumerate() {
             for (i, r) in resolved.iter().enumerate() {
                 if let (true, Some(r)) = (jumps[i], r) {
-                    self.effective[n] = self.effective[n].min(r.ratio);
-                    if n == 0 {
-                        self.coarsest = resolution::coarsest(self.coarsest.into_iter().chain([*r]));
-                    }
+                    self.ladder.judged(n, *r);
                 }
             }
         }
         for n in 0..LADDER.len() {
-            self.max_log_e[n] = self.max_log_e[n].max(self.log_e_at(n));
+            self.ladder.looked(n, self.log_e_at(n));
         }
         // Learn from this window for the next ones.
         for (acc, n) in self.base.iter_mut().zip(bc) {
@@ -377,22 +370,10 @@ impl BucketTest {
         self.log_e_at(0)
     }
 
-    /// Running maximum of the log e-value, per ladder step.
+    /// The ladder's record: running maxima, margins judged at, the coarsest resolution.
     #[must_use]
-    pub fn max_log_e(&self) -> &[f64] {
-        &self.max_log_e
-    }
-
-    /// Smallest judged-at margin over the thresholds bet on, per ladder step.
-    #[must_use]
-    pub fn effective(&self) -> &[f64] {
-        &self.effective
-    }
-
-    /// Where the policy's margin was resolved most coarsely.
-    #[must_use]
-    pub fn coarsest(&self) -> Option<Resolved> {
-        self.coarsest
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
     }
 
     /// The bet with the most wealth, for the reason.

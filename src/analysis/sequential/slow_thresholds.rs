@@ -18,7 +18,7 @@
 use crate::analysis::fmt;
 use crate::analysis::histogram::Histogram;
 use crate::analysis::latency::{SlowStat, Thresholds};
-use crate::analysis::resolution::{self, LADDER, Resolved};
+use crate::analysis::resolution::{self, LADDER, Ladder, Resolved};
 use crate::analysis::sequential::{EventTest, Prior};
 use crate::analysis::special::log_sum_exp;
 
@@ -36,9 +36,7 @@ struct Slot {
 pub struct SlowThresholdTest {
     allowed: f64,
     slots: Vec<Slot>,
-    max_log_e: Vec<f64>,
-    effective: Vec<f64>,
-    coarsest: Option<Resolved>,
+    ladder: Ladder,
 }
 
 impl SlowThresholdTest {
@@ -61,9 +59,7 @@ impl SlowThresholdTest {
         SlowThresholdTest {
             allowed,
             slots,
-            max_log_e: vec![0.0; LADDER.len()],
-            effective: vec![f64::INFINITY; LADDER.len()],
-            coarsest: None,
+            ladder: Ladder::default(),
         }
     }
 
@@ -88,14 +84,13 @@ impl SlowThresholdTest {
                 let ci = resolution::canary_bound(bounds, bi, m);
                 if n == 0 {
                     slot.last = Some((tau, bounds[ci]));
-                    self.coarsest = resolution::coarsest(self.coarsest.into_iter().chain([r]));
                 }
-                self.effective[n] = self.effective[n].min(r.ratio);
+                self.ladder.judged(n, r);
                 test.update(w, c.count_above(ci), base_slow);
             }
         }
         for n in 0..LADDER.len() {
-            self.max_log_e[n] = self.max_log_e[n].max(self.log_e_at(n));
+            self.ladder.looked(n, self.log_e_at(n));
         }
     }
 
@@ -114,22 +109,10 @@ impl SlowThresholdTest {
         self.log_e_at(0)
     }
 
-    /// Running maximum of the log e-value, per ladder step.
+    /// The ladder's record: running maxima, margins judged at, the coarsest resolution.
     #[must_use]
-    pub fn max_log_e(&self) -> &[f64] {
-        &self.max_log_e
-    }
-
-    /// Smallest judged-at margin so far, per ladder step (∞ before the first).
-    #[must_use]
-    pub fn effective(&self) -> &[f64] {
-        &self.effective
-    }
-
-    /// Where the policy's margin was resolved most coarsely.
-    #[must_use]
-    pub fn coarsest(&self) -> Option<Resolved> {
-        self.coarsest
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
     }
 
     /// Each threshold's numbers at the policy's margin.
