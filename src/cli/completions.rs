@@ -31,7 +31,7 @@ pub fn man() -> u8 {
     let cmd = Cli::command();
     let mut out = Vec::new();
     if let Err(e) = render_man(&cmd, &mut out) {
-        eprintln!("error: cannot render the man page: {e}");
+        errln!("error: cannot render the man page: {e}");
         return EXIT_FAILURE;
     }
     write_stdout(&out)
@@ -66,7 +66,7 @@ fn write_stdout(bytes: &[u8]) -> u8 {
         Ok(()) => EXIT_OK,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
         Err(e) => {
-            eprintln!("error: cannot write to stdout: {e}");
+            errln!("error: cannot write to stdout: {e}");
             EXIT_FAILURE
         }
     }

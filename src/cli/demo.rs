@@ -42,7 +42,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         None => match policy::parse(DEMO_POLICY, "policies/demo.toml") {
             Ok(p) => p,
             Err(d) => {
-                eprintln!("{d}");
+                errln!("{d}");
                 return EXIT_INVALID;
             }
         },
@@ -52,16 +52,16 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
     let (baseline, canary) = match (Service::start(any, b).await, Service::start(any, c).await) {
         (Ok(b), Ok(c)) => (b, c),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: cannot start demo services: {e}");
+            errln!("error: cannot start demo services: {e}");
             return EXIT_FAILURE;
         }
     };
     if let Err(e) = wire(&mut policy, baseline.addr(), canary.addr()) {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return EXIT_INVALID;
     }
     if !args.output.quiet {
-        eprintln!(
+        errln!(
             "coalmine demo: scenario {:?}; baseline http://{}, canary http://{}; {} req/s",
             args.scenario,
             baseline.addr(),
@@ -78,7 +78,7 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         .as_ref()
         .map(crate::traffic::proxy::ProxyHandle::addr)
     else {
-        eprintln!("error: the demo needs [traffic] type = \"proxy\"");
+        errln!("error: the demo needs [traffic] type = \"proxy\"");
         return EXIT_INVALID;
     };
     let load = Load::start(proxy_addr, args.rps, 512);
@@ -95,9 +95,13 @@ pub(crate) async fn main(args: DemoArgs) -> u8 {
         p.shutdown().await;
     }
     if !args.output.quiet {
-        eprintln!(
+        errln!(
             "load: {} sent, {} ok, {} 5xx, {} failed, {} skipped",
-            stats.sent, stats.ok, stats.server_errors, stats.failed, stats.skipped
+            stats.sent,
+            stats.ok,
+            stats.server_errors,
+            stats.failed,
+            stats.skipped
         );
     }
     baseline.stop();

@@ -42,15 +42,15 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
     ) {
         (Ok(b), Ok(c)) => (b, c),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: cannot start demo services: {e}");
+            errln!("error: cannot start demo services: {e}");
             return EXIT_FAILURE;
         }
     };
     // Machine-readable lines on stdout (tests and scripts read them), the rest on stderr.
-    println!("baseline http://{}", baseline.addr());
-    println!("canary http://{}", canary.addr());
-    println!("load http://{} {} req/s", args.load_to, args.rps);
-    eprintln!(
+    outln!("baseline http://{}", baseline.addr());
+    outln!("canary http://{}", canary.addr());
+    outln!("load http://{} {} req/s", args.load_to, args.rps);
+    errln!(
         "coalmine demo-services: scenario {:?}; metrics at http://{}/metrics and http://{}/metrics; Ctrl-C stops",
         args.scenario,
         baseline.addr(),
@@ -58,13 +58,17 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
     );
     let load = (args.rps > 0).then(|| Load::start(args.load_to, args.rps, 512));
     let (tx, mut stop) = tokio::sync::watch::channel(None);
-    super::run::abort_on_signal(tx);
+    super::signals::stop_on_signal(tx);
     let _ = stop.changed().await;
     if let Some(load) = load {
         let s = load.stop().await;
-        eprintln!(
+        errln!(
             "load: {} sent, {} ok, {} 5xx, {} failed, {} skipped",
-            s.sent, s.ok, s.server_errors, s.failed, s.skipped
+            s.sent,
+            s.ok,
+            s.server_errors,
+            s.failed,
+            s.skipped
         );
     }
     baseline.stop();

@@ -282,11 +282,11 @@ pub fn run(cmd: &JudgeCommand) -> u8 {
 fn report(result: Result<Value, String>) -> u8 {
     match result {
         Ok(v) => {
-            println!("{v}");
+            outln!("{v}");
             EXIT_OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             EXIT_INVALID
         }
     }
@@ -470,13 +470,13 @@ fn counts(a: &CountsArgs) -> u8 {
         a.alpha,
     ) {
         let ci = [r.ci_ratio.0, r.ci_ratio.1];
-        println!(
+        outln!(
             "{}",
             json!({"log_e": r.log_e, "p_value": r.p_value, "ci_ratio": ci})
         );
         EXIT_OK
     } else {
-        eprintln!(
+        errln!(
             "error: counts must be finite and non-negative, --canary-share in (0, 1), \
              --prior-k positive and --alpha in (0, 1)"
         );

@@ -5,12 +5,39 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` that never panics: when stdout is closed (`coalmine run --json | true`) the
+/// output is lost, not the rollout's exit code.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics: after a hangup (a closed SSH session) stderr may be gone,
+/// and the rollback must still run to its end.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`errln`]).
+macro_rules! err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 pub mod completions;
 pub mod demo;
 pub mod demo_services;
 pub mod judge;
 pub mod progress;
 pub mod run;
+pub mod signals;
 pub mod status;
 pub mod validate;
 
@@ -80,7 +107,7 @@ pub fn run(cli: Cli) -> u8 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return EXIT_FAILURE;
         }
     };

@@ -6,6 +6,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::progress::{Progress, summary};
+use super::signals::{TrafficState, watch_signals};
 use super::status::{StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
 use crate::controller::readiness::CanaryProbe;
@@ -57,7 +58,7 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
                 .read_to_end(&mut bytes)
         })
         .map_err(|e| {
-            eprintln!(
+            errln!(
                 "error: cannot read policy {}: {e}",
                 policy::diag::escape_controls(&shown)
             );
@@ -66,7 +67,7 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
     match policy::parse_bytes(&bytes, &shown) {
         Ok((p, warnings)) => {
             if !warnings.is_empty() {
-                eprintln!("{warnings}");
+                errln!("{warnings}");
             }
             // Before anything can print or record them: the policy's URL credentials,
             // webhook path and token variable names.
@@ -74,8 +75,8 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
             Ok(p)
         }
         Err(d) => {
-            eprintln!("{d}");
-            eprintln!(
+            errln!("{d}");
+            errln!(
                 "error: {} problem(s) in {}",
                 d.items().len(),
                 policy::diag::escape_controls(&shown)
@@ -83,32 +84,6 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
             Err(EXIT_INVALID)
         }
     }
-}
-
-/// Turns Ctrl-C or SIGTERM into an abort on `tx` (the rollout rolls back).
-pub(crate) fn abort_on_signal(tx: watch::Sender<Option<String>>) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                let _ = tokio::signal::ctrl_c().await;
-                let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
-                return;
-            };
-            let why = tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
-                _ = term.recv() => "terminated (SIGTERM)",
-            };
-            let _ = tx.send(Some(why.to_string()));
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            let _ = tx.send(Some("interrupted (Ctrl-C)".to_string()));
-        }
-    });
 }
 
 /// Builds the traffic provider (starting the built-in proxy if the policy uses it) and the
@@ -120,11 +95,11 @@ pub(crate) async fn setup(
     let built = traffic::build_seeded(&policy.traffic, seed)
         .await
         .map_err(|e| {
-            eprintln!("error: cannot set up traffic provider: {e}");
+            errln!("error: cannot set up traffic provider: {e}");
             EXIT_FAILURE
         })?;
     let source = metrics::build(&policy.source, built.proxy.as_ref()).map_err(|e| {
-        eprintln!("error: cannot set up metrics source: {e}");
+        errln!("error: cannot set up metrics source: {e}");
         EXIT_FAILURE
     })?;
     Ok((built, source))
@@ -149,17 +124,18 @@ pub(crate) async fn drive(
     if let Some(p) = &built.proxy
         && !how.quiet
     {
-        eprintln!("coalmine: built-in proxy listening on http://{}", p.addr());
+        errln!("coalmine: built-in proxy listening on http://{}", p.addr());
     }
     if policy.rollout.approval != Approval::None && how.status_addr.is_none() {
-        eprintln!(
+        errln!(
             "error: the policy's [rollout] approval needs --status-addr ADDR, where an operator \
              approves with POST /approve"
         );
         return EXIT_INVALID;
     }
     let (abort_tx, abort_rx) = watch::channel(None);
-    abort_on_signal(abort_tx.clone());
+    let mut traffic_state = TrafficState::default();
+    watch_signals(abort_tx.clone(), traffic_state.clone());
     let (mut board, levers) = match how.status_addr {
         Some(_) => {
             let (b, rx) = StatusBoard::new(abort_tx);
@@ -169,9 +145,9 @@ pub(crate) async fn drive(
     };
     if let (Some(b), Some(addr)) = (&board, how.status_addr) {
         match b.serve(addr).await {
-            Ok(bound) => eprintln!("coalmine: status server on http://{bound}"),
+            Ok(bound) => errln!("coalmine: status server on http://{bound}"),
             Err(e) => {
-                eprintln!("error: cannot serve status on {addr}: {e}");
+                errln!("error: cannot serve status on {addr}: {e}");
                 return EXIT_FAILURE;
             }
         }
@@ -186,17 +162,18 @@ pub(crate) async fn drive(
         },
     };
     let mut progress = Progress { quiet: how.quiet };
-    let mut observers = Tee(
-        &mut progress,
+    let mut others = Tee(
+        &mut traffic_state,
         board
             .as_mut()
             .map(|b| b as &mut dyn crate::controller::Observer),
     );
+    let mut observers = Tee(&mut progress, Some(&mut others));
     let report = match run(policy, &built.provider, source, opts, &mut observers).await {
         Ok(r) => r,
         Err(e) => {
             let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-            eprintln!("error: {e}{cause}");
+            errln!("error: {e}{cause}");
             return EXIT_FAILURE;
         }
     };
@@ -205,13 +182,13 @@ pub(crate) async fn drive(
 }
 
 fn print_report(report: &RunReport, json: bool, extra: Option<serde_json::Value>) {
-    eprint!("{}", summary(report));
+    err!("{}", summary(report));
     if json {
         let mut v = serde_json::to_value(report).unwrap_or_default();
         if let (Some(obj), Some(serde_json::Value::Object(extra))) = (v.as_object_mut(), extra) {
             obj.extend(extra);
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
 }
 
@@ -222,7 +199,7 @@ pub(crate) async fn main(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     for w in policy.warnings() {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     let (built, source) = match setup(&policy, None).await {
         Ok(x) => x,

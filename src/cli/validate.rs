@@ -34,7 +34,7 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
             }
         };
         let metrics: Vec<&str> = policy.metrics.iter().map(|m| m.name.as_str()).collect();
-        println!(
+        outln!(
             "{}: ok: rollout `{}`, steps {}, traffic {}, metrics {} ({})",
             escape_controls(&path.display().to_string()),
             escape_controls(&policy.name),
@@ -50,14 +50,14 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
             escape_controls(&metrics.join(", "))
         );
         for w in policy.warnings() {
-            eprintln!("{}: warning: {w}", path.display());
+            errln!("{}: warning: {w}", path.display());
         }
         if args.preflight && !preflight(&policy, path).await {
             code = code.max(EXIT_FAILURE);
         }
     }
     if code == EXIT_INVALID {
-        eprintln!("error: invalid policy");
+        errln!("error: invalid policy");
     }
     code
 }
@@ -96,7 +96,7 @@ async fn check_queries(
                         _ => format!("baseline {}, canary {}", data(&s.baseline), data(&s.canary)),
                     },
                 );
-                println!(
+                outln!(
                     "{}: preflight: metric `{}`: queries ok ({arms})",
                     path.display(),
                     m.name
@@ -119,7 +119,7 @@ async fn check_queries(
                 }
             }
             Err(e) => {
-                eprintln!("{}: preflight: metric `{}`: {e}", path.display(), m.name);
+                errln!("{}: preflight: metric `{}`: {e}", path.display(), m.name);
                 ok = false;
             }
         }
@@ -132,30 +132,30 @@ async fn preflight(policy: &crate::policy::Policy, path: &std::path::Path) -> bo
     let built = match traffic::build(&policy.traffic).await {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("{}: preflight: traffic: {e}", path.display());
+            errln!("{}: preflight: traffic: {e}", path.display());
             return false;
         }
     };
     if let Err(e) = built.provider.preflight().await {
-        eprintln!("{}: preflight: traffic: {e}", path.display());
+        errln!("{}: preflight: traffic: {e}", path.display());
         ok = false;
     }
     match metrics::build(&policy.source, built.proxy.as_ref()) {
         Ok(s) => {
             if let Err(e) = s.preflight().await {
-                eprintln!("{}: preflight: metrics: {e}", path.display());
+                errln!("{}: preflight: metrics: {e}", path.display());
                 ok = false;
             } else {
                 ok &= check_queries(policy, &s, path).await;
             }
         }
         Err(e) => {
-            eprintln!("{}: preflight: metrics: {e}", path.display());
+            errln!("{}: preflight: metrics: {e}", path.display());
             ok = false;
         }
     }
     if ok {
-        println!("{}: preflight ok", path.display());
+        outln!("{}: preflight ok", path.display());
     }
     if let Some(p) = built.proxy {
         p.shutdown().await;

@@ -375,6 +375,15 @@ pub enum Event {
         /// Offset from the start.
         now: Duration,
     },
+    /// The time for moving traffic ran out before the provider applied the weight: for
+    /// forward moves at the deadline, for a rollback one `apply_timeout` after it. A hung
+    /// provider never keeps a rollout running past the deadline plus `apply_timeout`.
+    OutOfTime {
+        /// The weight that was to be set.
+        weight: Weight,
+        /// Offset from the start.
+        now: Duration,
+    },
     /// An analysis tick.
     Tick {
         /// Offset from the start.
@@ -810,6 +819,25 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 now,
             },
             plan,
+        ),
+        (Phase::Shifting { .. } | Phase::Promoting { .. }, Event::OutOfTime { weight, .. }) => {
+            rollback(
+                Reason::Deadline {
+                    after_s: plan.deadline.as_secs_f64(),
+                    waiting: format!("the provider had not applied {weight}"),
+                },
+                true,
+            )
+        }
+        (Phase::RollingBack { reason, attempt }, Event::OutOfTime { .. }) => (
+            Phase::Failed {
+                reason: format!(
+                    "rollback ({reason}) could not set the canary weight to 0 within the deadline plus apply_timeout {} ({} attempt(s)); traffic may still reach the canary",
+                    humantime::format_duration(plan.apply_timeout),
+                    attempt + 1
+                ),
+            },
+            vec![Command::Finish],
         ),
         (Phase::RollingBack { reason, attempt }, Event::ApplyFailed { weight, error, .. }) => {
             // Rolling back is the safe state: retry harder than for a step, whatever the

@@ -31,7 +31,7 @@ use crate::analysis::{JudgeSpec, MetricJudge, Observation, Outcome, Segment, Sta
 use crate::metrics::{Fetched, MetricsError, MetricsSource, Window};
 use crate::model::Weight;
 use crate::policy::hooks::HookWhen;
-use crate::policy::{BuiltinSignal, DataSpec, MetricConfig, Policy};
+use crate::policy::{BuiltinSignal, DataSpec, MetricConfig, Policy, bounds};
 use crate::traffic::TrafficProvider;
 
 /// Receives every record as it is written (progress display, tests).
@@ -482,8 +482,8 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
         cmds
     }
 
-    async fn apply(&mut self, weight: Weight) -> Event {
-        let limit = self.policy.rollout.apply_timeout;
+    /// Sets `weight` and reads it back, both within `limit` (at most `apply_timeout`).
+    async fn apply(&mut self, weight: Weight, limit: Duration) -> Event {
         let res = tokio::time::timeout(limit, self.traffic.set_weight(weight)).await;
         let failed = |error: String, transient: bool, now: Duration| Event::ApplyFailed {
             weight,
@@ -762,12 +762,27 @@ impl<T: TrafficProvider, M: MetricsSource> Shell<'_, T, M> {
 }
 
 /// Where the run loop is between commands.
+/// Time the rollout has spent paused by `now`, where the phase tells.
+fn paused_total(phase: &Phase, now: Duration) -> Option<Duration> {
+    match phase {
+        Phase::Progressing(p) => Some(p.paused_for),
+        Phase::Paused(z) => Some(bounds::plus(
+            z.progress.paused_for,
+            now.saturating_sub(z.since),
+        )),
+        Phase::Shifting { paused_for, .. } => Some(*paused_for),
+        _ => None,
+    }
+}
+
 struct Loop {
     queue: VecDeque<Command>,
     seq: u64,
     first_traffic: Option<Duration>,
     next_tick: Instant,
     window_start: Duration,
+    /// Time the rollout has spent paused, as last seen in its phase.
+    paused_for: Duration,
 }
 
 /// Runs one rollout to the end.
@@ -833,16 +848,44 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
         first_traffic: None,
         next_tick: Instant::now(),
         window_start: Duration::ZERO,
+        paused_for: Duration::ZERO,
     };
 
     'outer: loop {
         while let Some(cmd) = l.queue.pop_front() {
+            if let Some(p) = paused_total(&phase, shell.now()) {
+                l.paused_for = p;
+            }
             match cmd {
                 Command::Apply { weight, delay } => {
+                    // Forward moves must end by the deadline, a rollback one apply_timeout
+                    // after it (time paused is added, as the deadline's own rule does).
+                    let rolling_back = matches!(phase, Phase::RollingBack { .. });
+                    let end = bounds::plus(
+                        bounds::plus(plan.deadline, l.paused_for),
+                        if rolling_back {
+                            plan.apply_timeout
+                        } else {
+                            Duration::ZERO
+                        },
+                    );
+                    let left = end.saturating_sub(shell.now());
                     if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                        tokio::time::sleep(delay.min(left)).await;
                     }
-                    let event = shell.apply(weight).await;
+                    let mut left = end.saturating_sub(shell.now());
+                    if matches!(phase, Phase::RollingBack { attempt: 0, .. }) {
+                        // A rollback always gets one full attempt, whenever it starts.
+                        left = left.max(plan.apply_timeout);
+                    }
+                    let event = if left.is_zero() {
+                        Event::OutOfTime {
+                            weight,
+                            now: shell.now(),
+                        }
+                    } else {
+                        shell.apply(weight, left.min(plan.apply_timeout)).await
+                    };
                     if l.first_traffic.is_none()
                         && matches!(event, Event::Applied { weight, .. } if weight.bp() > 0)
                     {
@@ -851,6 +894,9 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
                     let (label, detail) = match &event {
                         Event::Applied { .. } => ("weight-applied", None),
                         Event::ApplyFailed { error, .. } => ("apply-failed", Some(error.clone())),
+                        Event::OutOfTime { weight, .. } => {
+                            ("out-of-time", Some(format!("no time left to set {weight}")))
+                        }
                         Event::Preempted { weight, found, .. } => (
                             "preempted",
                             Some(format!(
@@ -941,6 +987,9 @@ pub async fn run<T: TrafficProvider, M: MetricsSource>(
             }
             Wake::Lever(lever) => {
                 let now = shell.now();
+                if let Some(p) = paused_total(&phase, now) {
+                    l.paused_for = p;
+                }
                 let (event, label) = match lever {
                     Lever::Approve => (Event::Approve { now }, "approved"),
                     Lever::Pause { why } => (Event::Pause { why, now }, "pause-requested"),

@@ -531,3 +531,40 @@ fn a_change_landing_between_set_and_read_back_is_not_overridden() {
     assert!(matches!(p, Phase::RollingBack { attempt: 1, .. }), "{p:?}");
     assert!(matches!(c[0], Command::Apply { .. }));
 }
+
+#[test]
+fn out_of_time_rolls_a_forward_move_back_and_fails_a_rollback_loudly() {
+    let plan = plan();
+    let shifting = Phase::Shifting {
+        step: 1,
+        target: w(25.0),
+        attempt: 2,
+        paused_for: Duration::ZERO,
+    };
+    let late = Event::OutOfTime {
+        weight: w(25.0),
+        now: s(601),
+    };
+    let (p, c) = step(shifting, late, &plan);
+    let Phase::RollingBack { reason, attempt: 0 } = &p else {
+        panic!("{p:?}")
+    };
+    assert!(matches!(reason, Reason::Deadline { .. }), "{reason:?}");
+    assert!(matches!(c.last(), Some(Command::Apply { weight, .. }) if *weight == Weight::ZERO));
+    let (p, c) = step(
+        p,
+        Event::OutOfTime {
+            weight: Weight::ZERO,
+            now: s(611),
+        },
+        &plan,
+    );
+    let Phase::Failed { reason } = &p else {
+        panic!("{p:?}")
+    };
+    assert!(
+        reason.contains("traffic may still reach the canary"),
+        "{reason}"
+    );
+    assert_eq!(c, vec![Command::Finish]);
+}

@@ -11,5 +11,6 @@ mod policy_fixtures;
 mod proxy;
 mod raw_http;
 mod rollout;
+mod signals;
 mod status;
 mod support;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{Guard, free_port};
-use crate::support::{CountingBackend, coalmine};
+use crate::support::{CountingBackend, coalmine, records};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
 
@@ -95,14 +95,6 @@ fn start_run(policy: &Path, log: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn records(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Waits until the decision log holds `n` tick records (panics after 20 s).

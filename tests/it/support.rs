@@ -111,3 +111,12 @@ impl Drop for CountingBackend {
         }
     }
 }
+
+/// The parseable lines of a decision log (none when it does not exist yet).
+pub(crate) fn records(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
