@@ -4,6 +4,10 @@
 Reference implementations:
 - scipy 1.17.1: mannwhitneyu (U and p-value), fisher_exact, ttest_ind(equal_var=False);
   scipy's own exact U distribution (scipy.stats._mannwhitneyu._MWU) for R's qwilcox.
+- scipy.optimize.isotonic_regression: weighted non-decreasing fits (the all-buckets
+  latency test's plug-in), including zero weights, which scipy rejects: those cases drop
+  the zero-weight points for scipy and expect each such point to take the previous fitted
+  value (the next one at the start), as coalmine documents.
 - numpy: the exact Hodges-Lehmann estimate and interval from all n1*n2 differences.
 - A direct transcription of R's wilcox.test asymptotic interval code (stats/R/wilcox.test.R,
   with R's zeroin2 from src/library/stats/src/zeroin.c) on scipy.stats.rankdata ranks, for
@@ -283,6 +287,31 @@ def welch_cases(rng):
     return cases
 
 
+def isotonic_cases(rng):
+    from scipy.optimize import isotonic_regression
+    cases = []
+    for i in range(40):
+        n = int(rng.integers(1, 60))
+        y = rng.normal(0.0, 1.0, n) + (np.linspace(0, 2, n) if i % 2 else 0.0)
+        w = rng.uniform(0.1, 5.0, n)
+        if i % 4 == 3:  # some buckets without data
+            w[rng.random(n) < 0.3] = 0.0
+        keep = w > 0
+        fitted = np.full(n, np.nan)
+        if keep.any():
+            fitted[keep] = isotonic_regression(y[keep], weights=w[keep], increasing=True).x
+            first = fitted[keep][0]
+            prev = first
+            for j in range(n):
+                if keep[j]:
+                    prev = fitted[j]
+                else:
+                    fitted[j] = prev
+        cases.append({"y": y.tolist(), "weights": w.tolist(),
+                      "fitted": [enc(v) for v in fitted]})
+    return cases
+
+
 def main():
     if scipy.__version__ != "1.17.1":
         print(f"warning: fixtures were made with scipy 1.17.1, this is {scipy.__version__}",
@@ -294,7 +323,8 @@ def main():
     for name, cases in [("mann_whitney", mann_whitney_cases(rng)),
                         ("hl_asymptotic", hl_asymptotic_cases(rng)),
                         ("fisher", fisher_cases(rng)),
-                        ("welch", welch_cases(rng))]:
+                        ("welch", welch_cases(rng)),
+                        ("isotonic", isotonic_cases(rng))]:
         with open(os.path.join(OUT, f"{name}.json"), "w") as f:
             json.dump({"meta": meta, "cases": cases}, f, separators=(",", ":"))
             f.write("\n")

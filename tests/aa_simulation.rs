@@ -175,7 +175,7 @@ fn the_confidence_sequence_covers_the_true_ratio() {
 use coalmine::analysis::Histogram;
 use coalmine::analysis::Stats;
 use coalmine::analysis::histogram::{log_bounds, log_bucket_index};
-use coalmine::analysis::latency::{LatencyJudge, LatencyJudgeSpec};
+use coalmine::analysis::latency::{LatencyJudge, LatencyJudgeSpec, LatencyTest};
 use rand_distr::LogNormal;
 
 /// Classic Prometheus buckets doubling at each bound: 5 ms … 40.96 s, then `+∞`.
@@ -220,13 +220,26 @@ fn latency_segment(
     median: f64,
     slowdown: f64,
 ) -> Segment {
+    latency_segment_with(rng, buckets, n, w, median, &|x| x * slowdown)
+}
+
+/// [`latency_segment`] with the canary's latency `canary(x)` for a baseline-distributed x.
+fn latency_segment_with(
+    rng: &mut SmallRng,
+    buckets: Buckets,
+    n: u64,
+    w: f64,
+    median: f64,
+    canary_of: &dyn Fn(f64) -> f64,
+) -> Segment {
     let bounds = buckets.bounds();
     let mut counts = [vec![0.0; bounds.len()], vec![0.0; bounds.len()]];
     let body = LogNormal::new(median.ln(), 0.5).expect("log-normal");
     let total = Poisson::new(n as f64).map_or(0.0, |d| d.sample(rng)) as u64;
     for _ in 0..total {
         let canary = rng.random::<f64>() < w;
-        let x = body.sample(rng) * if canary { slowdown } else { 1.0 };
+        let x = body.sample(rng);
+        let x = if canary { canary_of(x) } else { x };
         counts[usize::from(canary)][buckets.index(&bounds, x)] += 1.0;
     }
     let [b, c] = counts;
@@ -240,6 +253,16 @@ fn latency_segment(
 /// Runs one latency rollout (30 windows at 5 %, 30 at 25 %, load and the shared median
 /// drifting over time) and returns whether it failed.
 fn latency_run(seed: u64, buckets: Buckets, spec: &LatencyJudgeSpec, slowdown: f64) -> bool {
+    latency_run_with(seed, buckets, spec, &|x| x * slowdown)
+}
+
+/// [`latency_run`] with the canary's latency `canary(x)` for a baseline-distributed x.
+fn latency_run_with(
+    seed: u64,
+    buckets: Buckets,
+    spec: &LatencyJudgeSpec,
+    canary: &dyn Fn(f64) -> f64,
+) -> bool {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut judge = LatencyJudge::new(spec.clone());
     (0..WINDOWS).any(|i| {
@@ -247,8 +270,18 @@ fn latency_run(seed: u64, buckets: Buckets, spec: &LatencyJudgeSpec, slowdown: f
         let load = 500.0 * (0.5 + rng.random::<f64>());
         // Both arms slow down and speed up together (a shared dependency): drift cancels.
         let median = 0.03 * (1.0 + 0.5 * (i as f64 / 10.0).sin());
-        let seg = latency_segment(&mut rng, buckets, load as u64, w, median, slowdown);
+        let seg = latency_segment_with(&mut rng, buckets, load as u64, w, median, canary);
         judge.observe("latency", &seg).outcome == Outcome::Fail
+    })
+}
+
+/// Both latency tests with these settings.
+fn both_tests(alpha: f64, allowed: f64) -> [LatencyJudgeSpec; 2] {
+    [LatencyTest::Buckets, LatencyTest::SlowThresholds].map(|t| {
+        let mut s = LatencyJudgeSpec::new(alpha);
+        s.test = t;
+        s.allowed_ratio = allowed;
+        s
     })
 }
 
@@ -268,34 +301,96 @@ fn latency_rollbacks(
 fn latency_false_rollbacks_stay_under_alpha_with_coarse_buckets() {
     // allowed_ratio 1.1 on ×2 buckets is judged at ×1.0 (never looser than the policy), so
     // same-latency canaries are the boundary of the null it tests: still at most α.
-    let runs = 600;
-    let mut spec = LatencyJudgeSpec::new(ALPHA);
-    spec.allowed_ratio = 1.1;
-    let rollbacks = latency_rollbacks(0..runs, Buckets::Doubling, &spec, 1.0);
-    eprintln!("latency A/A, ×2 buckets: {rollbacks} false rollbacks in {runs} runs");
-    assert!(
-        (rollbacks as f64) < ALPHA * runs as f64,
-        "false rollbacks {rollbacks} of {runs}"
-    );
-    // And it is a real test at that resolution: 1.5× slower canaries are caught.
-    let caught = latency_rollbacks(20_000..20_100, Buckets::Doubling, &spec, 1.5);
-    eprintln!("latency ×1.5 under allowed_ratio 1.1, ×2 buckets: caught {caught} of 100");
-    assert!(caught >= 90, "caught {caught} of 100");
+    let runs = 500;
+    for spec in both_tests(ALPHA, 1.1) {
+        let rollbacks = latency_rollbacks(0..runs, Buckets::Doubling, &spec, 1.0);
+        eprintln!(
+            "{:?} A/A, ×2 buckets: {rollbacks} false rollbacks in {runs} runs",
+            spec.test
+        );
+        assert!(
+            (rollbacks as f64) < ALPHA * runs as f64,
+            "{:?}: false rollbacks {rollbacks} of {runs}",
+            spec.test
+        );
+        // And it is a real test at that resolution: 1.5× slower canaries are caught.
+        let caught = latency_rollbacks(20_000..20_100, Buckets::Doubling, &spec, 1.5);
+        eprintln!(
+            "{:?} ×1.5 under allowed_ratio 1.1, ×2 buckets: caught {caught} of 100",
+            spec.test
+        );
+        assert!(caught >= 90, "{:?}: caught {caught} of 100", spec.test);
+    }
+}
+
+#[test]
+fn latency_false_rollbacks_stay_under_alpha_on_fine_buckets() {
+    let runs = 500;
+    for spec in both_tests(ALPHA, 1.0) {
+        let rollbacks = latency_rollbacks(100_000..100_000 + runs, Buckets::Fine, &spec, 1.0);
+        eprintln!(
+            "{:?} A/A, built-in buckets: {rollbacks} false rollbacks in {runs} runs",
+            spec.test
+        );
+        assert!(
+            (rollbacks as f64) < ALPHA * runs as f64,
+            "{:?}: {rollbacks} of {runs}",
+            spec.test
+        );
+    }
+}
+
+#[test]
+fn latency_canaries_faster_somewhere_are_in_the_null() {
+    // The null is composite: every canary at most as slow as the baseline in the stochastic
+    // order, not only equal ones. Faster everywhere (×0.8), or faster only above the p90
+    // and piled up just there (a non-monotone bet would punish that pile-up), or faster
+    // only in its fastest half: each rolls back at most α of the time.
+    let q90 = 0.03 * (0.5 * 1.2816f64).exp();
+    let q50 = 0.03;
+    let cases: [(&str, &dyn Fn(f64) -> f64); 3] = [
+        ("×0.8 everywhere", &|x| 0.8 * x),
+        ("tail above p90 ×0.7", &move |x| {
+            if x > q90 { q90.max(0.7 * x) } else { x }
+        }),
+        ("fastest half ×0.7", &move |x| {
+            if x < q50 { 0.7 * x } else { x }
+        }),
+    ];
+    let runs = 300;
+    for spec in both_tests(ALPHA, 1.0) {
+        for (k, (what, canary)) in cases.iter().enumerate() {
+            let base = 200_000 + 1000 * k as u64;
+            let rollbacks = (base..base + runs)
+                .filter(|s| latency_run_with(*s, Buckets::Fine, &spec, canary))
+                .count();
+            eprintln!("{:?} {what}: {rollbacks} rollbacks in {runs}", spec.test);
+            assert!(
+                (rollbacks as f64) < ALPHA * runs as f64,
+                "{:?} {what}: {rollbacks} of {runs}",
+                spec.test
+            );
+        }
+    }
 }
 
 #[test]
 fn latency_allowed_slowdown_at_the_boundary_stays_under_alpha() {
     // A canary exactly as slow as allowed (×2 on ×2 buckets, the largest slowdown of the
     // null) rolls back at most α of the time.
-    let runs = 400;
-    let mut spec = LatencyJudgeSpec::new(ALPHA);
-    spec.allowed_ratio = 2.0;
-    let rollbacks = latency_rollbacks(40_000..40_000 + runs, Buckets::Doubling, &spec, 2.0);
-    eprintln!("latency at the allowed ×2, ×2 buckets: {rollbacks} rollbacks in {runs} runs");
-    assert!(
-        (rollbacks as f64) < ALPHA * runs as f64,
-        "rollbacks {rollbacks} of {runs}"
-    );
+    let runs = 300;
+    for spec in both_tests(ALPHA, 2.0) {
+        let rollbacks = latency_rollbacks(40_000..40_000 + runs, Buckets::Doubling, &spec, 2.0);
+        eprintln!(
+            "{:?} at the allowed ×2, ×2 buckets: {rollbacks} rollbacks in {runs} runs",
+            spec.test
+        );
+        assert!(
+            (rollbacks as f64) < ALPHA * runs as f64,
+            "{:?}: rollbacks {rollbacks} of {runs}",
+            spec.test
+        );
+    }
 }
 
 /// The invariant of issue 10, item 6, over many simulated rollouts of every kind (healthy,
@@ -361,9 +456,8 @@ fn fail_and_pass_bounds_never_contradict_the_verdict() {
         (Buckets::Doubling, 1.0, 1.0),
     ];
     for (k, &(buckets, allowed, slowdown)) in cases.iter().enumerate() {
-        for seed in 0..25 {
-            let mut spec = LatencyJudgeSpec::new(0.01);
-            spec.allowed_ratio = allowed;
+        for seed in 0..30 {
+            let mut spec = both_tests(0.01, allowed)[(seed % 2) as usize].clone();
             spec.pass_ratio = 1.25 * allowed;
             let mut judge = LatencyJudge::new(spec);
             let mut rng = SmallRng::seed_from_u64(70_000 + 100 * k as u64 + seed);
@@ -413,6 +507,7 @@ fn latency_pass_is_rare_for_a_canary_as_slow_as_the_pass_ratio() {
     let mut spec = LatencyJudgeSpec::new(ALPHA);
     spec.allowed_ratio = 3.0; // out of the way: only the pass side is under test
     spec.pass_ratio = 1.25;
+    // The pass side is shared by both tests: run it with the default one.
     let passes = |slowdown: f64, base: u64| {
         (0..runs)
             .filter(|seed| {

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use coalmine::analysis::bucket_test::isotonic_increasing;
 use coalmine::analysis::fisher::{ErrorTable, fisher_exact};
 use coalmine::analysis::hodges_lehmann;
 use coalmine::analysis::mann_whitney::{
@@ -235,6 +236,32 @@ fn welch_matches_scipy() {
     }
 }
 
+#[test]
+fn isotonic_regression_matches_scipy() {
+    let mut err = Worst::new("isotonic fit (absolute)");
+    let cases = load("isotonic");
+    assert!(cases.len() >= 40);
+    for (i, c) in cases.iter().enumerate() {
+        let (y, w) = (floats(&c["y"]), floats(&c["weights"]));
+        let points: Vec<(f64, f64)> = y.iter().copied().zip(w.iter().copied()).collect();
+        let got = isotonic_increasing(&points);
+        let want = floats(&c["fitted"]);
+        assert_eq!(got.len(), want.len());
+        if want.iter().all(|v| v.is_nan()) {
+            // Every weight is 0: scipy has nothing to fit; coalmine returns a constant.
+            assert!(got.windows(2).all(|p| p[0] == p[1]), "{got:?}");
+            continue;
+        }
+        for (g, v) in got.iter().zip(&want) {
+            err.check(i, (g - v).abs(), 1e-12, || format!("{got:?} vs {want:?}"));
+        }
+        assert!(
+            got.windows(2).all(|p| p[0] <= p[1]),
+            "not monotone: {got:?}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------ end to end
 
 fn coalmine(args: &[&str]) -> (i32, String, String) {
@@ -460,6 +487,7 @@ fn judge_bad_input_exits_2_with_a_message() {
 // ------------------------------------------------------------------ properties
 
 mod properties {
+    use coalmine::analysis::bucket_test::isotonic_increasing;
     use coalmine::analysis::fisher::{ErrorTable, fisher_exact};
     use coalmine::analysis::hodges_lehmann::{self, kth_difference};
     use coalmine::analysis::mann_whitney::{
@@ -490,6 +518,32 @@ mod properties {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// The all-buckets latency test's plug-in: whatever the input (NaN, infinities,
+        /// zero or negative weights), the fit has one value per point, never panics, and is
+        /// non-decreasing wherever it is finite; with positive finite data it keeps the
+        /// weighted mean (pool-adjacent-violators only averages).
+        #[test]
+        fn isotonic_fit_is_monotone_and_keeps_the_mean(
+            points in prop::collection::vec((any_value(), prop_oneof![4 => 0.01f64..10.0, 1 => Just(0.0), 1 => Just(-1.0), 1 => Just(f64::NAN)]), 0..40),
+        ) {
+            let got = isotonic_increasing(&points);
+            prop_assert_eq!(got.len(), points.len());
+            let finite: Vec<f64> = got.iter().copied().filter(|v| v.is_finite()).collect();
+            prop_assert!(finite.windows(2).all(|p| p[0] <= p[1]), "{:?}", got);
+            let clean: Vec<(f64, f64)> = points
+                .iter()
+                .copied()
+                .filter(|(y, w)| y.is_finite() && y.abs() < 1e6 && *w > 0.0)
+                .collect();
+            if clean.len() == points.len() && !clean.is_empty() {
+                let fit = isotonic_increasing(&clean);
+                let (sw, swy, swf) = clean.iter().zip(&fit).fold((0.0, 0.0, 0.0), |a, ((y, w), f)| {
+                    (a.0 + w, a.1 + w * y, a.2 + w * f)
+                });
+                prop_assert!((swy / sw - swf / sw).abs() <= 1e-6 * (1.0 + (swy / sw).abs()));
+            }
+        }
 
         #[test]
         fn mann_whitney_never_panics(

@@ -22,6 +22,9 @@ pub enum Kind {
     SequentialObserved,
     /// The default policy with `warmup = "2m"` (only in the warm-up scenario).
     SequentialWarmup,
+    /// The default policy with the latency metric's `test = "slow-thresholds"` (latency
+    /// scenarios only).
+    SequentialSlowThresholds,
     /// Kayenta-style Mann-Whitney on per-interval series, fail-fast.
     Kayenta,
     /// Flagger-style canary-only thresholds with a failed-checks counter.
@@ -34,10 +37,11 @@ pub enum Kind {
 
 impl Kind {
     /// All judges, in table order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Sequential,
         Kind::SequentialObserved,
         Kind::SequentialWarmup,
+        Kind::SequentialSlowThresholds,
         Kind::Kayenta,
         Kind::Flagger,
         Kind::Fixed,
@@ -50,6 +54,7 @@ impl Kind {
             Kind::Sequential => "sequential",
             Kind::SequentialObserved => "sequential-observed",
             Kind::SequentialWarmup => "sequential-warmup",
+            Kind::SequentialSlowThresholds => "sequential-slow-thresholds",
             Kind::Kayenta => "kayenta",
             Kind::Flagger => "flagger",
             Kind::Fixed => "fixed-horizon",

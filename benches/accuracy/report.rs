@@ -365,7 +365,7 @@ fn targets(cells: &[Cell], quick: bool) -> String {
     let coarse: Vec<&Cell> = cells
         .iter()
         .filter(seq)
-        .filter(|c| c.regression && c.variant.contains("×2 buckets"))
+        .filter(|c| c.regression && c.variant.contains("allowed 1.1"))
         .collect();
     let at_15: Vec<&&Cell> = coarse
         .iter()
@@ -389,6 +389,63 @@ fn targets(cells: &[Cell], quick: bool) -> String {
         if ok3b { "MET" } else { "NOT MET" },
         listed.join(", ")
     );
+    // 4′. Latency against the oracle (issue 15), for the default latency test and the
+    // slow-threshold one, on the built-in buckets and on ×2 buckets.
+    let body = |c: &Cell| c.scenario == "latency" && [1.1, 1.25, 1.5].contains(&c.effect);
+    let shape = |c: &Cell| {
+        c.scenario == "latency-tail"
+            || (c.scenario == "latency" && c.variant.starts_with("bimodal"))
+    };
+    for (kind, label) in [
+        (Kind::Sequential, "sequential"),
+        (Kind::SequentialSlowThresholds, "sequential-slow-thresholds"),
+    ] {
+        for coarse in [false, true] {
+            for (what, pred, limit) in [
+                (
+                    "body shifts ×1.1, ×1.25, ×1.5",
+                    &body as &dyn Fn(&Cell) -> bool,
+                    2.0,
+                ),
+                (
+                    "tail-only and bimodal",
+                    &shape as &dyn Fn(&Cell) -> bool,
+                    3.0,
+                ),
+            ] {
+                let ratios: Vec<String> = cells
+                    .iter()
+                    .filter(|c| {
+                        c.kind == kind
+                            && pred(c)
+                            && !c.variant.contains("allowed")
+                            && c.variant.contains("×2 buckets") == coarse
+                    })
+                    .filter_map(|c| {
+                        let o = cells
+                            .iter()
+                            .find(|o| o.kind == Kind::Oracle && o.same_scenario(c))?;
+                        Some((c, c.median_decision_requests / o.median_decision_requests))
+                    })
+                    .map(|(c, r)| {
+                        let ok = if r <= limit { "" } else { " over" };
+                        format!("{} {}: {r:.2}×{ok}", c.scenario, effect(c))
+                    })
+                    .collect();
+                if ratios.is_empty() {
+                    continue;
+                }
+                let met = ratios.iter().all(|r| !r.ends_with("over"));
+                let _ = writeln!(
+                    out,
+                    "- `{label}`{}: median requests to rollback ≤ {limit}× the oracle for {what}: {} ({})",
+                    if coarse { " on ×2 buckets" } else { "" },
+                    if met { "MET" } else { "NOT MET" },
+                    ratios.join(", ")
+                );
+            }
+        }
+    }
     // 4. More regressions caught with less harm than Kayenta- and Flagger-style.
     let mut wins = 0;
     let mut total = 0;

@@ -1,37 +1,34 @@
 //! Analysis: pure, synchronous statistics and judges (no tokio, no I/O).
 //!
-//! Observations come in per window and per arm ([`observation`]); judges ([`judge`]) turn
-//! them into metric verdicts ([`verdict`]) with the numbers behind them. The default judge
-//! is sequential and anytime-valid ([`sequential`], [`errors`], [`latency`]): the controller
-//! may look at every tick without inflating the false-rollback rate.
+//! Three layers, one folder each:
+//! 1. [`primitives`]: special functions and the classical fixed-horizon tests (Mann-Whitney,
+//!    Hodges-Lehmann, Fisher, Welch, proportions; statistics.md §3);
+//! 2. [`sequential`]: the anytime-valid machinery (e-processes on events and on latency
+//!    buckets, confidence sequences, histogram resolution, canary shares; statistics.md §2);
+//! 3. [`judges`]: per-metric judges built from them, turning observations into verdicts.
 //!
-//! Classical fixed-horizon statistics (statistics.md §3) back the offline judges, the
-//! Kayenta-compatible judge ([`kayenta`]) and the benchmark baselines: [`mann_whitney`],
-//! [`hodges_lehmann`], [`fisher`], [`proportions`] and [`welch`]. [`confseq`] holds the
-//! time-uniform confidence sequences and boundaries of §2.2–2.3.
+//! At this level: the data they share, observations per window and per arm
+//! ([`observation`], [`histogram`]) and verdicts ([`verdict`]), with number formatting
+//! ([`fmt`]). Every module of the layers is also re-exported here
+//! (`crate::analysis::latency`, `crate::analysis::special`, …), the paths the rest of the
+//! crate uses.
+//!
+//! The default judge is sequential and anytime-valid: the controller may look at every tick
+//! without inflating the false-rollback rate.
 
-pub mod confseq;
-pub mod errors;
-pub mod fisher;
 pub mod fmt;
 pub mod histogram;
-pub mod hodges_lehmann;
-pub mod judge;
-pub mod kayenta;
-pub mod latency;
-pub mod mann_whitney;
-pub mod mw_judge;
+pub mod judges;
 pub mod observation;
-pub mod proportions;
+pub mod primitives;
 #[cfg(test)]
 mod props;
-pub mod resolution;
 pub mod sequential;
-pub mod share;
-pub mod special;
-pub mod threshold;
 pub mod verdict;
-pub mod welch;
+
+pub use judges::{errors, judge, kayenta, latency, mw_judge, threshold};
+pub use primitives::{fisher, hodges_lehmann, mann_whitney, proportions, special, welch};
+pub use sequential::{bucket_test, confseq, resolution, share, slow_thresholds};
 
 pub use histogram::Histogram;
 pub use judge::{JudgeSpec, MetricJudge};

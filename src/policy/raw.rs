@@ -327,6 +327,13 @@ pub(crate) struct RawSequential {
     /// Latency: fixed slow-request thresholds instead of quantiles, e.g. `["100ms", "500ms"]`.
     #[schemars(with = "Option<Vec<Dur>>", extend("minItems" = 1))]
     pub thresholds: Option<Spanned<Vec<Dur>>>,
+    /// Latency only: `"buckets"` (default: the whole-histogram test) or `"slow-thresholds"`
+    /// (the test at a few slow-request thresholds; fixed `thresholds` select it).
+    #[schemars(
+        with = "Option<String>",
+        extend("enum" = ["buckets", "slow-thresholds"], "default" = "buckets")
+    )]
+    pub test: Option<Spanned<String>>,
 }
 
 /// A quantile, in (0, 1).

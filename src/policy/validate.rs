@@ -25,7 +25,7 @@ use super::{
 use crate::analysis::JudgeSpec;
 use crate::analysis::errors::EventJudgeSpec;
 use crate::analysis::kayenta::{EffectSizeKind, KayentaConfig};
-use crate::analysis::latency::{LatencyJudgeSpec, Thresholds};
+use crate::analysis::latency::{LatencyJudgeSpec, LatencyTest, Thresholds};
 use crate::analysis::mw_judge::{MannWhitneySpec, Scoring};
 use crate::analysis::observation::Shape;
 use crate::analysis::sequential::Prior;
@@ -1254,6 +1254,7 @@ fn parse_metric(
                     for (k, v) in [
                         ("quantiles", raw.quantiles.as_ref().map(Spanned::span)),
                         ("thresholds", raw.thresholds.as_ref().map(Spanned::span)),
+                        ("test", raw.test.as_ref().map(Spanned::span)),
                     ] {
                         if let Some(s) = v {
                             ctx.error(
@@ -1289,6 +1290,26 @@ fn parse_metric(
                         s.allowed_ratio = a;
                     }
                     s.pass_ratio = pass.unwrap_or(s.allowed_ratio * 1.25);
+                    // Fixed thresholds belong to the slow-thresholds test, which they select
+                    // when no test is named.
+                    s.test = match raw.test.as_ref().map(|t| (t, t.get_ref().as_str())) {
+                        None if raw.thresholds.is_some() => LatencyTest::SlowThresholds,
+                        None | Some((_, "buckets")) => LatencyTest::Buckets,
+                        Some((_, "slow-thresholds")) => LatencyTest::SlowThresholds,
+                        Some((t, other)) => {
+                            ctx.error(
+                                t.span(),
+                                format!("unknown latency test `{other}`: expected \"buckets\" or \"slow-thresholds\""),
+                            );
+                            LatencyTest::Buckets
+                        }
+                    };
+                    if let (LatencyTest::Buckets, Some(t)) = (s.test, &raw.thresholds) {
+                        ctx.error(
+                            t.span(),
+                            "`thresholds` applies to test = \"slow-thresholds\", not to \"buckets\"",
+                        );
+                    }
                     match (&raw.quantiles, &raw.thresholds) {
                         (Some(q), Some(_)) => {
                             ctx.error(q.span(), "give quantiles or thresholds, not both");

@@ -10,8 +10,8 @@
 
 use serde::Serialize;
 
-use super::mann_whitney::Alternative;
-use super::special::ln_choose;
+use crate::analysis::mann_whitney::Alternative;
+use crate::analysis::special::ln_choose;
 
 /// A 2×2 table of counts, canary row first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -13,7 +13,7 @@
 //! The algorithms follow the papers and the public confseq library's definitions; the
 //! vectors in the tests are confseq's own unit-test values.
 
-use super::special::{bisect, ln_beta, norm_cdf};
+use crate::analysis::special::{bisect, ln_beta, norm_cdf};
 
 /// Half-width ε_t of the Howard–Ramdas confidence band for a CDF, valid for all t ≥ 1 and
 /// all x simultaneously at level `alpha`:

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use super::mann_whitney::Alternative;
+use crate::analysis::mann_whitney::Alternative;
 
 /// Result of Welch's t test.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::special::{bisect, ln_beta, log_sum_exp, xlogy};
+use crate::analysis::special::{bisect, ln_beta, log_sum_exp, xlogy};
 
 /// `ln σ(x)` = −ln(1 + e^{−x}), stable for all `x`.
 fn ln_sigmoid(x: f64) -> f64 {
@@ -200,6 +200,7 @@ pub struct EventTest {
     log_lik: Vec<f64>,
     by_share: Vec<ShareCounts>,
     max_log_e: f64,
+    track_lower: bool,
     lower: f64,
     cs: (f64, f64),
     canary_events: f64,
@@ -219,6 +220,7 @@ impl EventTest {
             log_lik: vec![0.0; n],
             by_share: Vec::new(),
             max_log_e: 0.0,
+            track_lower: true,
             lower: 0.0,
             cs: (0.0, f64::INFINITY),
             canary_events: 0.0,
@@ -230,6 +232,16 @@ impl EventTest {
     #[must_use]
     pub fn fresh(&self) -> Self {
         EventTest::new(self.prior.clone(), self.ln_r0.exp(), self.alpha)
+            .tracking_lower_bound(self.track_lower)
+    }
+
+    /// Whether to keep the lower confidence bound ([`Self::lower_bound`], on by default). A
+    /// test whose bound nothing reads skips the bisection at every look above 1/α; it then
+    /// rejects when the e-process crosses 1/α.
+    #[must_use]
+    pub fn tracking_lower_bound(mut self, on: bool) -> Self {
+        self.track_lower = on;
+        self
     }
 
     /// Adds one window: `canary` and `baseline` events routed while the canary's
@@ -265,7 +277,7 @@ impl EventTest {
         }
         let log_e = self.log_e();
         self.max_log_e = self.max_log_e.max(log_e);
-        if log_e >= self.log_threshold {
+        if self.track_lower && log_e >= self.log_threshold {
             self.lower = self.lower.max(self.rejected_below());
         }
     }
@@ -339,11 +351,15 @@ impl EventTest {
     }
 
     /// Whether the test has rejected r ≤ r0 at some look: its lower confidence bound is
-    /// above r0 (so a Fail is never reported with a bound at or below the allowed ratio).
-    /// This implies that the e-process crossed 1/α.
+    /// above r0 (so a Fail is never reported with a bound at or below the allowed ratio),
+    /// which implies that the e-process crossed 1/α; without the bound, that crossing.
     #[must_use]
     pub fn rejected(&self) -> bool {
-        self.lower > self.ln_r0.exp()
+        if self.track_lower {
+            self.lower > self.ln_r0.exp()
+        } else {
+            self.max_log_e >= self.log_threshold
+        }
     }
 
     /// Events so far: (baseline, canary).

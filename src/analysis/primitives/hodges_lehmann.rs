@@ -14,8 +14,8 @@
 
 use serde::Serialize;
 
-use super::mann_whitney::{Alternative, ShiftedRanks, SortedSample, UDistribution};
-use super::special::{norm_ppf, zeroin};
+use crate::analysis::mann_whitney::{Alternative, ShiftedRanks, SortedSample, UDistribution};
+use crate::analysis::special::{norm_ppf, zeroin};
 
 /// Why a shift estimate could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,12 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fmt;
-use super::kayenta::{
+use crate::analysis::fmt;
+use crate::analysis::kayenta::{
     self, Classification, KayentaConfig, ScoreConfig, ScoreOutcome, ScoredMetric,
 };
-use super::observation::{Observation, Segment};
-use super::verdict::{MetricVerdict, Outcome, Stats};
+use crate::analysis::observation::{Observation, Segment};
+use crate::analysis::verdict::{MetricVerdict, Outcome, Stats};
 
 /// Settings of one `mann-whitney` metric.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::special::norm_sf;
+use crate::analysis::special::norm_sf;
 
 /// Which way the alternative hypothesis points, for the canary relative to the baseline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]

@@ -10,7 +10,64 @@
 //! the buckets can represent (m' ≥ 1, since τ is itself a bound: the A/A guarantee holds).
 //! Where m' < m the verdict, the decision record and `validate --preflight` say so.
 
-use super::fmt;
+use crate::analysis::fmt;
+
+/// Margins (relative to the allowed ratio) at which a latency test also runs, for the lower
+/// confidence bound a Fail reports (statistics.md §2.4.1); the first is the policy's own.
+pub const LADDER: [f64; 6] = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
+
+/// What a latency e-process run at every [`LADDER`] margin has shown so far: the running
+/// maximum of its log e-value and the smallest margin judged at, per ladder step, and where
+/// the policy's own margin was resolved most coarsely. Both latency tests keep one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ladder {
+    max_log_e: Vec<f64>,
+    effective: Vec<f64>,
+    coarsest: Option<Resolved>,
+}
+
+impl Default for Ladder {
+    fn default() -> Self {
+        Ladder {
+            max_log_e: vec![0.0; LADDER.len()],
+            effective: vec![f64::INFINITY; LADDER.len()],
+            coarsest: None,
+        }
+    }
+}
+
+impl Ladder {
+    /// Records that step `n` judged at `r` (the coarsest is kept for the policy's margin).
+    pub fn judged(&mut self, n: usize, r: Resolved) {
+        self.effective[n] = self.effective[n].min(r.ratio);
+        if n == 0 {
+            self.coarsest = coarsest(self.coarsest.into_iter().chain([r]));
+        }
+    }
+
+    /// Records step `n`'s log e-value after a window.
+    pub fn looked(&mut self, n: usize, log_e: f64) {
+        self.max_log_e[n] = self.max_log_e[n].max(log_e);
+    }
+
+    /// Running maximum of the log e-value, per ladder step.
+    #[must_use]
+    pub fn max_log_e(&self) -> &[f64] {
+        &self.max_log_e
+    }
+
+    /// Smallest judged-at margin so far, per ladder step (∞ before the first).
+    #[must_use]
+    pub fn effective(&self) -> &[f64] {
+        &self.effective
+    }
+
+    /// Where the policy's margin was resolved most coarsely.
+    #[must_use]
+    pub fn coarsest(&self) -> Option<Resolved> {
+        self.coarsest
+    }
+}
 
 /// Relative tolerance when comparing a margin times a bound with another bound.
 const TOL: f64 = 1e-9;
@@ -133,7 +190,7 @@ mod tests {
         assert_eq!(canary_bound(&b, 7, 10.0), 7);
         assert_eq!(canary_bound(&b, 5, 100.0), 7);
         // Finer buckets resolve finer margins: built-in 2^(1/8) spacing.
-        let fine = super::super::histogram::log_bounds();
+        let fine = crate::analysis::histogram::log_bounds();
         let i = 80;
         let c = canary_bound(&fine, i, 1.1);
         assert_eq!(c, i + 1);

@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fmt;
-use super::observation::{Observation, Segment};
-use super::sequential::{EventTest, Prior};
-use super::share::{ShareMode, ShareTracker};
-use super::verdict::{MetricVerdict, Outcome, Stats};
+use crate::analysis::fmt;
+use crate::analysis::observation::{Observation, Segment};
+use crate::analysis::sequential::{EventTest, Prior};
+use crate::analysis::share::{ShareMode, ShareTracker};
+use crate::analysis::verdict::{MetricVerdict, Outcome, Stats};
 
 /// Settings of the sequential judge on counts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,8 +234,8 @@ impl EventJudge {
 
 #[cfg(test)]
 mod tests {
-    use super::super::observation::Counts;
     use super::*;
+    use crate::analysis::observation::Counts;
 
     fn seg(w: f64, b: (f64, f64), c: (f64, f64)) -> Segment {
         Segment {

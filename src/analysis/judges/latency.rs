@@ -1,35 +1,31 @@
-//! The sequential judge on latency histograms (statistics.md §2.2).
+//! The sequential judge on latency histograms (statistics.md §2.2 and §2.5).
 //!
-//! A request slower than a threshold τ is an event. Under H0 (same latency distribution,
-//! per-request assignment) a slow request comes from the canary with probability `w`, so
-//! the conditional event test of [`super::sequential`] applies unchanged, and drift that
-//! slows both arms cancels. With an allowed slowdown `m`, the canary's events are counted
-//! above the largest bucket bound at most `m·τ` ([`super::resolution`]): if the canary is
-//! at most that many times slower, its events are no likelier than the baseline's, and the
-//! test is never looser than the policy says. Where the buckets cannot represent `m`, the
-//! verdict says which margin it judged at.
+//! Two tests, chosen by the policy's `test` key: `buckets` (the default, [`crate::analysis::bucket_test`])
+//! compares the arms over every bucket of the histograms; `slow-thresholds`
+//! ([`crate::analysis::slow_thresholds`]) compares their slow-request rates at a few thresholds. Both
+//! are anytime-valid for any latency distribution under per-window shares and load that
+//! varies over time, and both judge an allowed slowdown `m` at the largest margin at most
+//! `m` the buckets represent ([`crate::analysis::resolution`]), never looser than the policy says.
 //!
-//! Thresholds are the baseline's quantiles estimated from *earlier* windows only (or fixed
-//! bounds), so they are predictable and each window's factor keeps its null expectation.
-//! The per-threshold e-processes are averaged, which is itself an e-process.
-//!
-//! The same test runs at a short ladder of larger margins, so a Fail reports the largest
-//! slowdown the test has rejected (statistics.md §2.4.1). For reporting and for a Pass,
-//! quantiles of each arm carry Howard–Ramdas time-uniform bounds.
+//! This module holds what they share: the verdict, a Pass (the conditional event test in
+//! the other direction at each reported quantile, statistics.md §2.4.1), the lower bound a
+//! Fail reports (the test run at a ladder of larger margins), and the quantiles reported
+//! with Howard–Ramdas time-uniform bounds.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::confseq::cdf_band_epsilon;
-use super::fmt;
-use super::histogram::Histogram;
-use super::observation::{Observation, Segment};
-use super::resolution::{self, Resolved};
-use super::sequential::{EventTest, Prior};
-use super::share::{ShareMode, ShareTracker};
-use super::special::log_sum_exp;
-use super::verdict::{MetricVerdict, Outcome, Stats};
+use crate::analysis::bucket_test::BucketTest;
+use crate::analysis::confseq::cdf_band_epsilon;
+use crate::analysis::fmt;
+use crate::analysis::histogram::Histogram;
+use crate::analysis::observation::{Observation, Segment};
+use crate::analysis::resolution::{self, LADDER, Ladder, Resolved};
+use crate::analysis::sequential::{EventTest, Prior};
+use crate::analysis::share::{ShareMode, ShareTracker};
+use crate::analysis::slow_thresholds::SlowThresholdTest;
+use crate::analysis::verdict::{MetricVerdict, Outcome, Stats};
 
 /// How slow-request thresholds are chosen.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +34,28 @@ pub enum Thresholds {
     Quantiles(Vec<f64>),
     /// Fixed latency bounds in seconds (e.g. SLO bounds), rounded up to bucket bounds.
     Fixed(Vec<f64>),
+}
+
+/// Which latency test the sequential judge runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatencyTest {
+    /// Every bucket of the histograms (statistics.md §2.5).
+    #[default]
+    Buckets,
+    /// Slow-request rates at a few thresholds (statistics.md §2.2).
+    SlowThresholds,
+}
+
+impl LatencyTest {
+    /// The policy name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencyTest::Buckets => "buckets",
+            LatencyTest::SlowThresholds => "slow-thresholds",
+        }
+    }
 }
 
 /// Settings of the sequential judge on latency.
@@ -51,24 +69,29 @@ pub struct LatencyJudgeSpec {
     pub pass_ratio: f64,
     /// This metric's share of the false-rollback budget.
     pub alpha: f64,
-    /// Thresholds for slow-request events.
+    /// Which test.
+    pub test: LatencyTest,
+    /// Thresholds for slow-request events (`slow-thresholds` only).
     pub thresholds: Thresholds,
     /// Quantiles to report with time-uniform bounds.
     pub report_quantiles: Vec<f64>,
-    /// Mixture prior over the slow-request rate ratio.
+    /// Mixture prior over the slow-request rate ratio (`slow-thresholds`, and the pass side
+    /// of both tests).
     pub prior: Prior,
     /// Where the canary share comes from.
     pub share: ShareMode,
 }
 
 impl LatencyJudgeSpec {
-    /// Defaults: no allowed slowdown, thresholds at the baseline's p50, p90 and p99.
+    /// Defaults: no allowed slowdown, the all-buckets test, p50, p90 and p99 reported (and the
+    /// slow-thresholds test's thresholds there).
     #[must_use]
     pub fn new(alpha: f64) -> Self {
         LatencyJudgeSpec {
             allowed_ratio: 1.0,
             pass_ratio: 1.25,
             alpha,
+            test: LatencyTest::default(),
             thresholds: Thresholds::Quantiles(vec![0.5, 0.9, 0.99]),
             report_quantiles: vec![0.5, 0.9, 0.99],
             prior: Prior::default_latency(),
@@ -76,10 +99,6 @@ impl LatencyJudgeSpec {
         }
     }
 }
-
-/// Margins (relative to the allowed ratio) at which the test also runs, for the lower
-/// confidence bound a Fail reports; the first is the policy's own.
-const LADDER: [f64; 6] = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0];
 
 /// One arm-pair quantile with time-uniform bounds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -123,7 +142,7 @@ pub struct SlowStat {
 /// The numbers behind a latency verdict.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LatencyStats {
-    /// Which latency test: `slow-thresholds`.
+    /// Which latency test: `buckets` or `slow-thresholds`.
     pub test: &'static str,
     /// Baseline requests so far.
     pub baseline_requests: f64,
@@ -133,9 +152,9 @@ pub struct LatencyStats {
     pub share: f64,
     /// Reported quantiles.
     pub quantiles: Vec<QuantileStat>,
-    /// Slow-request tests.
+    /// Slow-request tests (`slow-thresholds`; empty for `buckets`).
     pub thresholds: Vec<SlowStat>,
-    /// Natural log of the averaged e-value.
+    /// Natural log of the e-value.
     pub log_e: f64,
     /// Natural log of the rejection threshold 1/α.
     pub log_threshold: f64,
@@ -159,31 +178,61 @@ pub struct LatencyStats {
     /// largest canary bound ÷ baseline threshold at which the canary was shown less often
     /// slow than the baseline (bucket edges, always below `pass_ratio`); `null` until then.
     pub slowdown_upper: Option<f64>,
-    /// What the buckets could not resolve, when they could not (see [`super::resolution`]).
+    /// What the buckets could not resolve, when they could not (see [`crate::analysis::resolution`]).
     pub resolution: Option<String>,
 }
 
+/// The test behind a latency judge.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Slot {
-    q: Option<f64>,
-    fixed: Option<f64>,
-    /// One test per ladder margin; the first is the policy's.
-    tests: Vec<EventTest>,
-    last: Option<(f64, f64)>,
+enum Test {
+    Buckets(Box<BucketTest>),
+    Slow(SlowThresholdTest),
+}
+
+impl Test {
+    fn update(&mut self, earlier: Option<&Histogram>, b: &Histogram, c: &Histogram, w: f64) {
+        match self {
+            Test::Buckets(t) => t.update(b, c, w),
+            Test::Slow(t) => t.update(earlier, b, c, w),
+        }
+    }
+
+    fn log_e(&self) -> f64 {
+        match self {
+            Test::Buckets(t) => t.log_e(),
+            Test::Slow(t) => t.log_e(),
+        }
+    }
+
+    fn ladder(&self) -> &Ladder {
+        match self {
+            Test::Buckets(t) => t.ladder(),
+            Test::Slow(t) => t.ladder(),
+        }
+    }
+
+    fn evidence(&self) -> String {
+        match self {
+            Test::Buckets(t) => t.evidence(),
+            Test::Slow(t) => t.evidence(),
+        }
+    }
+
+    fn slot_stats(&self) -> Vec<SlowStat> {
+        match self {
+            Test::Buckets(_) => Vec::new(),
+            Test::Slow(t) => t.slot_stats(),
+        }
+    }
 }
 
 /// Incremental state of the sequential judge on latency.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatencyJudge {
     spec: LatencyJudgeSpec,
-    slots: Vec<Slot>,
+    test: Test,
     baseline: Option<Histogram>,
     canary: Option<Histogram>,
-    /// Running maximum of the averaged log e-value, per ladder margin.
-    max_log_e: Vec<f64>,
-    /// Smallest judged-at margin so far, per ladder margin (the first with its place).
-    effective: Vec<f64>,
-    coarsest: Option<Resolved>,
     pass: PassTest,
     share: f64,
     shares: ShareTracker,
@@ -193,44 +242,24 @@ impl LatencyJudge {
     /// A fresh judge.
     #[must_use]
     pub fn new(spec: LatencyJudgeSpec) -> Self {
-        let mk = |q, fixed| Slot {
-            q,
-            fixed,
-            tests: LADDER
-                .iter()
-                .map(|_| EventTest::new(spec.prior.clone(), 1.0, spec.alpha))
-                .collect(),
-            last: None,
-        };
-        let slots = match &spec.thresholds {
-            Thresholds::Quantiles(qs) => qs.iter().map(|q| mk(Some(*q), None)).collect(),
-            Thresholds::Fixed(ts) => ts.iter().map(|t| mk(None, Some(*t))).collect(),
+        let test = match spec.test {
+            LatencyTest::Buckets => Test::Buckets(Box::new(BucketTest::new(spec.allowed_ratio))),
+            LatencyTest::SlowThresholds => Test::Slow(SlowThresholdTest::new(
+                &spec.thresholds,
+                &spec.prior,
+                spec.allowed_ratio,
+                spec.alpha,
+            )),
         };
         LatencyJudge {
             shares: ShareTracker::new(spec.share),
             pass: PassTest::new(&spec),
             spec,
-            slots,
+            test,
             baseline: None,
             canary: None,
-            max_log_e: vec![0.0; LADDER.len()],
-            effective: vec![f64::INFINITY; LADDER.len()],
-            coarsest: None,
             share: f64::NAN,
         }
-    }
-
-    /// Averaged log e-value at ladder margin `n`.
-    fn log_e_at(&self, n: usize) -> f64 {
-        if self.slots.is_empty() {
-            return 0.0;
-        }
-        let l: Vec<f64> = self.slots.iter().map(|s| s.tests[n].log_e()).collect();
-        log_sum_exp(&l) - (self.slots.len() as f64).ln()
-    }
-
-    fn log_e(&self) -> f64 {
-        self.log_e_at(0)
     }
 
     fn log_threshold(&self) -> f64 {
@@ -238,18 +267,22 @@ impl LatencyJudge {
     }
 
     fn rejected(&self) -> bool {
-        self.max_log_e[0] >= self.log_threshold()
+        self.test.ladder().max_log_e()[0] >= self.log_threshold()
     }
 
     /// The largest judged-at margin among the ladder margins the test has rejected.
     fn slowdown_lower(&self) -> Option<f64> {
         let thr = self.log_threshold();
-        // The e-values decrease along the ladder on every path (fewer canary events above
-        // a higher bound), so the rejected margins are a prefix of it.
+        let (max, eff) = (
+            self.test.ladder().max_log_e(),
+            self.test.ladder().effective(),
+        );
+        // The e-values decrease along the ladder on every path (the canary is compared
+        // with lower baseline buckets), so the rejected margins are a prefix of it.
         (0..LADDER.len())
-            .take_while(|&n| self.max_log_e[n] >= thr)
+            .take_while(|&n| max[n] >= thr)
             .last()
-            .map(|n| self.effective[n])
+            .map(|n| eff[n])
             .filter(|x| x.is_finite())
     }
 
@@ -270,12 +303,13 @@ impl LatencyJudge {
                 } else {
                     Outcome::NoData
                 };
+                let stats = self.stats();
                 let reason = if self.rejected() {
-                    self.reason()
+                    self.reason(&stats)
                 } else {
                     "no data for this window".to_string()
                 };
-                return verdict(outcome, reason, Stats::SlowEvents(self.stats()));
+                return verdict(outcome, reason, Stats::SlowEvents(stats));
             }
             (b, c) => {
                 return verdict(
@@ -298,36 +332,8 @@ impl LatencyJudge {
         }
         let share = self.shares.share(seg.share, Some((b.total(), c.total())));
         self.share = share;
-        let bounds = b.bounds();
-        // Thresholds from earlier windows only: chosen before this window is merged.
-        for slot in &mut self.slots {
-            let bi = match (slot.q, slot.fixed) {
-                (_, Some(t)) => b.bound_at_or_above(t),
-                (Some(q), None) => self
-                    .baseline
-                    .as_ref()
-                    .and_then(|h| h.quantile_bucket(q))
-                    .filter(|&i| bounds[i].is_finite()),
-                (None, None) => None,
-            };
-            let Some(bi) = bi else { continue };
-            let tau = bounds[bi];
-            let base_slow = b.count_above(bi);
-            for (n, test) in slot.tests.iter_mut().enumerate() {
-                let m = self.spec.allowed_ratio * LADDER[n];
-                let r = Resolved::at_threshold(bounds, bi, m);
-                let ci = resolution::canary_bound(bounds, bi, m);
-                if n == 0 {
-                    slot.last = Some((tau, bounds[ci]));
-                    self.coarsest = resolution::coarsest(self.coarsest.into_iter().chain([r]));
-                }
-                self.effective[n] = self.effective[n].min(r.ratio);
-                test.update(share, c.count_above(ci), base_slow);
-            }
-        }
-        for n in 0..LADDER.len() {
-            self.max_log_e[n] = self.max_log_e[n].max(self.log_e_at(n));
-        }
+        // Thresholds and bets from earlier windows only: chosen before this one is merged.
+        self.test.update(self.baseline.as_ref(), b, c, share);
         self.pass.update(self.baseline.as_ref(), b, c, share);
         merge_into(&mut self.baseline, b);
         merge_into(&mut self.canary, c);
@@ -349,7 +355,7 @@ impl LatencyJudge {
         let reason = if outcome == Outcome::NoData {
             format!("no requests yet (baseline {nb}, canary {nc})")
         } else {
-            self.reason()
+            self.reason(&stats)
         };
         verdict(outcome, reason, Stats::SlowEvents(stats))
     }
@@ -369,44 +375,29 @@ impl LatencyJudge {
             &self.spec.report_quantiles,
             self.spec.alpha,
         );
-        let thresholds = self
-            .slots
-            .iter()
-            .map(|s| {
-                let (bs, cs) = s.tests[0].events();
-                let (bt, ct) = s.last.unwrap_or((f64::NAN, f64::NAN));
-                SlowStat {
-                    q: s.q,
-                    baseline_threshold: bt,
-                    canary_threshold: ct,
-                    effective_ratio: ct / bt,
-                    baseline_slow: bs,
-                    canary_slow: cs,
-                    log_e: s.tests[0].log_e(),
-                    ratio: s.tests[0].ratio_estimate(),
-                }
-            })
-            .collect();
-        let effective = self.effective[0];
+        let thresholds = self.test.slot_stats();
+        let effective = self.test.ladder().effective()[0];
         let pass_note = self.pass.note(self.spec.pass_ratio);
         let fail_note = self
-            .coarsest
+            .test
+            .ladder()
+            .coarsest()
             .and_then(|r| r.fail_note(self.spec.allowed_ratio));
         let resolution = match (fail_note, pass_note) {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),
             (a, b) => a.or(b),
         };
         LatencyStats {
-            test: "slow-thresholds",
+            test: self.spec.test.as_str(),
             baseline_requests: nb,
             canary_requests: nc,
             share: self.share,
             slowdown_upper: self.pass.upper(),
             quantiles,
             thresholds,
-            log_e: self.log_e(),
+            log_e: self.test.log_e(),
             log_threshold: self.log_threshold(),
-            p_value: (-self.max_log_e[0]).exp().min(1.0),
+            p_value: (-self.test.ladder().max_log_e()[0]).exp().min(1.0),
             alpha: self.spec.alpha,
             allowed_ratio: self.spec.allowed_ratio,
             effective_ratio: if effective.is_finite() {
@@ -424,28 +415,12 @@ impl LatencyJudge {
         }
     }
 
-    fn reason(&self) -> String {
-        let s = self.stats();
-        let worst = s
-            .thresholds
-            .iter()
-            .filter(|t| t.baseline_threshold.is_finite())
-            .max_by(|a, b| a.log_e.total_cmp(&b.log_e));
-        let slow = worst.map_or(String::new(), |t| {
-            format!(
-                "; strongest evidence above {} (canary above {}): canary {} slow vs baseline {}, slow-rate ratio {}",
-                fmt::secs(t.baseline_threshold),
-                fmt::secs(t.canary_threshold),
-                fmt::count(t.canary_slow),
-                fmt::count(t.baseline_slow),
-                fmt::num(t.ratio)
-            )
-        });
-        let max_log_e = self.max_log_e[0];
+    fn reason(&self, s: &LatencyStats) -> String {
         format!(
-            "{}{slow}; {}",
+            "{}{}; {}",
             quantile_summary(&s.quantiles),
-            verdict_summary(&s, max_log_e, self.rejected())
+            self.test.evidence(),
+            verdict_summary(s, self.test.ladder().max_log_e()[0], self.rejected())
         )
     }
 }
@@ -483,7 +458,8 @@ impl PassTest {
                 .map(|&q| PassSlot {
                     q,
                     at: None,
-                    test: EventTest::new(spec.prior.clone(), 1.0, spec.alpha),
+                    test: EventTest::new(spec.prior.clone(), 1.0, spec.alpha)
+                        .tracking_lower_bound(false),
                 })
                 .collect(),
             bounds: None,
@@ -679,24 +655,41 @@ fn merge_into(acc: &mut Option<Histogram>, h: &Histogram) {
 
 /// What the histogram's buckets cannot resolve for this metric, for `validate --preflight`:
 /// the allowed ratio where the canary's bound had to be rounded down (over the thresholds
-/// the judge would use on `h`, or every bound when `h` is empty) and a pass ratio finer
-/// than the buckets. Empty when the buckets resolve both.
+/// the test would use on `h`: the slow-thresholds test's, or for the all-buckets test
+/// every bound inside the data; every bound when `h` is empty) and a pass ratio finer than
+/// the buckets. Empty when the buckets resolve both.
 #[must_use]
 pub fn resolution_notes(spec: &LatencyJudgeSpec, h: &Histogram) -> Vec<String> {
     let bounds = h.bounds();
     let finite: Vec<usize> = (0..bounds.len())
         .filter(|&i| bounds[i].is_finite())
         .collect();
-    let at: Vec<usize> = match &spec.thresholds {
-        Thresholds::Fixed(ts) => ts.iter().filter_map(|t| h.bound_at_or_above(*t)).collect(),
-        Thresholds::Quantiles(qs) if h.total() > 0.0 => qs
+    let has_data = h.total() > 0.0;
+    let inside: Vec<usize> = if has_data {
+        let counts = h.counts();
+        let first = counts.iter().position(|c| *c > 0.0).unwrap_or(0);
+        let last = counts.iter().rposition(|c| *c > 0.0).unwrap_or(0);
+        finite
+            .iter()
+            .copied()
+            .filter(|&i| i >= first && i < last.max(first + 1))
+            .collect()
+    } else {
+        finite.clone()
+    };
+    let at: Vec<usize> = match (&spec.test, &spec.thresholds) {
+        (LatencyTest::Buckets, _) => inside,
+        (LatencyTest::SlowThresholds, Thresholds::Fixed(ts)) => {
+            ts.iter().filter_map(|t| h.bound_at_or_above(*t)).collect()
+        }
+        (LatencyTest::SlowThresholds, Thresholds::Quantiles(qs)) if has_data => qs
             .iter()
             .filter_map(|q| h.quantile_bucket(*q))
             .filter(|&i| bounds[i].is_finite())
             .collect(),
-        Thresholds::Quantiles(_) => finite.clone(),
+        (LatencyTest::SlowThresholds, Thresholds::Quantiles(_)) => finite.clone(),
     };
-    let pass_at: Vec<usize> = if h.total() > 0.0 {
+    let pass_at: Vec<usize> = if has_data {
         spec.report_quantiles
             .iter()
             .filter_map(|q| h.quantile_bucket(*q))
@@ -721,37 +714,43 @@ pub fn resolution_notes(spec: &LatencyJudgeSpec, h: &Histogram) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::histogram::{log_bounds, log_bucket_index};
     use super::*;
+    use crate::analysis::histogram::log_bounds;
 
-    /// Deterministic log-normal-ish histogram: `n` values spread over quantiles.
-    fn hist(n: usize, median: f64) -> Histogram {
-        let bounds = log_bounds();
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use std::cell::RefCell;
+
+    thread_local! {
+        // Each test runs on its own thread: a fixed seed per test, whatever the order.
+        static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(20_261_122));
+    }
+
+    /// `n` log-normal latencies (σ = 0.5) with this median, sampled, over `bounds`.
+    fn sample(bounds: Vec<f64>, n: usize, median: f64) -> Histogram {
         let mut counts = vec![0.0; bounds.len()];
-        for i in 0..n {
-            let u = (i as f64 + 0.5) / n as f64;
-            let z = super::super::special::norm_ppf(u);
-            let x = median * (0.5 * z).exp();
-            counts[log_bucket_index(x)] += 1.0;
-        }
+        RNG.with(|r| {
+            let mut rng = r.borrow_mut();
+            for _ in 0..n {
+                let z = crate::analysis::special::norm_ppf(rng.random::<f64>().max(1e-300));
+                let x = median * (0.5 * z).exp();
+                let b = bounds.partition_point(|b| *b < x).min(bounds.len() - 1);
+                counts[b] += 1.0;
+            }
+        });
         Histogram::try_new(bounds, counts).unwrap()
+    }
+
+    /// On the built-in buckets (9 % apart).
+    fn hist(n: usize, median: f64) -> Histogram {
+        sample(log_bounds(), n, median)
     }
 
     /// Classic Prometheus buckets doubling at each bound: 5, 10, 20, … ms, then `+∞`.
     fn coarse(n: usize, median: f64) -> Histogram {
         let mut bounds: Vec<f64> = (0..13).map(|i| 0.005 * 2f64.powi(i)).collect();
         bounds.push(f64::INFINITY);
-        let mut counts = vec![0.0; bounds.len()];
-        for i in 0..n {
-            let u = (i as f64 + 0.5) / n as f64;
-            let x = median * (0.5 * super::super::special::norm_ppf(u)).exp();
-            let b = bounds
-                .iter()
-                .position(|b| x <= *b)
-                .unwrap_or(bounds.len() - 1);
-            counts[b] += 1.0;
-        }
-        Histogram::try_new(bounds, counts).unwrap()
+        sample(bounds, n, median)
     }
 
     fn seg(w: f64, b: Histogram, c: Histogram) -> Segment {
@@ -762,21 +761,37 @@ mod tests {
         }
     }
 
+    const TESTS: [LatencyTest; 2] = [LatencyTest::Buckets, LatencyTest::SlowThresholds];
+
+    fn spec(test: LatencyTest, alpha: f64) -> LatencyJudgeSpec {
+        let mut s = LatencyJudgeSpec::new(alpha);
+        s.test = test;
+        s
+    }
+
     #[test]
     fn slower_canary_fails() {
-        let mut j = LatencyJudge::new(LatencyJudgeSpec::new(0.05));
-        let mut out = Outcome::Inconclusive;
-        for _ in 0..20 {
-            out = j
-                .observe("latency", &seg(0.05, hist(950, 0.02), hist(50, 0.03)))
-                .outcome;
+        for test in TESTS {
+            let mut j = LatencyJudge::new(spec(test, 0.05));
+            let mut out = Outcome::Inconclusive;
+            for _ in 0..20 {
+                out = j
+                    .observe("latency", &seg(0.05, hist(950, 0.02), hist(50, 0.03)))
+                    .outcome;
+            }
+            assert_eq!(out, Outcome::Fail, "{test:?}");
         }
-        assert_eq!(out, Outcome::Fail);
     }
 
     #[test]
     fn same_latency_does_not_fail_and_reports_quantiles() {
-        let mut j = LatencyJudge::new(LatencyJudgeSpec::new(0.05));
+        for test in TESTS {
+            same_latency_does_not_fail(test);
+        }
+    }
+
+    fn same_latency_does_not_fail(test: LatencyTest) {
+        let mut j = LatencyJudge::new(spec(test, 0.05));
         let mut v = None;
         for _ in 0..50 {
             v = Some(j.observe("latency", &seg(0.25, hist(750, 0.02), hist(250, 0.02))));
@@ -793,12 +808,14 @@ mod tests {
 
     #[test]
     fn allowed_slowdown_is_tolerated() {
-        let mut spec = LatencyJudgeSpec::new(0.05);
-        spec.allowed_ratio = 1.25;
-        let mut j = LatencyJudge::new(spec);
-        for _ in 0..50 {
-            let v = j.observe("latency", &seg(0.25, hist(750, 0.02), hist(250, 0.022)));
-            assert_ne!(v.outcome, Outcome::Fail, "{}", v.reason);
+        for test in TESTS {
+            let mut spec = spec(test, 0.05);
+            spec.allowed_ratio = 1.25;
+            let mut j = LatencyJudge::new(spec);
+            for _ in 0..50 {
+                let v = j.observe("latency", &seg(0.25, hist(750, 0.02), hist(250, 0.022)));
+                assert_ne!(v.outcome, Outcome::Fail, "{test:?}: {}", v.reason);
+            }
         }
     }
 
@@ -807,35 +824,29 @@ mod tests {
     /// to the next bucket (2·τ). It must fail, and say it judged at ×1.0.
     #[test]
     fn coarse_buckets_never_loosen_the_allowed_ratio() {
-        let mut spec = LatencyJudgeSpec::new(0.01);
-        spec.allowed_ratio = 1.1;
-        let mut j = LatencyJudge::new(spec);
-        let mut v = None;
-        for _ in 0..60 {
-            v = Some(j.observe("latency", &seg(0.05, coarse(950, 0.02), coarse(50, 0.03))));
+        for test in TESTS {
+            let mut spec = spec(test, 0.01);
+            spec.allowed_ratio = 1.1;
+            let mut j = LatencyJudge::new(spec);
+            let mut v = None;
+            for _ in 0..60 {
+                v = Some(j.observe("latency", &seg(0.05, coarse(950, 0.02), coarse(50, 0.03))));
+            }
+            let v = v.unwrap();
+            assert_eq!(v.outcome, Outcome::Fail, "{test:?}: {}", v.reason);
+            assert!(v.reason.contains("judged at ×1.0"), "{}", v.reason);
         }
-        let v = v.unwrap();
-        assert_eq!(v.outcome, Outcome::Fail, "{}", v.reason);
-        assert!(v.reason.contains("judged at ×1.0"), "{}", v.reason);
-        // The decision record (the verdict serialised) carries the same facts.
-        let rec = serde_json::to_value(&v).expect("serialisable");
-        assert_eq!(rec["stats"]["allowed_ratio"], 1.1);
-        assert_eq!(rec["stats"]["effective_ratio"], 1.0);
-        assert!(
-            rec["stats"]["resolution"].as_str().is_some_and(|n| n.contains(
-                "allowed_ratio 1.1 is finer than the histogram's buckets (×2.0 at 20.0ms): judged at ×1.0"
-            )),
-            "{rec}"
-        );
-        let lower = rec["stats"]["slowdown_lower"]
-            .as_f64()
-            .expect("a Fail's bound");
-        assert!(lower >= 1.0, "{rec}");
     }
 
     #[test]
     fn coarse_buckets_same_latency_does_not_fail() {
-        let mut spec = LatencyJudgeSpec::new(0.01);
+        for test in TESTS {
+            coarse_same_latency(test);
+        }
+    }
+
+    fn coarse_same_latency(test: LatencyTest) {
+        let mut spec = spec(test, 0.01);
         spec.allowed_ratio = 1.1;
         let mut j = LatencyJudge::new(spec);
         let mut v = None;
@@ -854,7 +865,7 @@ mod tests {
 
     #[test]
     fn fixed_thresholds_round_the_canary_bound_down() {
-        let mut spec = LatencyJudgeSpec::new(0.01);
+        let mut spec = spec(LatencyTest::SlowThresholds, 0.01);
         spec.allowed_ratio = 1.1;
         spec.thresholds = Thresholds::Fixed(vec![0.02]);
         let mut j = LatencyJudge::new(spec);
@@ -875,17 +886,23 @@ mod tests {
 
     #[test]
     fn representable_margins_are_kept_and_reported() {
+        for test in TESTS {
+            representable_margins(test);
+        }
+    }
+
+    fn representable_margins(test: LatencyTest) {
         // ×2 buckets and allowed_ratio 2: the canary's bound is exactly 2τ, no note.
-        let mut spec = LatencyJudgeSpec::new(0.01);
+        let mut spec = spec(test, 0.01);
         spec.allowed_ratio = 2.0;
         spec.pass_ratio = 2.5;
         let h = coarse(1000, 0.02);
-        assert!(resolution_notes(&spec, &h).is_empty());
+        assert!(resolution_notes(&spec, &h).is_empty(), "{test:?}");
         let mut j = LatencyJudge::new(spec.clone());
         for _ in 0..40 {
             // Exactly 2× slower is the boundary of the null: not a Fail.
             let v = j.observe("latency", &seg(0.05, coarse(950, 0.02), coarse(50, 0.04)));
-            assert_ne!(v.outcome, Outcome::Fail, "{}", v.reason);
+            assert_ne!(v.outcome, Outcome::Fail, "{test:?}: {}", v.reason);
         }
         spec.allowed_ratio = 1.1;
         spec.pass_ratio = 1.25;
@@ -908,7 +925,13 @@ mod tests {
     /// a same-latency canary's slowdown bound drops below `pass_ratio`, on fine buckets.
     #[test]
     fn healthy_canary_passes_with_enough_data() {
-        let mut j = LatencyJudge::new(LatencyJudgeSpec::new(0.01));
+        for test in TESTS {
+            healthy_passes(test);
+        }
+    }
+
+    fn healthy_passes(test: LatencyTest) {
+        let mut j = LatencyJudge::new(spec(test, 0.01));
         let mut v = None;
         // 5 minutes at 5 % and 5 at 25 % of 200 req/s, 5 s windows.
         for i in 0..120 {

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fmt;
-use super::observation::{Observation, Segment};
-use super::verdict::{MetricVerdict, Outcome, Stats};
+use crate::analysis::fmt;
+use crate::analysis::observation::{Observation, Segment};
+use crate::analysis::verdict::{MetricVerdict, Outcome, Stats};
 
 /// How failing windows are counted toward the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,8 +203,8 @@ impl ThresholdJudge {
 
 #[cfg(test)]
 mod tests {
-    use super::super::observation::Counts;
     use super::*;
+    use crate::analysis::observation::Counts;
 
     fn seg(events: f64, trials: f64) -> Segment {
         Segment {

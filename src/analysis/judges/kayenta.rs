@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::fmt::{interval, num};
-use super::hodges_lehmann;
-use super::mann_whitney::{Alternative, SortedSample, rank_stats};
+use crate::analysis::fmt::{interval, num};
+use crate::analysis::hodges_lehmann;
+use crate::analysis::mann_whitney::{Alternative, SortedSample, rank_stats};
 
 /// Which changes of the canary count against it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,13 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::errors::{EventJudge, EventJudgeSpec};
-use super::kayenta::ScoredMetric;
-use super::latency::{LatencyJudge, LatencyJudgeSpec};
-use super::mw_judge::{MannWhitneyJudge, MannWhitneySpec};
-use super::observation::{Segment, Shape};
-use super::threshold::{ThresholdJudge, ThresholdSpec};
-use super::verdict::MetricVerdict;
+use crate::analysis::errors::{EventJudge, EventJudgeSpec};
+use crate::analysis::kayenta::ScoredMetric;
+use crate::analysis::latency::{LatencyJudge, LatencyJudgeSpec};
+use crate::analysis::mw_judge::{MannWhitneyJudge, MannWhitneySpec};
+use crate::analysis::observation::{Segment, Shape};
+use crate::analysis::threshold::{ThresholdJudge, ThresholdSpec};
+use crate::analysis::verdict::MetricVerdict;
 
 /// A judge's settings, as validated from a policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

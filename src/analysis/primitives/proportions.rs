@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use super::mann_whitney::Alternative;
-use super::special::{norm_cdf, norm_sf};
+use crate::analysis::mann_whitney::Alternative;
+use crate::analysis::special::{norm_cdf, norm_sf};
 
 /// Events out of trials for one arm.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

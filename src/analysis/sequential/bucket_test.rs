@@ -1,0 +1,492 @@
+//! The all-buckets latency test (statistics.md §2.5): one e-process that uses every bucket
+//! of the histograms and stays valid for any latency distribution.
+//!
+//! Given that a request fell in bucket b, under "no slowdown" it came from the canary with
+//! the share w in force. The test bets, window by window, on a canary share θ_b that
+//! rises with latency (non-decreasing in b), chosen only from earlier windows: a canary in
+//! bucket b multiplies the wealth by θ_b/w, a baseline request by (1 − θ_b)/(1 − w). For a
+//! canary at most as slow as the baseline in the stochastic order, a non-decreasing bet has
+//! expectation at most 1 per request, whatever the distributions and however they drift
+//! together, so the wealth is a test supermartingale. With an allowed slowdown m the
+//! canary's bucket is compared with the baseline's bucket m' times lower, m' ≤ m the
+//! largest margin the buckets represent ([`crate::analysis::resolution`]).
+//!
+//! The bets are a mixture: normal-score tilts (the exact likelihood ratio of a log-normal
+//! slowdown, scored on the baseline's earlier distribution) and isotonic plug-ins of the
+//! canary's share per bucket in earlier windows (any monotone shape: tails, bimodal).
+
+use crate::analysis::histogram::Histogram;
+use crate::analysis::resolution::{self, LADDER, Ladder, Resolved};
+use crate::analysis::special::{log_sum_exp, norm_ppf};
+
+/// `ln σ(x)` = −ln(1 + e^{−x}), stable for all `x`.
+fn ln_sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        -(-x).exp().ln_1p()
+    } else {
+        x - x.exp().ln_1p()
+    }
+}
+
+/// One component of the mixture of bets.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Bet {
+    /// Log-odds tilt κ·s_b − κ²/2 on the baseline's normal scores s_b.
+    Tilt(f64),
+    /// λ × the log of the isotonic estimate of the canary/baseline density ratio.
+    Iso(f64),
+    /// Slow-request odds ×ρ above the baseline's `STEP_QUANTILES[q]`-quantile, none below:
+    /// the slow-request event test at one threshold, as a bet.
+    Step(usize, f64),
+}
+
+/// Tilt strengths: κ = ln(slowdown)/σ in normal-score units (×1.02 … ×3.6 at σ = 0.5).
+const KAPPAS: [f64; 8] = [0.06, 0.1, 0.16, 0.25, 0.4, 0.63, 1.0, 1.6];
+/// Fractions of the isotonic plug-in's log ratio that are bet.
+const LAMBDAS: [f64; 1] = [0.7];
+/// Baseline quantiles (from earlier windows) above which the step bets raise the odds.
+const STEP_QUANTILES: [f64; 3] = [0.9, 0.97, 0.99];
+/// Odds ratios of the step bets.
+const STEP_RHOS: [f64; 2] = [2.5, 6.0];
+/// Prior masses of the tilts, the step bets and the isotonic plug-ins.
+const TILT_MASS: f64 = 0.6;
+const STEP_MASS: f64 = 0.3;
+const ISO_MASS: f64 = 0.1;
+/// Normal scores are clamped to this range: real latencies have heavier tails than a
+/// log-normal, and a tilt that keeps growing into the slowest percent over-bets there (the
+/// step bets cover tails).
+const SCORE_RANGE: (f64, f64) = (-2.5, 2.0);
+/// Pseudo-requests that shrink the isotonic estimate towards "no difference".
+const SHRINK: f64 = 20.0;
+
+/// Bucket bounds with the canary→baseline bucket maps of every ladder step.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Layout {
+    bounds: Vec<f64>,
+    /// `maps[n][k]`: the baseline bucket a canary request in bucket k is scored as, at
+    /// ladder step n.
+    maps: Vec<Vec<usize>>,
+    /// `resolved[n][i]`: the margin judged at threshold `bounds[i]` at step n.
+    resolved: Vec<Vec<Option<Resolved>>>,
+}
+
+impl Layout {
+    fn new(bounds: &[f64], allowed: f64) -> Self {
+        let k = bounds.len();
+        let finite: Vec<usize> = (0..k).filter(|&i| bounds[i].is_finite()).collect();
+        let mut maps = Vec::with_capacity(LADDER.len());
+        let mut resolved = Vec::with_capacity(LADDER.len());
+        for step in LADDER {
+            let m = allowed * step;
+            // γ(i): the canary's bound for threshold i; a canary in bucket k is above it
+            // iff γ(i) < k, so it scores as baseline bucket #{i : γ(i) < k}.
+            let gamma: Vec<usize> = finite
+                .iter()
+                .map(|&i| resolution::canary_bound(bounds, i, m))
+                .collect();
+            maps.push(
+                (0..k)
+                    .map(|b| gamma.iter().filter(|&&g| g < b).count())
+                    .collect(),
+            );
+            resolved.push(
+                (0..k)
+                    .map(|i| {
+                        bounds[i]
+                            .is_finite()
+                            .then(|| Resolved::at_threshold(bounds, i, m))
+                    })
+                    .collect(),
+            );
+        }
+        Layout {
+            bounds: bounds.to_vec(),
+            maps,
+            resolved,
+        }
+    }
+}
+
+/// State of the all-buckets test.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BucketTest {
+    allowed: f64,
+    bets: Vec<Bet>,
+    log_prior: Vec<f64>,
+    /// Log wealth per ladder step and bet.
+    wealth: Vec<Vec<f64>>,
+    ladder: Ladder,
+    layout: Option<Layout>,
+    /// Baseline requests per bucket in earlier windows (current layout).
+    base: Vec<f64>,
+    /// Canary requests per baseline bucket they score as (step 0), earlier windows.
+    canary: Vec<f64>,
+    requests: (f64, f64),
+}
+
+impl BucketTest {
+    /// A fresh test of "at most `allowed` times slower".
+    #[must_use]
+    pub fn new(allowed: f64) -> Self {
+        let mut bets: Vec<Bet> = KAPPAS.iter().map(|k| Bet::Tilt(*k)).collect();
+        bets.extend(LAMBDAS.iter().map(|l| Bet::Iso(*l)));
+        for q in 0..STEP_QUANTILES.len() {
+            bets.extend(STEP_RHOS.iter().map(|r| Bet::Step(q, *r)));
+        }
+        let steps = (STEP_QUANTILES.len() * STEP_RHOS.len()) as f64;
+        let log_prior = bets
+            .iter()
+            .map(|b| match b {
+                Bet::Tilt(_) => (TILT_MASS / KAPPAS.len() as f64).ln(),
+                Bet::Iso(_) => (ISO_MASS / LAMBDAS.len() as f64).ln(),
+                Bet::Step(..) => (STEP_MASS / steps).ln(),
+            })
+            .collect();
+        BucketTest {
+            allowed,
+            wealth: vec![vec![0.0; bets.len()]; LADDER.len()],
+            bets,
+            log_prior,
+            ladder: Ladder::default(),
+            layout: None,
+            base: Vec::new(),
+            canary: Vec::new(),
+            requests: (0.0, 0.0),
+        }
+    }
+
+    /// Adds one window at canary share `w` (both histograms over the same bounds).
+    pub fn update(&mut self, b: &Histogram, c: &Histogram, w: f64) {
+        if !(w > 0.0 && w < 1.0) {
+            return;
+        }
+        if self.layout.as_ref().is_none_or(|l| l.bounds != b.bounds()) {
+            // New buckets: what was learned about the old ones does not apply; the wealth
+            // (evidence so far) carries over.
+            self.layout = Some(Layout::new(b.bounds(), self.allowed));
+            self.base = vec![0.0; b.bounds().len()];
+            self.canary = vec![0.0; b.bounds().len()];
+        }
+        let Some(layout) = self.layout.take() else {
+            return;
+        };
+        let logit_w = (w / (1.0 - w)).ln();
+        let (ln_w, ln_1w) = (w.ln(), (1.0 - w).ln());
+        let scores = self.scores();
+        let iso = self.isotonic_log_ratio();
+        let bc = b.counts();
+        let nb = bc.len();
+        // Canary requests by the baseline bucket they are scored as, per ladder step.
+        let mapped: Vec<Vec<f64>> = layout
+            .maps
+            .iter()
+            .map(|map| {
+                let mut v = vec![0.0; nb];
+                for (k, c) in c.counts().iter().enumerate() {
+                    v[map[k]] += c;
+                }
+                v
+            })
+            .collect();
+        // The buckets this window's factors read (a window without requests multiplies by
+        // 1, an empty product; one with requests in one arm only is still scored).
+        let used = |v: &[f64]| {
+            v.iter()
+                .position(|x| *x > 0.0)
+                .zip(v.iter().rposition(|x| *x > 0.0))
+        };
+        let ranges = [used(bc), used(&mapped[LADDER.len() - 1]), used(&mapped[0])];
+        let Some((lo, hi)) = ranges
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
+        else {
+            self.layout = Some(layout);
+            return;
+        };
+        // Requests above each bucket, for the step bets.
+        let above = |v: &[f64]| {
+            let mut out = vec![0.0; v.len()];
+            let mut acc = 0.0;
+            for i in (0..v.len()).rev() {
+                out[i] = acc;
+                acc += v[i];
+            }
+            out
+        };
+        let base_above = above(bc);
+        let mapped_above: Vec<Vec<f64>> = mapped.iter().map(|v| above(v)).collect();
+        let steps = self.step_thresholds();
+        let mut jumps = vec![false; nb];
+        let mut ln_theta = vec![0.0; nb];
+        for (idx, bet) in self.bets.iter().enumerate() {
+            if let Bet::Step(q, rho) = *bet {
+                // θ = w at or below the threshold (factor 1), w·ρ/(1 − w + w·ρ) above it.
+                let Some(i) = steps.as_ref().and_then(|s| s[q]) else {
+                    continue;
+                };
+                jumps[i] = true;
+                let x = logit_w + rho.ln();
+                let (up, down) = (ln_sigmoid(x) - ln_w, ln_sigmoid(-x) - ln_1w);
+                for (n, m) in mapped_above.iter().enumerate() {
+                    self.wealth[n][idx] += base_above[i] * down + m[i] * up;
+                }
+                continue;
+            }
+            let eta: Vec<f64> = match (bet, &scores, &iso) {
+                (Bet::Tilt(k), Some(s), _) => s.iter().map(|s| k * s - k * k / 2.0).collect(),
+                (Bet::Iso(l), _, Some(r)) => r.iter().map(|r| l * r).collect(),
+                _ => continue,
+            };
+            for i in 0..eta.len().saturating_sub(1) {
+                if eta[i + 1] > eta[i] + 1e-12 {
+                    jumps[i] = true;
+                }
+            }
+            let mut base = 0.0;
+            for j in lo..=hi {
+                let x = logit_w + eta[j];
+                ln_theta[j] = ln_sigmoid(x) - ln_w;
+                if bc[j] > 0.0 {
+                    base += bc[j] * (ln_sigmoid(-x) - ln_1w);
+                }
+            }
+            for (n, m) in mapped.iter().enumerate() {
+                let canary: f64 = (lo..=hi).map(|j| m[j] * ln_theta[j]).sum();
+                self.wealth[n][idx] += base + canary;
+            }
+        }
+        // The margin judged at, over the thresholds actually bet on.
+        for (n, resolved) in layout.resolved.iter().enumerate() {
+            for (i, r) in resolved.iter().enumerate() {
+                if let (true, Some(r)) = (jumps[i], r) {
+                    self.ladder.judged(n, *r);
+                }
+            }
+        }
+        for n in 0..LADDER.len() {
+            self.ladder.looked(n, self.log_e_at(n));
+        }
+        // Learn from this window for the next ones.
+        for (acc, n) in self.base.iter_mut().zip(bc) {
+            *acc += n;
+        }
+        for (acc, c) in self.canary.iter_mut().zip(&mapped[0]) {
+            *acc += c;
+        }
+        self.requests.0 += b.total();
+        self.requests.1 += c.total();
+        self.layout = Some(layout);
+    }
+
+    /// The buckets holding the baseline's [`STEP_QUANTILES`] in earlier windows (`None` for a
+    /// quantile in the `+∞` bucket, above which nothing can be counted).
+    fn step_thresholds(&self) -> Option<Vec<Option<usize>>> {
+        let total: f64 = self.base.iter().sum();
+        if !(total > 0.0) {
+            return None;
+        }
+        Some(
+            STEP_QUANTILES
+                .iter()
+                .map(|q| {
+                    let mut cum = 0.0;
+                    let i = self.base.iter().position(|n| {
+                        cum += n;
+                        cum >= q * total
+                    })?;
+                    (i + 1 < self.base.len()).then_some(i)
+                })
+                .collect(),
+        )
+    }
+
+    /// Normal scores Φ⁻¹(mid-CDF) of the baseline's earlier requests per bucket, clamped to
+    /// [`SCORE_RANGE`].
+    fn scores(&self) -> Option<Vec<f64>> {
+        let total: f64 = self.base.iter().sum();
+        if !(total > 0.0) {
+            return None;
+        }
+        let mut below = 0.0;
+        Some(
+            self.base
+                .iter()
+                .map(|n| {
+                    let f = (below + 0.5 * n + 0.5) / (total + 1.0);
+                    below += n;
+                    norm_ppf(f).clamp(SCORE_RANGE.0, SCORE_RANGE.1)
+                })
+                .collect(),
+        )
+    }
+
+    /// ln of the non-decreasing (isotonic) estimate of the canary/baseline density ratio
+    /// per bucket, from earlier windows, shrunk towards 1 by [`SHRINK`] pseudo-requests.
+    fn isotonic_log_ratio(&self) -> Option<Vec<f64>> {
+        let (nb, nc): (f64, f64) = (self.base.iter().sum(), self.canary.iter().sum());
+        if !(nb > 0.0 && nc > 0.0) {
+            return None;
+        }
+        let pooled = nb + nc;
+        // Share of "canary" at a reference share of ½, weighted by the bucket's mass.
+        let points: Vec<(f64, f64)> = self
+            .base
+            .iter()
+            .zip(&self.canary)
+            .map(|(b, c)| {
+                let q = (b + c) / pooled;
+                let pb = (b + SHRINK * q) / (nb + SHRINK);
+                let pc = (c + SHRINK * q) / (nc + SHRINK);
+                let weight = pb + pc;
+                (if weight > 0.0 { pc / weight } else { 0.5 }, weight)
+            })
+            .collect();
+        let fitted = isotonic_increasing(&points);
+        Some(
+            fitted
+                .iter()
+                .map(|p| {
+                    let p = p.clamp(1e-6, 1.0 - 1e-6);
+                    (p / (1.0 - p)).ln()
+                })
+                .collect(),
+        )
+    }
+
+    fn log_e_at(&self, n: usize) -> f64 {
+        let terms: Vec<f64> = self.wealth[n]
+            .iter()
+            .zip(&self.log_prior)
+            .map(|(w, p)| w + p)
+            .collect();
+        log_sum_exp(&terms)
+    }
+
+    /// Current log e-value at the policy's margin.
+    #[must_use]
+    pub fn log_e(&self) -> f64 {
+        self.log_e_at(0)
+    }
+
+    /// The ladder's record: running maxima, margins judged at, the coarsest resolution.
+    #[must_use]
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
+    }
+
+    /// The bet with the most wealth, for the reason.
+    #[must_use]
+    pub fn evidence(&self) -> String {
+        let best = self.wealth[0]
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| self.bets[i]);
+        let what = match best {
+            Some(Bet::Tilt(_)) => "a slowdown across the distribution",
+            Some(Bet::Iso(_)) => "a slowdown in part of the distribution",
+            Some(Bet::Step(q, _)) => {
+                return format!(
+                    "; all buckets compared, strongest evidence for more canary requests above the baseline's p{}",
+                    STEP_QUANTILES[q] * 100.0
+                );
+            }
+            None => return String::new(),
+        };
+        format!("; all buckets compared, strongest evidence for {what}")
+    }
+}
+
+/// Weighted isotonic (non-decreasing) regression by pool-adjacent-violators of
+/// `(value, weight)` points; points of weight 0 take the fitted value of the previous one
+/// (or the next, at the start).
+#[must_use]
+pub fn isotonic_increasing(points: &[(f64, f64)]) -> Vec<f64> {
+    // Blocks of (weighted sum, weight, number of points).
+    let mut blocks: Vec<(f64, f64, usize)> = Vec::new();
+    let mut order = Vec::new();
+    for (i, &(y, w)) in points.iter().enumerate() {
+        if !(w > 0.0) || !y.is_finite() {
+            continue;
+        }
+        order.push(i);
+        blocks.push((y * w, w, 1));
+        while blocks.len() >= 2 {
+            let (s2, w2, n2) = blocks[blocks.len() - 1];
+            let (s1, w1, n1) = blocks[blocks.len() - 2];
+            if s1 / w1 <= s2 / w2 {
+                break;
+            }
+            blocks.pop();
+            let last = blocks.len() - 1;
+            blocks[last] = (s1 + s2, w1 + w2, n1 + n2);
+        }
+    }
+    let mut fitted_at = vec![f64::NAN; points.len()];
+    let mut at = 0;
+    for (s, w, n) in blocks {
+        for &i in &order[at..at + n] {
+            fitted_at[i] = s / w;
+        }
+        at += n;
+    }
+    // Fill points without weight from their neighbours (keeps the fit non-decreasing).
+    let first = fitted_at.iter().copied().find(|v| v.is_finite());
+    let mut prev = first.unwrap_or(0.5);
+    for v in &mut fitted_at {
+        if v.is_finite() {
+            prev = *v;
+        } else {
+            *v = prev;
+        }
+    }
+    fitted_at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference values: scipy.optimize.isotonic_regression (scipy 1.17), see
+    /// scripts/gen_fixtures.py.
+    #[test]
+    fn isotonic_regression_matches_reference() {
+        // y = [1, 3, 2, 4, 3, 5], w = [1, 2, 1, 1, 3, 1].
+        let pts = [
+            (1.0, 1.0),
+            (3.0, 2.0),
+            (2.0, 1.0),
+            (4.0, 1.0),
+            (3.0, 3.0),
+            (5.0, 1.0),
+        ];
+        let want = [1.0, 8.0 / 3.0, 8.0 / 3.0, 3.25, 3.25, 5.0];
+        let got = isotonic_increasing(&pts);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{got:?}");
+        }
+        // Zero weights take the neighbour's value; all decreasing pools to the mean.
+        let got = isotonic_increasing(&[(0.9, 0.0), (3.0, 1.0), (1.0, 1.0), (0.2, 0.0)]);
+        assert_eq!(got, vec![2.0, 2.0, 2.0, 2.0]);
+        assert_eq!(isotonic_increasing(&[]), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn maps_score_the_canary_at_the_resolved_margin() {
+        let mut b: Vec<f64> = (0..6).map(|i| 0.005 * 2f64.powi(i)).collect();
+        b.push(f64::INFINITY);
+        // allowed 1.1 on ×2 buckets: judged at ×1, the canary's bucket is its own.
+        let l = Layout::new(&b, 1.1);
+        assert_eq!(l.maps[0], (0..7).collect::<Vec<_>>());
+        // allowed 2: the canary's bucket k scores as the baseline's k − 1, except above
+        // the last finite bound, where 2× cannot be represented (judged at ×1 there).
+        let l = Layout::new(&b, 2.0);
+        assert_eq!(l.maps[0], vec![0, 0, 1, 2, 3, 4, 6]);
+        // Ladder steps never score a canary higher than the step before.
+        for n in 1..LADDER.len() {
+            assert!(l.maps[n].iter().zip(&l.maps[n - 1]).all(|(a, b)| a <= b));
+        }
+    }
+}
