@@ -155,3 +155,30 @@ fn demo_services_refuses_buckets_that_are_not_a_histogram() {
         assert!(stderr.contains(says), "{arg}: {stderr}");
     }
 }
+
+#[test]
+fn bash_loads_the_completion_script_and_completes_a_subcommand() {
+    let out = run(&["completions", "bash"]);
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("coalmine.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}' && complete -p coalmine && COMP_WORDS=(coalmine va) COMP_CWORD=1 \
+             COMP_LINE='coalmine va' COMP_POINT=11 && _coalmine coalmine va coalmine && \
+             echo \"reply: ${{COMPREPLY[*]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(said.contains("-F _coalmine coalmine"), "{said}");
+    assert!(said.contains("reply: validate"), "{said}");
+}
