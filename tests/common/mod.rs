@@ -49,7 +49,7 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A child process killed (and reaped) when dropped.
+/// A child process stopped (and reaped) when dropped.
 pub struct Guard(pub Child);
 
 impl Guard {
@@ -61,16 +61,38 @@ impl Guard {
         )
     }
 
-    /// Kills and reaps the process now (dropping does the same).
+    /// Kills (SIGKILL) and reaps the process now.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// Stops and reaps the process: SIGTERM first, so a server with workers (nginx's
+    /// master) takes them down with it instead of leaving them behind, SIGKILL after 3 s.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a drop handler of a real process: no async runtime, wall-clock time"
+    )]
+    pub fn stop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            for _ in 0..60 {
+                if !matches!(self.0.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        self.kill();
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
