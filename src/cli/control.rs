@@ -176,12 +176,15 @@ pub struct LeverArgs {
     pub reason: String,
 }
 
-fn client() -> reqwest::Client {
+/// The control API's client. reqwest is built without a TLS provider of its own (rustls on
+/// ring, installed here): `Client::default()` would panic, so a failure is an error.
+fn client() -> Result<reqwest::Client, String> {
+    crate::traffic::install_tls_provider();
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .no_proxy()
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("cannot build the control API's HTTP client: {e}"))
 }
 
 /// The stored record, or an exit code after a message.
@@ -226,7 +229,7 @@ fn control_addr(state: &StateArgs, t: &RolloutArg) -> Result<SocketAddr, u8> {
 }
 
 async fn get_status(addr: SocketAddr) -> Result<serde_json::Value, String> {
-    let r = client()
+    let r = client()?
         .get(format!("http://{addr}/status"))
         .send()
         .await
@@ -246,7 +249,14 @@ async fn post(state: &StateArgs, addr: SocketAddr, path: &str, body: serde_json:
         }
     };
     let token = String::from_utf8_lossy(&auth.token).into_owned();
-    let res = client()
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => {
+            errln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let res = client
         .post(format!("http://{addr}{path}"))
         .bearer_auth(token)
         .json(&body)

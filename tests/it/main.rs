@@ -4,7 +4,7 @@ mod authoring;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
-mod crash;
+mod durable;
 mod floods;
 mod fuzz;
 mod limits;
