@@ -91,8 +91,9 @@ pub enum Command {
     /// Show rollouts: every one in the store, or one (the running controller's live view
     /// when one answers; a finished rollout shows its outcome).
     Status(control::StatusArgs),
-    /// Release the step a rollout waits at (the step `status` shows; an approval for
-    /// another step is refused), or with `--full` promote to 100 % now.
+    /// Release the step a rollout is at (the step `status` shows; one for another step is
+    /// refused): it moves on at the next tick without the rest of its time, requests or
+    /// approval, unless a metric fails or evidence is missing. `--full`: 100 % now.
     Promote(control::PromoteArgs),
     /// Roll a rollout back.
     Abort(control::LeverArgs),

@@ -10,7 +10,7 @@
 //! | `GET /health/ready` | 200 while the rollout is in progress, 503 once it has ended |
 //! | `GET /status` | the phase, weight, step, last decision and every metric's state (JSON) |
 //! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
-//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (the one waiting for an approval); 409 when the rollout is not at step N; `full` promotes to 100 % now |
+//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (its approval gate, the rest of its time and requests; it moves on at the next tick unless a metric fails or evidence is missing); 409 when the rollout is not at step N; `full` promotes to 100 % now |
 //! | `POST /approve` | the same as `/promote` |
 //! | `POST /pause` | pauses a progressing rollout: no traffic change until resumed |
 //! | `POST /resume` | resumes a paused rollout (puts the step's weight back if another is in force) |

@@ -143,6 +143,10 @@ pub struct Progress {
     pub error_ticks: u32,
     /// An operator approved leaving this step.
     pub approved: bool,
+    /// An operator released this step (`coalmine promote`): its remaining time, its request
+    /// count and its approval gate are waived; the evidence rules are not.
+    #[serde(default)]
+    pub released: bool,
     /// Time in this step that does not count toward `step_duration` (windows with an
     /// unhealthy baseline, time paused).
     pub excluded: Duration,
@@ -168,6 +172,7 @@ impl Progress {
             no_data_since: None,
             error_ticks: 0,
             approved: false,
+            released: false,
             excluded: Duration::ZERO,
             last_tick: now,
             baseline_recent: Vec::new(),
@@ -398,6 +403,16 @@ pub enum Event {
     },
     /// An operator approved leaving the current step (see `[rollout] approval`).
     Approve {
+        /// Offset from the start.
+        now: Duration,
+    },
+    /// An operator released the current step (`coalmine promote` without `--full`): at
+    /// the next tick it moves on to the next step (or promotes from the last one) without
+    /// waiting for the rest of the step's time, its `min_requests` or an approval, unless a
+    /// metric fails (that rolls back, as always), data are missing or erroring, or the
+    /// baseline is unhealthy (then it waits for the evidence as usual). A paused rollout
+    /// stays paused until resumed. The next step is not released: it bakes in full.
+    Release {
         /// Offset from the start.
         now: Duration,
     },
@@ -781,6 +796,16 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
         }
         (Phase::Paused(mut z), Event::Approve { .. }) => {
             z.progress.approved = true;
+            (Phase::Paused(z), Vec::new())
+        }
+        (Phase::Progressing(mut p), Event::Release { .. }) => {
+            p.approved = true;
+            p.released = true;
+            (Phase::Progressing(p), Vec::new())
+        }
+        (Phase::Paused(mut z), Event::Release { .. }) => {
+            z.progress.approved = true;
+            z.progress.released = true;
             (Phase::Paused(z), Vec::new())
         }
         (Phase::Progressing(p), Event::Pause { why, now }) => {
@@ -1274,7 +1299,7 @@ fn tick(
     }
     let all_pass = !counted.is_empty() && counted.iter().all(|m| m.outcome == Some(Outcome::Pass));
     let elapsed = now.saturating_sub(p.since).saturating_sub(p.excluded);
-    if elapsed < plan.step_duration && !(plan.early_pass && all_pass && !unhealthy) {
+    if elapsed < plan.step_duration && !(plan.early_pass && all_pass && !unhealthy) && !p.released {
         waiting.push(format!(
             "step time {} of {}",
             secs(elapsed),
@@ -1282,7 +1307,7 @@ fn tick(
         ));
     }
     let min = plan.min_requests as f64;
-    if requests.is_some() && (p.requests[0] < min || p.requests[1] < min) {
+    if requests.is_some() && (p.requests[0] < min || p.requests[1] < min) && !p.released {
         waiting.push(format!(
             "requests baseline {:.0}, canary {:.0} of {min:.0} per arm",
             p.requests[0], p.requests[1]

@@ -75,9 +75,11 @@ pub enum Lever {
 /// What an operator asked for through the control API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OperatorAction {
-    /// Release the step named (1-based; the step the operator saw in `status`): an
-    /// approval for any other step is refused, so an early approval cannot release a later
-    /// step. `full` skips the remaining steps and their analysis.
+    /// Release the step named (1-based; the step the operator saw in `status`): its gate,
+    /// its remaining time and its request count are waived (the machine's
+    /// [`Event::Release`]), the next step is not. An approval for any other step is
+    /// refused, so an early approval cannot release a later step. `full` promotes to 100 %
+    /// now, skipping the remaining steps and their analysis.
     Promote {
         /// The step released.
         step: usize,
@@ -663,9 +665,12 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                     "promote to 100% now from step {step}, skipping the remaining steps and analysis{why}"
                 ),
             ),
-            OperatorAction::Promote { step, .. } => {
-                (Event::Approve { now }, format!("step {step} released{why}"))
-            }
+            OperatorAction::Promote { step, .. } => (
+                Event::Release { now },
+                format!(
+                    "step {step} released{why} (it moves on at the next tick unless a metric fails or evidence is missing)"
+                ),
+            ),
             OperatorAction::Pause => (
                 Event::Pause {
                     why: format!("by {actor}{why}"),

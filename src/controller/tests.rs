@@ -815,3 +815,98 @@ fn an_approval_gate_holds_a_ready_step_until_approved() {
     let (p, _) = step(p, tick(70, &[FAIL], [0.0, 0.0]), &plan);
     assert!(matches!(p, Phase::RollingBack { .. }));
 }
+
+/// `coalmine promote` without `--full` releases the current step only: it moves on at the
+/// next tick without the rest of its time or requests, the next step bakes in full, and a
+/// Fail or missing data still win.
+#[test]
+fn a_release_ends_the_current_step_at_the_next_tick_and_only_that_step() {
+    let plan = plan();
+    let released = |p: Phase| step(p, Event::Release { now: s(12) }, &plan).0;
+    // 15 s into a 60 s step with 40 canary requests of 100: it holds…
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        tick(15, &[INC], [1000.0, 40.0]),
+        &plan,
+    );
+    assert!(matches!(p, Phase::Progressing(_)), "{p:?}");
+    assert!(
+        matches!(&c[0], Command::Record(Decision::Hold { reason }) if reason.contains("step time") && reason.contains("requests")),
+        "{c:?}"
+    );
+    // …released, it moves on at the next tick (no traffic change at the release itself).
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        Event::Release { now: s(12) },
+        &plan,
+    );
+    assert!(c.is_empty(), "{c:?}");
+    let (p, c) = step(p, tick(15, &[INC], [1000.0, 40.0]), &plan);
+    assert!(matches!(p, Phase::Shifting { step: 1, .. }), "{p:?}");
+    assert_eq!(c.last(), Some(&apply(w(25.0))));
+    // The next step is not released: it bakes in full.
+    let (p, _) = step(
+        p,
+        Event::Applied {
+            weight: w(25.0),
+            now: s(16),
+        },
+        &plan,
+    );
+    let Phase::Progressing(q) = &p else {
+        panic!("{p:?}")
+    };
+    assert!(!q.released && !q.approved);
+    let (p, _) = step(p, tick(30, &[INC], [1000.0, 400.0]), &plan);
+    assert!(matches!(p, Phase::Progressing(_)), "{p:?}");
+    // Released at the last step below 100 %: the next tick promotes.
+    let (p, _) = step(
+        released(progressing(1, w(25.0), 0)),
+        tick(15, &[INC], [0.0, 0.0]),
+        &plan,
+    );
+    assert_eq!(p, Phase::Promoting { attempt: 0 });
+    // A Fail still rolls back; missing data still holds.
+    let (p, _) = step(
+        released(progressing(0, w(5.0), 0)),
+        tick(15, &[FAIL], [1000.0, 40.0]),
+        &plan,
+    );
+    assert!(matches!(p, Phase::RollingBack { .. }), "{p:?}");
+    let (p, c) = step(
+        released(progressing(0, w(5.0), 0)),
+        tick(15, &[NODATA], [1000.0, 40.0]),
+        &plan,
+    );
+    assert!(matches!(p, Phase::Progressing(_)), "{p:?}");
+    assert!(
+        matches!(&c[0], Command::Record(Decision::Hold { reason }) if reason.contains("no data")),
+        "{c:?}"
+    );
+    // An approval gate is released too.
+    let mut gated = plan.clone();
+    gated.approval = policy::Approval::EveryStep;
+    let (p, _) = step(
+        progressing(0, w(5.0), 0),
+        Event::Release { now: s(12) },
+        &gated,
+    );
+    let (p, _) = step(p, tick(15, &[INC], [1000.0, 40.0]), &gated);
+    assert!(matches!(p, Phase::Shifting { step: 1, .. }), "{p:?}");
+}
+
+/// `promote --full` goes to 100 % at once, from a step or paused.
+#[test]
+fn promote_now_goes_to_full_at_once() {
+    let plan = plan();
+    let (p, c) = step(
+        progressing(0, w(5.0), 0),
+        Event::PromoteNow { now: s(5) },
+        &plan,
+    );
+    assert_eq!(p, Phase::Promoting { attempt: 0 });
+    assert_eq!(
+        c,
+        vec![Command::Record(Decision::Promote), apply(Weight::FULL)]
+    );
+}

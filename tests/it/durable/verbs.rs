@@ -406,3 +406,33 @@ fn pause_resume_and_abort_are_recorded_with_their_actor_and_reason() {
         "{text}"
     );
 }
+
+/// `promote` without `--full` releases the current step only (not the gate of the next, not
+/// 100 %); `--full` goes to 100 % at once.
+#[test]
+fn promote_releases_only_the_current_step_and_full_promotes_at_once() {
+    let rig = held();
+    let mut child = rig.start();
+    rig.wait_running(NAME, &mut child, 1);
+    let (code, _, err) = out(&rig.verb(&["promote", NAME]));
+    assert_eq!(code, 0, "{err}");
+    rig.wait_running(NAME, &mut child, 2);
+    // Step 2 bakes in full (a minute): longer than a few ticks, nothing moves.
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = rig.stored(NAME).unwrap();
+    assert_eq!(v["phase"]["phase"], "progressing", "{v}");
+    assert_eq!(v["phase"]["step"], 1, "{v}");
+    assert_eq!(rig.calls(), ["10", "50"]);
+    let (code, _, err) = out(&rig.verb(&["promote", NAME, "--full", "--reason", "ship it"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, summary, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(summary["outcome"], "promoted");
+    assert_eq!(rig.calls(), ["10", "50", "100"]);
+    let ops: Vec<_> = rig
+        .records_of("operator")
+        .into_iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ops, ["promote", "promote-full"]);
+}
