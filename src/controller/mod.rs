@@ -24,7 +24,7 @@ mod tests_sources;
 pub use machine::{Command, Decision, Event, Note, Phase, Reason, WindowFacts, judging, step};
 pub use record::Record;
 pub use runner::{
-    Durable, FinalOutcome, Lever, Observer, OperatorAction, Quiet, RunOptions, RunReport, run,
-    run_durable,
+    Durable, FinalOutcome, Lever, Observer, OperatorAction, Quiet, Reconciler, RunOptions,
+    RunReport, Wake, run, run_durable,
 };
 pub use store::{FileStore, RolloutState, Store, StoreError};

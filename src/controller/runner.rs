@@ -140,10 +140,14 @@ pub struct RunOptions {
     pub policy_sha256: Option<String>,
 }
 
-/// What ended a wait between ticks.
-enum Wake {
+/// What wakes a rollout between reconcile steps ([`Reconciler::reconcile`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Its analysis tick is due ([`Reconciler::wake_at`]).
     Tick,
+    /// Stop: roll back (a signal, or an abort that bypassed the levers).
     Abort(String),
+    /// An operator's lever.
     Lever(Lever),
 }
 
@@ -1068,172 +1072,240 @@ impl Store for NoStore {
     }
 }
 
-#[allow(clippy::too_many_lines)] // the loop of one rollout, read top to bottom
-async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
-    policy: &Policy,
-    traffic: &T,
-    source: &M,
-    mut durable: Option<Durable<'_, S>>,
-    opts: RunOptions,
-    observer: &mut dyn Observer,
-) -> Result<RunReport, Error> {
-    let resume = durable.as_mut().and_then(|d| d.resume.take());
-    let path = opts
-        .decisions
-        .clone()
-        .or_else(|| resume.as_ref().and_then(|r| r.decisions.clone()))
-        .or_else(|| policy.decisions.clone());
-    let log = match &path {
-        Some(p) => Some(RecordLog::open(p).map_err(|source| Error::DecisionLog {
-            path: p.clone(),
-            source,
-        })?),
-        None => None,
-    };
-    let plan = &policy.rollout;
-    let fresh_judges = || -> Vec<MetricJudge> {
-        policy
-            .metrics
-            .iter()
-            .map(|m| MetricJudge::new(&m.judge))
-            .collect()
-    };
-    let judges = match &resume {
-        Some(r) if r.judges.0.len() == policy.metrics.len() => r.judges.0.clone(),
-        Some(r) => {
-            return Err(Error::Unresumable {
-                rollout: policy.name.clone(),
-                why: format!(
-                    "it holds {} judges, the policy has {} metrics",
-                    r.judges.0.len(),
-                    policy.metrics.len()
-                ),
-            });
-        }
-        None => fresh_judges(),
-    };
-    let rollout_id = match (&durable, &resume) {
-        (_, Some(r)) => r.rollout_id.clone(),
-        (Some(d), None) => d.rollout_id.clone(),
-        (None, None) => new_rollout_id(),
-    };
-    let policy_sha256 = durable
-        .as_ref()
-        .map(|d| d.policy.sha256.clone())
-        .or(opts.policy_sha256.clone());
-    // Time nobody watched the rollout: from the record's last write to now.
-    let downtime = resume.as_ref().map_or(Duration::ZERO, |r| {
-        SystemTime::now()
-            .duration_since(r.saved_at)
-            .unwrap_or_default()
-    });
-    let restart = durable.as_mut().and_then(|d| d.restart.take());
-    let mut shell = Shell {
-        policy,
-        traffic,
-        source,
-        log,
-        observer,
-        durable,
-        rollout_id,
-        policy_sha256,
-        decisions: path.clone(),
-        operator_actions: resume.as_ref().map_or(0, |r| r.operator_actions),
-        base: resume
-            .as_ref()
-            .map_or(Duration::ZERO, |r| r.elapsed + downtime),
-        start: Instant::now(),
-        wall0: resume
-            .as_ref()
-            .map_or_else(SystemTime::now, |r| r.started_at),
-        weight: traffic.current().await.unwrap_or(Weight::ZERO),
-        judges,
-        last: Vec::new(),
-        ticks: resume.as_ref().map_or(0, |r| r.ticks),
-        steps_reached: resume.as_ref().map_or(0, |r| r.steps_reached),
-        log_failed: None,
-        notifier: policy.notify.clone().map(Notifier::new),
-        readiness: opts.readiness,
-    };
-    let mut abort = opts.abort;
-    let mut levers = opts.levers;
-    let mut l = Loop {
-        queue: VecDeque::new(),
-        seq: resume.as_ref().map_or(0, |r| r.seq),
-        first_traffic: resume.as_ref().and_then(|r| r.first_traffic),
-        next_tick: Instant::now(),
-        window_start: shell.now(),
-        saved: None,
-        paused_for: Duration::ZERO,
-    };
-    let mut phase = Phase::Pending;
-    if let Some(r) = resume {
-        // Take the rollout over: read back what is in force and let the machine decide.
-        let limit = plan.apply_timeout;
-        let found = match tokio::time::timeout(limit, traffic.current()).await {
-            Ok(Ok(w)) => Some(w),
-            _ => None,
+/// One rollout in a controller's hands, as a resumable step over its state: load (a
+/// fresh start or the stored record) → decide ([`step`], the only place of decisions) →
+/// persist (the store, before acting) → act (the traffic change, the hooks, the checks).
+/// [`run`] and [`run_durable`] drive one rollout to its end; a daemon driving many rollouts
+/// wakes each one at [`Reconciler::wake_at`] (or on an abort or a lever) and calls
+/// [`Reconciler::reconcile`], until [`Reconciler::finished`].
+pub struct Reconciler<'a, T, M, S> {
+    shell: Shell<'a, T, M, S>,
+    l: Loop,
+    phase: Phase,
+    done: bool,
+}
+
+impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S> {
+    /// Loads the rollout (resumes `durable.resume`, else starts it), decides its first
+    /// move, persists it and acts on it: the checks, then the first step's weight, or what a
+    /// resumed record says was in progress. `opts.abort` and `opts.levers` are the
+    /// caller's to watch (see [`Wake`]).
+    ///
+    /// # Errors
+    /// When the run cannot start (the decision log cannot be opened, the stored record
+    /// does not fit the policy).
+    #[allow(clippy::too_many_lines)] // the set-up of one rollout, read top to bottom
+    pub async fn start(
+        policy: &'a Policy,
+        traffic: &'a T,
+        source: &'a M,
+        mut durable: Option<Durable<'a, S>>,
+        opts: RunOptions,
+        observer: &'a mut dyn Observer,
+    ) -> Result<Self, Error> {
+        let resume = durable.as_mut().and_then(|d| d.resume.take());
+        let path = opts
+            .decisions
+            .clone()
+            .or_else(|| resume.as_ref().and_then(|r| r.decisions.clone()))
+            .or_else(|| policy.decisions.clone());
+        let log = match &path {
+            Some(p) => Some(RecordLog::open(p).map_err(|source| Error::DecisionLog {
+                path: p.clone(),
+                source,
+            })?),
+            None => None,
         };
-        let now = shell.now();
-        let before = r.phase.clone();
-        let (next, cmds) = step(
-            r.phase,
-            Event::Restored {
-                found,
-                applied: r.weight,
-                downtime,
-                now,
-            },
-            plan,
-        );
-        let detail = format!(
-            "run {} taken over from its record in phase {}{}: weight recorded {}, in force {}; nobody watched for {:.1}s (counted toward the deadline, not toward the step's time)",
-            shell.rollout_id,
-            before.name(),
-            Shell::<T, M, S>::step_of(&before).map_or(String::new(), |s| format!(" at step {s}")),
-            r.weight,
-            found.map_or_else(|| "unknown (no answer)".to_string(), |w| w.to_string()),
-            downtime.as_secs_f64(),
-        );
-        shell.note(
-            RecordKind::Resumed,
-            &before,
-            &next,
-            "resumed",
-            Some(detail),
-            None,
-        );
-        phase = next;
-        l.queue.extend(cmds);
-        l.next_tick = Instant::now() + plan.analysis_interval;
-    } else {
-        // Always: the provider and the source must answer before any traffic moves.
-        let (next, cmds) = step(
-            phase.clone(),
-            Event::Start {
-                now: shell.now(),
-                pre_checks: true,
-            },
-            plan,
-        );
-        shell.transition(&phase, &next, "started", restart);
-        phase = next;
-        l.queue.extend(cmds);
+        let plan = &policy.rollout;
+        let fresh_judges = || -> Vec<MetricJudge> {
+            policy
+                .metrics
+                .iter()
+                .map(|m| MetricJudge::new(&m.judge))
+                .collect()
+        };
+        let judges = match &resume {
+            Some(r) if r.judges.0.len() == policy.metrics.len() => r.judges.0.clone(),
+            Some(r) => {
+                return Err(Error::Unresumable {
+                    rollout: policy.name.clone(),
+                    why: format!(
+                        "it holds {} judges, the policy has {} metrics",
+                        r.judges.0.len(),
+                        policy.metrics.len()
+                    ),
+                });
+            }
+            None => fresh_judges(),
+        };
+        let rollout_id = match (&durable, &resume) {
+            (_, Some(r)) => r.rollout_id.clone(),
+            (Some(d), None) => d.rollout_id.clone(),
+            (None, None) => new_rollout_id(),
+        };
+        let policy_sha256 = durable
+            .as_ref()
+            .map(|d| d.policy.sha256.clone())
+            .or(opts.policy_sha256.clone());
+        // Time nobody watched the rollout: from the record's last write to now.
+        let downtime = resume.as_ref().map_or(Duration::ZERO, |r| {
+            SystemTime::now()
+                .duration_since(r.saved_at)
+                .unwrap_or_default()
+        });
+        let restart = durable.as_mut().and_then(|d| d.restart.take());
+        let mut shell = Shell {
+            policy,
+            traffic,
+            source,
+            log,
+            observer,
+            durable,
+            rollout_id,
+            policy_sha256,
+            decisions: path.clone(),
+            operator_actions: resume.as_ref().map_or(0, |r| r.operator_actions),
+            base: resume
+                .as_ref()
+                .map_or(Duration::ZERO, |r| r.elapsed + downtime),
+            start: Instant::now(),
+            wall0: resume
+                .as_ref()
+                .map_or_else(SystemTime::now, |r| r.started_at),
+            weight: traffic.current().await.unwrap_or(Weight::ZERO),
+            judges,
+            last: Vec::new(),
+            ticks: resume.as_ref().map_or(0, |r| r.ticks),
+            steps_reached: resume.as_ref().map_or(0, |r| r.steps_reached),
+            log_failed: None,
+            notifier: policy.notify.clone().map(Notifier::new),
+            readiness: opts.readiness,
+        };
+        let mut l = Loop {
+            queue: VecDeque::new(),
+            seq: resume.as_ref().map_or(0, |r| r.seq),
+            first_traffic: resume.as_ref().and_then(|r| r.first_traffic),
+            next_tick: Instant::now(),
+            window_start: shell.now(),
+            saved: None,
+            paused_for: Duration::ZERO,
+        };
+        let mut phase = Phase::Pending;
+        if let Some(r) = resume {
+            // Take the rollout over: read back what is in force and let the machine decide.
+            let limit = plan.apply_timeout;
+            let found = match tokio::time::timeout(limit, traffic.current()).await {
+                Ok(Ok(w)) => Some(w),
+                _ => None,
+            };
+            let now = shell.now();
+            let before = r.phase.clone();
+            let (next, cmds) = step(
+                r.phase,
+                Event::Restored {
+                    found,
+                    applied: r.weight,
+                    downtime,
+                    now,
+                },
+                plan,
+            );
+            let detail = format!(
+                "run {} taken over from its record in phase {}{}: weight recorded {}, in force {}; nobody watched for {:.1}s (counted toward the deadline, not toward the step's time)",
+                shell.rollout_id,
+                before.name(),
+                Shell::<T, M, S>::step_of(&before)
+                    .map_or(String::new(), |s| format!(" at step {s}")),
+                r.weight,
+                found.map_or_else(|| "unknown (no answer)".to_string(), |w| w.to_string()),
+                downtime.as_secs_f64(),
+            );
+            shell.note(
+                RecordKind::Resumed,
+                &before,
+                &next,
+                "resumed",
+                Some(detail),
+                None,
+            );
+            phase = next;
+            l.queue.extend(cmds);
+            l.next_tick = Instant::now() + plan.analysis_interval;
+        } else {
+            // Always: the provider and the source must answer before any traffic moves.
+            let (next, cmds) = step(
+                phase.clone(),
+                Event::Start {
+                    now: shell.now(),
+                    pre_checks: true,
+                },
+                plan,
+            );
+            shell.transition(&phase, &next, "started", restart);
+            phase = next;
+            l.queue.extend(cmds);
+        }
+
+        let mut r = Reconciler {
+            shell,
+            l,
+            phase,
+            done: false,
+        };
+        r.settle().await;
+        Ok(r)
     }
 
-    'outer: loop {
+    /// Whether the rollout has ended (nothing more to reconcile: see [`Self::finish`]).
+    #[must_use]
+    pub fn finished(&self) -> bool {
+        self.done
+    }
+
+    /// When the rollout's next analysis tick is due ([`Wake::Tick`]).
+    #[must_use]
+    pub fn wake_at(&self) -> Instant {
+        self.l.next_tick
+    }
+
+    /// Where the rollout is.
+    #[must_use]
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// One reconcile step: feeds `wake` to the machine (a tick analyses the window that
+    /// ended; an early tick does nothing), persists what it decided, then acts on it until
+    /// the rollout waits again or has ended.
+    pub async fn reconcile(&mut self, wake: Wake) {
+        if self.done {
+            return;
+        }
+        self.decide(wake).await;
+        self.settle().await;
+    }
+
+    /// Carries out the queued commands, persisting the state before each one; `true` once
+    /// the machine said the rollout is finished.
+    #[allow(clippy::too_many_lines)] // one match over the commands
+    async fn act(&mut self) -> bool {
+        let Reconciler {
+            shell, l, phase, ..
+        } = self;
+        let policy = shell.policy;
+        let plan = &policy.rollout;
         loop {
             // Persist before acting: the store always knows what is about to be done.
-            if l.saved.as_ref() != Some(&phase) {
+            if l.saved.as_ref() != Some(&*phase) {
                 shell
-                    .persist(&phase, &l, Some(phase.name().to_string()))
+                    .persist(phase, l, Some(phase.name().to_string()))
                     .await;
                 l.saved = Some(phase.clone());
             }
             let Some(cmd) = l.queue.pop_front() else {
-                break;
+                return false;
             };
-            if let Some(p) = paused_total(&phase, shell.now()) {
+            if let Some(p) = paused_total(&*phase, shell.now()) {
                 l.paused_for = p;
             }
             match cmd {
@@ -1306,20 +1378,20 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
                         Phase::Failed { .. } => "failed",
                         _ => label,
                     };
-                    shell.transition(&phase, &n, label, detail);
-                    phase = n;
+                    shell.transition(&*phase, &n, label, detail);
+                    *phase = n;
                     l.queue.extend(c);
                 }
-                Command::Finish => break 'outer,
+                Command::Finish => return true,
                 Command::Record(_) => {}
                 Command::Notify(note) => {
                     let wall0 = shell.wall0;
                     let at = move |d: Duration| rfc3339(wall0 + d);
                     let detail = note.detail(&at);
-                    shell.transition(&phase, &phase, note.event(), Some(detail));
+                    shell.transition(&*phase, &*phase, note.event(), Some(detail));
                 }
                 Command::RunPreChecks => {
-                    let failed = shell.pre_checks(&phase).await;
+                    let failed = shell.pre_checks(&*phase).await;
                     let event = Event::PreChecksDone {
                         failed,
                         now: shell.now(),
@@ -1328,46 +1400,64 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
                     match &n {
                         Phase::NotStarted { reason } => {
                             shell.transition(
-                                &phase,
+                                &*phase,
                                 &n,
                                 "not-started",
                                 Some(not_started_text(reason)),
                             );
                         }
                         Phase::PreChecks => {}
-                        _ => shell.transition(&phase, &n, "checks-passed", None),
+                        _ => shell.transition(&*phase, &n, "checks-passed", None),
                     }
-                    phase = n;
+                    *phase = n;
                     l.queue.extend(c);
                 }
             }
         }
-        if phase.is_terminal() {
-            break;
-        }
-        if let Some(why) = shell.log_failed.take() {
-            l.queue.extend(shell.abort(&mut phase, why));
-            continue;
-        }
-        let (step_before, step_requests_before, applied) = match &phase {
-            Phase::Progressing(p) => (p.step, p.requests, p.weight),
-            Phase::Paused(z) => (z.progress.step, z.progress.requests, z.progress.weight),
-            _ => {
-                // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
-                let why = format!("controller stuck in phase {}", phase.name());
-                l.queue.extend(shell.abort(&mut phase, why));
+    }
+
+    /// Acts until the rollout waits for its next wake-up or has ended; a decision log or a
+    /// store that stopped taking records, or a phase with nothing to wait for, rolls back.
+    async fn settle(&mut self) {
+        loop {
+            if self.act().await || self.phase.is_terminal() {
+                self.done = true;
+                return;
+            }
+            if let Some(why) = self.shell.log_failed.take() {
+                let c = self.shell.abort(&mut self.phase, why);
+                self.l.queue.extend(c);
                 continue;
             }
-        };
-        // Wait for the next tick, an abort or a lever.
-        match wait(l.next_tick, &mut abort, &mut levers).await {
-            Wake::Abort(why) => {
-                l.queue.extend(shell.abort(&mut phase, why));
+            if !matches!(self.phase, Phase::Progressing(_) | Phase::Paused(_)) {
+                // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
+                let why = format!("controller stuck in phase {}", self.phase.name());
+                let c = self.shell.abort(&mut self.phase, why);
+                self.l.queue.extend(c);
                 continue;
+            }
+            return;
+        }
+    }
+
+    /// Feeds one wake-up to the machine and queues the commands it decided (the tick's
+    /// record is written before any of them is carried out).
+    #[allow(clippy::too_many_lines)] // the analysis of one window, read top to bottom
+    async fn decide(&mut self, wake: Wake) {
+        let Reconciler {
+            shell, l, phase, ..
+        } = self;
+        let policy = shell.policy;
+        let source = shell.source;
+        let plan = &policy.rollout;
+        match wake {
+            Wake::Abort(why) => {
+                l.queue.extend(shell.abort(phase, why));
+                return;
             }
             Wake::Lever(lever) => {
                 let now = shell.now();
-                if let Some(p) = paused_total(&phase, now) {
+                if let Some(p) = paused_total(&*phase, now) {
                     l.paused_for = p;
                 }
                 let (event, label) = match lever {
@@ -1379,27 +1469,33 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
                         actor,
                         reason,
                     } => {
-                        let Some(event) = shell.operator(&phase, &action, actor, &reason) else {
-                            continue;
+                        let Some(event) = shell.operator(&*phase, &action, actor, &reason) else {
+                            return;
                         };
                         if let Event::Abort { why, .. } = event {
-                            l.queue.extend(shell.abort(&mut phase, why));
-                            continue;
+                            l.queue.extend(shell.abort(phase, why));
+                            return;
                         }
                         (event, action.name())
                     }
                 };
                 let (n, c) = step(phase.clone(), event, plan);
-                shell.transition(&phase, &n, label, None);
-                phase = n;
+                shell.transition(&*phase, &n, label, None);
+                *phase = n;
                 l.queue.extend(c);
-                continue;
+                return;
             }
             Wake::Tick => {}
         }
         if Instant::now() < l.next_tick {
-            continue;
+            return;
         }
+        let (step_before, step_requests_before, applied) = match &*phase {
+            Phase::Progressing(p) => (p.step, p.requests, p.weight),
+            Phase::Paused(z) => (z.progress.step, z.progress.requests, z.progress.weight),
+            // settle() leaves no other phase waiting for a tick.
+            _ => return,
+        };
         // Analyse the window that just ended.
         let now = shell.now();
         let window = Window {
@@ -1442,7 +1538,7 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
             };
             (empty, Health::Unknown)
         } else {
-            let j = judging(&phase, &facts, plan);
+            let j = judging(&*phase, &facts, plan);
             (shell.judge(&window, fetches, &j), j.health)
         };
         let (n, c) = step(
@@ -1506,7 +1602,7 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
         if !analysed.records.is_empty() {
             shell.last = analysed.records;
         }
-        phase = n;
+        *phase = n;
         l.queue.extend(c);
         l.next_tick += plan.analysis_interval;
         if l.next_tick < Instant::now() {
@@ -1515,52 +1611,86 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
         l.window_start = now;
     }
 
-    if l.saved.as_ref() != Some(&phase) {
-        shell
-            .persist(&phase, &l, Some(phase.name().to_string()))
-            .await;
-    }
-    match &phase {
-        Phase::Promoted => {
+    /// Runs the outcome's hooks and returns the report (the record was persisted when the
+    /// machine ended the rollout; once more here if it was not).
+    pub async fn finish(self) -> RunReport {
+        let Reconciler {
+            mut shell,
+            l,
+            phase,
+            ..
+        } = self;
+        let policy = shell.policy;
+        let plan = &policy.rollout;
+        if l.saved.as_ref() != Some(&phase) {
             shell
-                .run_hooks(HookWhen::Promoted, &phase, "promoted")
+                .persist(&phase, &l, Some(phase.name().to_string()))
                 .await;
         }
-        Phase::RolledBack { .. } => {
-            shell
-                .run_hooks(HookWhen::RolledBack, &phase, "rolled-back")
-                .await;
+        match &phase {
+            Phase::Promoted => {
+                shell
+                    .run_hooks(HookWhen::Promoted, &phase, "promoted")
+                    .await;
+            }
+            Phase::RolledBack { .. } => {
+                shell
+                    .run_hooks(HookWhen::RolledBack, &phase, "rolled-back")
+                    .await;
+            }
+            _ => {}
         }
-        _ => {}
+        if let Some(n) = &mut shell.notifier {
+            n.flush().await;
+        }
+        let outcome = match &phase {
+            Phase::Promoted => FinalOutcome::Promoted,
+            Phase::RolledBack { reason } => FinalOutcome::RolledBack {
+                reason: reason.clone(),
+            },
+            Phase::NotStarted { reason } => FinalOutcome::NotStarted {
+                reason: reason.clone(),
+            },
+            Phase::Failed { reason } => FinalOutcome::Failed {
+                reason: reason.clone(),
+            },
+            other => FinalOutcome::Failed {
+                reason: format!("controller stopped in phase {}", other.name()),
+            },
+        };
+        RunReport {
+            rollout: policy.name.clone(),
+            exit_code: outcome.exit_code(),
+            outcome,
+            duration_s: shell.now().as_secs_f64(),
+            ticks: shell.ticks,
+            steps_reached: shell.steps_reached,
+            steps: plan.steps.len(),
+            final_weight: shell.weight,
+            metrics: shell.last,
+            decisions: shell.decisions.clone(),
+        }
     }
-    if let Some(n) = &mut shell.notifier {
-        n.flush().await;
+}
+
+async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
+    policy: &Policy,
+    traffic: &T,
+    source: &M,
+    durable: Option<Durable<'_, S>>,
+    mut opts: RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<RunReport, Error> {
+    let mut abort = opts.abort.take();
+    let mut levers = opts.levers.take();
+    // Boxed: the steps' futures are large (the judges, the fetches), the loop's stays small.
+    let mut r = Box::pin(Reconciler::start(
+        policy, traffic, source, durable, opts, observer,
+    ))
+    .await?;
+    while !r.finished() {
+        let wake = wait(r.wake_at(), &mut abort, &mut levers).await;
+        Box::pin(r.reconcile(wake)).await;
     }
-    let outcome = match &phase {
-        Phase::Promoted => FinalOutcome::Promoted,
-        Phase::RolledBack { reason } => FinalOutcome::RolledBack {
-            reason: reason.clone(),
-        },
-        Phase::NotStarted { reason } => FinalOutcome::NotStarted {
-            reason: reason.clone(),
-        },
-        Phase::Failed { reason } => FinalOutcome::Failed {
-            reason: reason.clone(),
-        },
-        other => FinalOutcome::Failed {
-            reason: format!("controller stopped in phase {}", other.name()),
-        },
-    };
-    Ok(RunReport {
-        rollout: policy.name.clone(),
-        exit_code: outcome.exit_code(),
-        outcome,
-        duration_s: shell.now().as_secs_f64(),
-        ticks: shell.ticks,
-        steps_reached: shell.steps_reached,
-        steps: plan.steps.len(),
-        final_weight: shell.weight,
-        metrics: shell.last,
-        decisions: path,
-    })
+    Ok(Box::pin(r.finish()).await)
 }

@@ -357,3 +357,57 @@ async fn a_change_right_after_coalmines_own_is_not_retried_over() {
     assert!(recs.iter().any(|r| r["event"] == "preempted"), "{recs:#?}");
     assert!(recs.iter().any(|r| r["event"] == "paused"));
 }
+
+/// The runner's loop is a resumable step: one task drives two rollouts, waking each at its
+/// own tick, and each ends as a `run` of the same inputs does (issue 12's daemon shape).
+#[tokio::test(start_paused = true)]
+async fn one_loop_drives_two_rollouts_through_reconcile_steps_as_run_does() {
+    use super::runner::{Reconciler, Wake};
+    use super::store::FileStore;
+    let policy = policy_with(TIMING, ERRORS);
+    let inputs = || {
+        let good = source(vec![rates(0.01, 0.01)]);
+        let bad = source(vec![rates(0.01, 0.01), rates(0.01, 0.01), rates(0.01, 0.3)]);
+        (good, bad)
+    };
+    // Alone, through `run`.
+    let (good, bad) = inputs();
+    let (tg, tb) = (MockTrafficProvider::new(), MockTrafficProvider::new());
+    let (alone_good, _) = run_logged(&policy, &tg, &good, None).await;
+    let (alone_bad, _) = run_logged(&policy, &tb, &bad, None).await;
+    assert_eq!(alone_good.outcome, FinalOutcome::Promoted);
+    assert!(matches!(alone_bad.outcome, FinalOutcome::RolledBack { .. }));
+    // Together, in one loop.
+    let (good, bad) = inputs();
+    let (ug, ub) = (MockTrafficProvider::new(), MockTrafficProvider::new());
+    let (mut qg, mut qb) = (Quiet, Quiet);
+    let start = |t, s, q| {
+        Reconciler::<_, _, FileStore>::start(&policy, t, s, None, RunOptions::default(), q)
+    };
+    let mut g = start(&ug, &good, &mut qg).await.unwrap();
+    let mut b = start(&ub, &bad, &mut qb).await.unwrap();
+    let mut steps = 0;
+    while !(g.finished() && b.finished()) {
+        let next = [&g, &b]
+            .iter()
+            .filter(|r| !r.finished())
+            .map(|r| r.wake_at())
+            .min()
+            .unwrap();
+        tokio::time::sleep_until(next).await;
+        for r in [&mut g, &mut b] {
+            if !r.finished() && r.wake_at() <= tokio::time::Instant::now() {
+                r.reconcile(Wake::Tick).await;
+                steps += 1;
+            }
+        }
+    }
+    assert!(steps > 10, "{steps} reconcile steps");
+    let (together_good, together_bad) = (g.finish().await, b.finish().await);
+    assert_eq!(together_good.outcome, alone_good.outcome);
+    assert_eq!(together_bad.outcome, alone_bad.outcome);
+    assert_eq!(ug.calls(), tg.calls());
+    assert_eq!(ub.calls(), tb.calls());
+    assert_eq!(together_good.ticks, alone_good.ticks);
+    assert_eq!(together_bad.ticks, alone_bad.ticks);
+}
