@@ -4,63 +4,13 @@
 
 use std::hint::black_box;
 
-use coalmine::analysis::errors::EventJudgeSpec;
-use coalmine::analysis::histogram::{Histogram, log_bounds, log_bucket_index};
 use coalmine::analysis::latency::{LatencyJudgeSpec, LatencyTest};
-use coalmine::analysis::threshold::ThresholdSpec;
-use coalmine::analysis::{Counts, JudgeSpec, MetricJudge, Observation, Segment};
+use coalmine::analysis::{JudgeSpec, MetricJudge};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-fn histogram(n: usize, median: f64) -> Histogram {
-    let bounds = log_bounds();
-    let mut counts = vec![0.0; bounds.len()];
-    for i in 0..n {
-        let u = (i as f64 + 0.5) / n as f64;
-        let x = median * (0.5 * coalmine::analysis::special::norm_ppf(u)).exp();
-        counts[log_bucket_index(x)] += 1.0;
-    }
-    Histogram::try_new(bounds, counts).expect("histogram")
-}
-
-fn policy() -> Vec<(JudgeSpec, Segment)> {
-    let counts = Segment {
-        share: 0.25,
-        baseline: Observation::Counts(Counts {
-            events: 4.0,
-            trials: 750.0,
-        }),
-        canary: Observation::Counts(Counts {
-            events: 1.0,
-            trials: 250.0,
-        }),
-    };
-    let latency = Segment {
-        share: 0.25,
-        baseline: Observation::Histogram(histogram(750, 0.05)),
-        canary: Observation::Histogram(histogram(250, 0.05)),
-    };
-    let mut v = Vec::new();
-    for _ in 0..4 {
-        v.push((
-            JudgeSpec::Events(EventJudgeSpec::new(0.005)),
-            counts.clone(),
-        ));
-    }
-    for _ in 0..3 {
-        v.push((
-            JudgeSpec::Latency(LatencyJudgeSpec::new(0.005)),
-            latency.clone(),
-        ));
-    }
-    for _ in 0..3 {
-        let spec = ThresholdSpec {
-            max: Some(0.05),
-            ..ThresholdSpec::default()
-        };
-        v.push((JudgeSpec::Threshold(spec), counts.clone()));
-    }
-    v
-}
+#[path = "common/ten_metrics.rs"]
+mod ten_metrics;
+use ten_metrics::policy;
 
 fn tick(c: &mut Criterion) {
     let metrics = policy();
