@@ -39,6 +39,7 @@ pub mod init;
 pub mod judge;
 pub mod output;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod signals;
@@ -110,6 +111,9 @@ pub enum Command {
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]
     Judge(judge::JudgeCommand),
+    /// Render a decision log as one self-contained HTML page with plots (no network, no
+    /// scripts), or as a Markdown summary with `--format md`.
+    Report(report::ReportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff) on stdout: `coalmine man > coalmine.1`.
@@ -131,6 +135,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Man => return completions::man(),
         Command::Schema(a) => return schema::main(a),
         Command::Init(a) => return init::main(a),
+        Command::Report(a) => return report::run(a),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +166,8 @@ pub fn run(cli: Cli) -> u8 {
             | Command::Completions(_)
             | Command::Man
             | Command::Schema(_)
-            | Command::Init(_) => EXIT_OK,
+            | Command::Init(_)
+            | Command::Report(_) => EXIT_OK,
         }
     })
 }

@@ -23,7 +23,8 @@ use super::machine::{
 };
 use super::readiness::CanaryProbe;
 use super::record::{
-    MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, WindowRecord, rfc3339,
+    MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, SegmentRecord, WindowRecord,
+    rfc3339,
 };
 use super::store::{
     ControlRef, FORMAT, Judges, PolicyRef, RolloutState, Store, StoreError, new_rollout_id,
@@ -495,6 +496,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             steps: self.policy.rollout.steps.len(),
             weight: self.weight,
             window: None,
+            since_s: None,
             requests: None,
             baseline: None,
             metrics: Vec::new(),
@@ -866,8 +868,11 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                             reason,
                             stats: last_stats(),
                             dry_run: m.dry_run,
-                            queries: f.queries,
                             error: None,
+                            // Recorded all the same: replay needs them for the baseline's
+                            // health, which decides whether a window is judged.
+                            observed: SegmentRecord::all(&f.segments),
+                            queries: f.queries,
                         });
                         continue;
                     }
@@ -899,6 +904,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                         reason: v.reason,
                         stats: v.stats,
                         dry_run: m.dry_run,
+                        observed: SegmentRecord::all(&f.segments),
                         queries: f.queries,
                         error: None,
                     });
@@ -921,6 +927,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                         dry_run: m.dry_run,
                         queries: Vec::new(),
                         error: Some(format!("{}: {e}", e.kind())),
+                        observed: Vec::new(),
                     });
                 }
             }
@@ -967,6 +974,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 dry_run: false,
                 queries: Vec::new(),
                 error: None,
+                observed: Vec::new(),
             });
         }
         // `None` only when no metric of the policy counts requests: then `min_requests`
@@ -1344,9 +1352,14 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
             l.queue.extend(shell.abort(&mut phase, why));
             continue;
         }
-        let (step_before, step_requests_before, applied) = match &phase {
-            Phase::Progressing(p) => (p.step, p.requests, p.weight),
-            Phase::Paused(z) => (z.progress.step, z.progress.requests, z.progress.weight),
+        let (step_before, step_requests_before, applied, step_since) = match &phase {
+            Phase::Progressing(p) => (p.step, p.requests, p.weight, Some(p.since)),
+            Phase::Paused(z) => (
+                z.progress.step,
+                z.progress.requests,
+                z.progress.weight,
+                Some(z.progress.since),
+            ),
             _ => {
                 // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
                 let why = format!("controller stuck in phase {}", phase.name());
@@ -1484,6 +1497,7 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
                 start: rfc3339(window.start),
                 end: rfc3339(window.end),
             }),
+            since_s: step_since.map(|d| d.as_secs_f64()),
             requests: analysed.requests.map(|w| RequestsRecord {
                 window: w,
                 step: step_requests,

@@ -12,6 +12,7 @@ mod policies;
 mod policy_fixtures;
 mod proxy;
 mod raw_http;
+mod report;
 mod rollout;
 mod schema;
 mod signals;
