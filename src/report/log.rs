@@ -157,7 +157,7 @@ pub fn pair(v: &serde_json::Value) -> Option<(Option<f64>, Option<f64>)> {
 }
 
 /// One line of a decision log, as far as reports and backtests need it.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct LogRecord {
     /// 1-based line in the file (not in the JSON).
     #[serde(skip)]

@@ -2,8 +2,10 @@
 //!
 //! [`log`] reads decision logs (checked line by line, split into rollouts); [`html`]
 //! renders one rollout as a self-contained HTML page with inline SVG plots ([`svg`]),
-//! [`markdown`] as a summary for a pull request or a ticket.
+//! [`markdown`] as a summary for a pull request or a ticket. [`backtest`] feeds a recorded
+//! rollout's windows through a policy on a simulated clock.
 
+pub mod backtest;
 pub mod html;
 pub mod log;
 pub mod markdown;

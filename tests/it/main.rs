@@ -1,6 +1,7 @@
 //! Integration tests: one binary (house style), one module per area.
 
 mod authoring;
+mod backtest;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;

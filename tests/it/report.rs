@@ -10,26 +10,38 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::common::{Guard, require_tool};
 use crate::support::{run, text};
 
-/// Runs the demo's `scenario` and returns its decision log.
-fn demo_log(dir: &Path, scenario: &str) -> PathBuf {
-    let log = dir.join(format!("{scenario}.jsonl"));
-    let out = run(&[
-        "demo",
-        "--scenario",
-        scenario,
-        "--quiet",
-        "--decisions",
-        log.to_str().unwrap(),
-    ]);
-    let want = i32::from(scenario != "healthy");
-    assert_eq!(out.status.code(), Some(want), "{:?}", text(&out));
-    log
+/// The decision log of one run of the demo's `scenario`, shared by every test of this file
+/// and of the backtest's (each scenario runs once per test binary).
+pub(crate) fn demo_log(scenario: &str) -> PathBuf {
+    static DIR: LazyLock<tempfile::TempDir> =
+        LazyLock::new(|| tempfile::tempdir().expect("a temporary directory"));
+    static LOGS: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = ["healthy", "errors", "latency"]
+        .iter()
+        .position(|s| *s == scenario)
+        .expect("a demo scenario");
+    LOGS[i]
+        .get_or_init(|| {
+            let log = DIR.path().join(format!("{scenario}.jsonl"));
+            let out = run(&[
+                "demo",
+                "--scenario",
+                scenario,
+                "--quiet",
+                "--decisions",
+                log.to_str().unwrap(),
+            ]);
+            let want = i32::from(scenario != "healthy");
+            assert_eq!(out.status.code(), Some(want), "{:?}", text(&out));
+            log
+        })
+        .clone()
 }
 
 /// A proxy that accepts connections and remembers each request's first line (answering
@@ -311,7 +323,7 @@ fn chromium_check_sees_a_page_that_fetches_and_logs() {
 
 fn report_opens_in_chromium(scenario: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let log = demo_log(dir.path(), scenario);
+    let log = demo_log(scenario);
     let page = dir.path().join("report.html");
     let out = run(&[
         "report",
@@ -423,8 +435,7 @@ fn latency_report_renders_in_chromium_without_network() {
 
 #[test]
 fn markdown_summary_names_outcome_metrics_and_decisions() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = demo_log(dir.path(), "errors");
+    let log = demo_log("errors");
     let out = run(&["report", log.to_str().unwrap(), "--format", "md"]);
     let (md, err) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -444,7 +455,7 @@ fn markdown_summary_names_outcome_metrics_and_decisions() {
 #[test]
 fn bad_logs_exit_2_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let good = std::fs::read_to_string(demo_log(dir.path(), "errors")).unwrap();
+    let good = std::fs::read_to_string(demo_log("errors")).unwrap();
     let lines: Vec<&str> = good.lines().collect();
     let write = |name: &str, text: String| {
         let p = dir.path().join(name);
