@@ -155,10 +155,11 @@ impl Prometheus {
         }
     }
 
-    /// Waits until both targets have been scraped at least twice, so `increase()` has data.
+    /// Waits until both targets have a sample older than a window (3 s, the 2 s window and a
+    /// scrape), so a window's counts (`c - c offset 2s`) have both edges.
     fn wait_scraped(&self, limit: Duration) {
         let start = Instant::now();
-        let q = "/api/v1/query?query=count(count_over_time(up%5B5s%5D)%20%3E%3D%202)";
+        let q = "/api/v1/query?query=count(up%20offset%203s)";
         while start.elapsed() < limit {
             if let Some((200, body)) = http_get(self.addr, q)
                 && body.contains(r#""value":["#)
@@ -445,13 +446,27 @@ fn healthy_canary_promotes_with_queries_recorded() {
         .filter_map(|q| q["query"].as_str())
         .collect();
     assert_eq!(queries.len(), 4, "{first}");
+    // The policy's increase() is evaluated as the counter's exact difference over the window
+    // (and the record shows the query that was sent).
+    let selector = r#"coalmine_demo_requests_total{job="demo",track="canary"}"#;
     assert!(
-        queries[3].starts_with(
-            r#"sum(increase(coalmine_demo_requests_total{job="demo",track="canary"}["#
-        ),
+        queries[3].starts_with(&format!("sum(clamp_min(last_over_time({selector}["))
+            && queries[3].contains(&format!("last_over_time({selector}[")),
         "{queries:?}"
     );
-    // Data came from Prometheus: requests were counted per arm.
+    // Data came from Prometheus: requests were counted per arm, as whole numbers of
+    // requests (Prometheus's extrapolated increase() gives fractions, and more evidence than
+    // there were requests: that once rolled this identical canary back at e = 17,151).
+    let counts: Vec<f64> = ticks
+        .iter()
+        .filter_map(|t| t["requests"]["window"].as_array())
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert!(
+        counts.iter().all(|c| c.fract() == 0.0),
+        "fractional counts: {counts:?}"
+    );
     let requests: f64 = ticks
         .iter()
         .filter_map(|t| t["requests"]["window"][1].as_f64())

@@ -7,6 +7,8 @@
 //! (series) over the window. Both arms are queried concurrently, and the result is one
 //! [`Segment`] whose share is the canary weight the controller had in force: the assignment
 //! probability of every request in the window when the router picks per request.
+//! In count templates, `increase(SELECTOR[{{window}}])` is evaluated as the counter's exact
+//! difference over the window, not Prometheus's extrapolation (see [`exact`]).
 //!
 //! Outcomes are strict: an empty result or NaN is [`Observation::Missing`] (NoData, never a
 //! pass), several series where one was expected is [`MetricsError::Ambiguous`], buckets that
@@ -560,12 +562,20 @@ impl PrometheusSource {
         window: &Window,
         eval: Eval,
     ) -> Result<(Vec<RenderedQuery>, Vec<Data>), MetricsError> {
+        let range = promql_duration(window.duration());
         let mut queries = Vec::with_capacity(specs.len());
         for (arm, role, t) in specs {
+            let mut query = self.render(t, *arm, window)?;
+            // Counts feed tests that need distinct requests in disjoint windows.
+            if matches!(*role, "events" | "trials" | "histogram")
+                && let Cow::Owned(exact) = exact::exact_increase(&query, &range)
+            {
+                query = exact;
+            }
             queries.push(RenderedQuery {
                 arm: *arm,
                 role,
-                query: self.render(t, *arm, window)?,
+                query,
             });
         }
         let results = join_all(queries.iter().map(|q| self.send(&q.query, eval))).await;
@@ -676,5 +686,6 @@ impl MetricsSource for PrometheusSource {
     }
 }
 
+mod exact;
 #[cfg(test)]
 mod tests;

@@ -343,22 +343,24 @@ async fn counts_are_rendered_sent_and_parsed() {
             (
                 Arm::Baseline,
                 "events",
-                r#"sum(increase(req_total{job="api",track="baseline",code=~"5.."}[15s]))"#
+                exact(r#"sum(increase(req_total{job="api",track="baseline",code=~"5.."}[15s]))"#)
+                    .as_str()
             ),
             (
                 Arm::Baseline,
                 "trials",
-                r#"sum(increase(req_total{job="api",track="baseline"}[15s]))"#
+                exact(r#"sum(increase(req_total{job="api",track="baseline"}[15s]))"#).as_str()
             ),
             (
                 Arm::Canary,
                 "events",
-                r#"sum(increase(req_total{job="api",track="canary",code=~"5.."}[15s]))"#
+                exact(r#"sum(increase(req_total{job="api",track="canary",code=~"5.."}[15s]))"#)
+                    .as_str()
             ),
             (
                 Arm::Canary,
                 "trials",
-                r#"sum(increase(req_total{job="api",track="canary"}[15s]))"#
+                exact(r#"sum(increase(req_total{job="api",track="canary"}[15s]))"#).as_str()
             ),
         ]
     );
@@ -554,7 +556,7 @@ async fn histograms_from_le_buckets() {
     assert_eq!(c.total(), 200.0);
     assert_eq!(
         f.queries[1].query,
-        r#"sum by (le) (increase(lat_bucket{track="canary"}[15s]))"#
+        exact(r#"sum by (le) (increase(lat_bucket{track="canary"}[15s]))"#).as_str()
     );
 }
 
@@ -810,8 +812,12 @@ async fn per_arm_variables_render_each_arms_value() {
     assert_eq!(
         q,
         vec![
-            r#"sum by (le) (increase(lat_bucket{job="api",deployment="checkout-stable"}[15s]))"#,
-            r#"sum by (le) (increase(lat_bucket{job="api",deployment="checkout-v2"}[15s]))"#,
+            exact(
+                r#"sum by (le) (increase(lat_bucket{job="api",deployment="checkout-stable"}[15s]))"#
+            )
+            .as_str(),
+            exact(r#"sum by (le) (increase(lat_bucket{job="api",deployment="checkout-v2"}[15s]))"#)
+                .as_str(),
         ]
     );
 }
@@ -860,4 +866,9 @@ async fn a_url_path_prefix_is_kept() {
         .await
         .unwrap();
     assert_eq!(fake.seen()[0].path, "/prometheus/api/v1/query");
+}
+
+/// `q` as the source sends it: `increase()` over the window as an exact counter difference.
+fn exact(q: &str) -> String {
+    super::exact::exact_increase(q, "15s").into_owned()
 }
