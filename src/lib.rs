@@ -14,4 +14,5 @@ pub mod model;
 pub mod net;
 pub mod policy;
 pub mod redact;
+pub mod report;
 pub mod traffic;

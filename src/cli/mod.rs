@@ -31,6 +31,7 @@ macro_rules! err {
     }};
 }
 
+pub mod backtest;
 pub mod completions;
 pub mod control;
 pub mod demo;
@@ -39,6 +40,7 @@ pub mod init;
 pub mod judge;
 pub mod output;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod signals;
@@ -111,6 +113,12 @@ pub enum Command {
     /// Offline judging of two sample files or of event counts; prints JSON.
     #[command(subcommand)]
     Judge(judge::JudgeCommand),
+    /// Render a decision log as one self-contained HTML page with plots (no network, no
+    /// scripts), or as a Markdown summary with `--format md`.
+    Report(report::ReportArgs),
+    /// Replay a recorded rollout's windows (a decision log) through a policy on a simulated
+    /// clock: what it would have decided, and when, beside what really happened.
+    Backtest(backtest::BacktestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff) on stdout: `coalmine man > coalmine.1`.
@@ -132,6 +140,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Man => return completions::man(),
         Command::Schema(a) => return schema::main(a),
         Command::Init(a) => return init::main(a),
+        Command::Report(a) => return report::run(a),
+        Command::Backtest(a) => return backtest::run(a),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -162,7 +172,9 @@ pub fn run(cli: Cli) -> u8 {
             | Command::Completions(_)
             | Command::Man
             | Command::Schema(_)
-            | Command::Init(_) => EXIT_OK,
+            | Command::Init(_)
+            | Command::Report(_)
+            | Command::Backtest(_) => EXIT_OK,
         }
     })
 }

@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::health::Health;
 use super::machine::Decision;
-use crate::analysis::{Outcome, Stats};
+use crate::analysis::histogram::{Histogram, log_bounds};
+use crate::analysis::{Counts, Observation, Outcome, Segment, Stats};
 use crate::metrics::RenderedQuery;
 use crate::model::Weight;
 
@@ -70,6 +71,12 @@ pub struct MetricRecord {
     /// The fetch error, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The window's observations as fetched, in the shape the judge consumes them (one
+    /// segment per traffic share), so that a decision log is a complete recording for
+    /// replay; empty when the fetch failed. A window that was not judged (the reason says
+    /// "not judged this window") still carries them: its baseline counts decided that.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<SegmentRecord>,
 }
 
 /// One line of the decision log.
@@ -107,6 +114,10 @@ pub struct Record {
     /// Analysed window (ticks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowRecord>,
+    /// When the step's weight came into force, seconds since the rollout started, exactly
+    /// as the state machine compares it (ticks; for replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_s: Option<f64>,
     /// Requests (ticks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestsRecord>,
@@ -195,6 +206,236 @@ impl RecordLog {
     }
 }
 
+/// A float in a record that may be NaN or infinite: finite values are JSON numbers,
+/// the others the strings `"NaN"`, `"+Inf"` and `"-Inf"` (JSON has no such numbers, and
+/// `null` would lose which one it was).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Num(pub f64);
+
+impl Serialize for Num {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.is_finite() {
+            s.serialize_f64(v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v > 0.0 {
+            s.serialize_str("+Inf")
+        } else {
+            s.serialize_str("-Inf")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or one of \"NaN\", \"+Inf\", \"-Inf\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Num, E> {
+                match v {
+                    "NaN" => Ok(Num(f64::NAN)),
+                    "+Inf" | "Inf" => Ok(Num(f64::INFINITY)),
+                    "-Inf" => Ok(Num(f64::NEG_INFINITY)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The bucket bounds of a recorded histogram: `"log"` for the built-in proxy's 163
+/// log-spaced bounds ([`log_bounds`]), otherwise every upper bound (`"+Inf"` last).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BoundsRecord {
+    /// A named set of bounds; only `"log"` is defined.
+    Named(String),
+    /// The bounds themselves.
+    List(Vec<Num>),
+}
+
+/// A histogram with only its non-empty buckets: `n` holds `[bucket index, count]` pairs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramRecord {
+    /// The bucket bounds.
+    pub le: BoundsRecord,
+    /// Non-zero buckets as `[index into le, count]`, in increasing index order.
+    pub n: Vec<(usize, Num)>,
+}
+
+/// One arm's observation in a record: `{"counts": [events, trials]}`,
+/// `{"histogram": {...}}`, `{"samples": [...]}`, `{"series": [...]}`, `{"scalar": x}` or
+/// `"missing"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationRecord {
+    /// Events and trials.
+    Counts([Num; 2]),
+    /// Sparse histogram.
+    Histogram(HistogramRecord),
+    /// Raw values.
+    Samples(Vec<Num>),
+    /// One value per time step.
+    Series(Vec<Num>),
+    /// One value.
+    Scalar(Num),
+    /// No data in the window.
+    Missing,
+}
+
+/// Both arms' observations for one traffic share, as a judge consumed them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// The canary's assignment probability for these requests (0..=1).
+    pub share: Num,
+    /// The baseline's observation.
+    pub baseline: ObservationRecord,
+    /// The canary's observation.
+    pub canary: ObservationRecord,
+}
+
+/// A recorded observation that cannot be turned back into one.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ObservedError {
+    /// A named bound set other than `"log"`.
+    #[error("unknown histogram bounds `{0}` (expected \"log\" or a list of bounds)")]
+    UnknownBounds(String),
+    /// A bucket index past the bounds.
+    #[error("histogram bucket {index} out of range (there are {buckets} buckets)")]
+    BucketOutOfRange {
+        /// The index.
+        index: usize,
+        /// Number of buckets.
+        buckets: usize,
+    },
+    /// Bounds or counts the histogram type refuses.
+    #[error("histogram: {0}")]
+    Histogram(#[from] crate::analysis::histogram::HistogramError),
+    /// A share outside 0..=1.
+    #[error("share {0} is outside 0..=1")]
+    Share(f64),
+}
+
+fn builtin_bounds() -> &'static [f64] {
+    static B: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    B.get_or_init(log_bounds)
+}
+
+fn nums(v: &[f64]) -> Vec<Num> {
+    v.iter().copied().map(Num).collect()
+}
+
+fn floats(v: &[Num]) -> Vec<f64> {
+    v.iter().map(|n| n.0).collect()
+}
+
+impl From<&Observation> for ObservationRecord {
+    fn from(o: &Observation) -> Self {
+        match o {
+            Observation::Counts(c) => ObservationRecord::Counts([Num(c.events), Num(c.trials)]),
+            Observation::Histogram(h) => {
+                let le = if h.bounds() == builtin_bounds() {
+                    BoundsRecord::Named("log".to_string())
+                } else {
+                    BoundsRecord::List(nums(h.bounds()))
+                };
+                let n = h
+                    .counts()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c != 0.0)
+                    .map(|(i, c)| (i, Num(*c)))
+                    .collect();
+                ObservationRecord::Histogram(HistogramRecord { le, n })
+            }
+            Observation::Samples(v) => ObservationRecord::Samples(nums(v)),
+            Observation::Series(v) => ObservationRecord::Series(nums(v)),
+            Observation::Scalar(v) => ObservationRecord::Scalar(Num(*v)),
+            Observation::Missing => ObservationRecord::Missing,
+        }
+    }
+}
+
+impl TryFrom<&ObservationRecord> for Observation {
+    type Error = ObservedError;
+
+    fn try_from(o: &ObservationRecord) -> Result<Self, ObservedError> {
+        Ok(match o {
+            ObservationRecord::Counts([e, t]) => Observation::Counts(Counts {
+                events: e.0,
+                trials: t.0,
+            }),
+            ObservationRecord::Histogram(h) => {
+                let bounds = match &h.le {
+                    BoundsRecord::Named(n) if n == "log" => builtin_bounds().to_vec(),
+                    BoundsRecord::Named(n) => return Err(ObservedError::UnknownBounds(n.clone())),
+                    BoundsRecord::List(b) => floats(b),
+                };
+                let mut counts = vec![0.0; bounds.len()];
+                for (i, c) in &h.n {
+                    let slot = counts.get_mut(*i).ok_or(ObservedError::BucketOutOfRange {
+                        index: *i,
+                        buckets: bounds.len(),
+                    })?;
+                    *slot += c.0;
+                }
+                Observation::Histogram(Histogram::try_new(bounds, counts)?)
+            }
+            ObservationRecord::Samples(v) => Observation::Samples(floats(v)),
+            ObservationRecord::Series(v) => Observation::Series(floats(v)),
+            ObservationRecord::Scalar(v) => Observation::Scalar(v.0),
+            ObservationRecord::Missing => Observation::Missing,
+        })
+    }
+}
+
+impl From<&Segment> for SegmentRecord {
+    fn from(s: &Segment) -> Self {
+        SegmentRecord {
+            share: Num(s.share),
+            baseline: (&s.baseline).into(),
+            canary: (&s.canary).into(),
+        }
+    }
+}
+
+impl SegmentRecord {
+    /// Every segment of a fetch, for [`MetricRecord::observed`].
+    #[must_use]
+    pub fn all(segments: &[Segment]) -> Vec<SegmentRecord> {
+        segments.iter().map(SegmentRecord::from).collect()
+    }
+}
+
+impl TryFrom<&SegmentRecord> for Segment {
+    type Error = ObservedError;
+
+    fn try_from(s: &SegmentRecord) -> Result<Self, ObservedError> {
+        if !(0.0..=1.0).contains(&s.share.0) {
+            return Err(ObservedError::Share(s.share.0));
+        }
+        Ok(Segment {
+            share: s.share.0,
+            baseline: Observation::try_from(&s.baseline)?,
+            canary: Observation::try_from(&s.canary)?,
+        })
+    }
+}
+
 /// When the file does not end with a newline: `(end of the last complete line, file
 /// length)`. Reads backwards in blocks, so a long log costs only its tail.
 fn torn_tail(file: &File) -> std::io::Result<Option<(u64, u64)>> {
@@ -246,6 +487,7 @@ mod tests {
             steps: 1,
             weight: Weight::ZERO,
             window: None,
+            since_s: None,
             requests: None,
             baseline: None,
             metrics: Vec::new(),
@@ -285,5 +527,91 @@ mod tests {
         std::fs::write(&path, vec![b'x'; 20_000]).unwrap();
         let _log = RecordLog::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    fn roundtrip(seg: &Segment) -> Segment {
+        let json = serde_json::to_string(&SegmentRecord::from(seg)).unwrap();
+        let back: SegmentRecord = serde_json::from_str(&json).unwrap();
+        Segment::try_from(&back).unwrap()
+    }
+
+    #[test]
+    fn observations_round_trip_bit_for_bit() {
+        let mut counts = vec![0.0; 163];
+        counts[7] = 3.0;
+        counts[40] = 1234.0;
+        counts[162] = 1.0;
+        let builtin = Histogram::try_new(log_bounds(), counts).unwrap();
+        let prom = Histogram::from_cumulative(vec![
+            (0.005, 0.1 + 0.2),
+            (0.1, 7.000_000_000_000_001),
+            (f64::INFINITY, 9.5),
+        ])
+        .unwrap();
+        let cases = [
+            Segment {
+                share: 0.05,
+                baseline: Observation::Counts(Counts {
+                    events: 1.0 / 3.0,
+                    trials: 2_999.999_999_7,
+                }),
+                canary: Observation::Missing,
+            },
+            Segment {
+                share: 1.0 / 7.0,
+                baseline: Observation::Histogram(builtin),
+                canary: Observation::Histogram(prom),
+            },
+            Segment {
+                share: 0.25,
+                baseline: Observation::Series(vec![1.5, f64::NAN, 1e-300, f64::INFINITY]),
+                canary: Observation::Samples(vec![f64::NEG_INFINITY, 0.1]),
+            },
+            Segment {
+                share: 0.0,
+                baseline: Observation::Scalar(f64::NAN),
+                canary: Observation::Scalar(0.012_345_678_901_234_567),
+            },
+        ];
+        for seg in &cases {
+            let back = roundtrip(seg);
+            // NaN != NaN: compare the debug text, which spells every bit that matters here.
+            assert_eq!(format!("{back:?}"), format!("{seg:?}"));
+        }
+    }
+
+    #[test]
+    fn histograms_are_sparse_and_name_the_builtin_bounds() {
+        let mut counts = vec![0.0; 163];
+        counts[12] = 4.0;
+        let seg = Segment {
+            share: 0.5,
+            baseline: Observation::Histogram(Histogram::try_new(log_bounds(), counts).unwrap()),
+            canary: Observation::Counts(Counts {
+                events: 2.0,
+                trials: 10.0,
+            }),
+        };
+        let json = serde_json::to_string(&SegmentRecord::from(&seg)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"share":0.5,"baseline":{"histogram":{"le":"log","n":[[12,4.0]]}},"canary":{"counts":[2.0,10.0]}}"#
+        );
+    }
+
+    #[test]
+    fn broken_recordings_are_errors_not_panics() {
+        let bad = [
+            r#"{"share":0.5,"baseline":{"histogram":{"le":"lin","n":[]}},"canary":"missing"}"#,
+            r#"{"share":0.5,"baseline":{"histogram":{"le":"log","n":[[163,1]]}},"canary":"missing"}"#,
+            r#"{"share":0.5,"baseline":{"histogram":{"le":[2,1],"n":[]}},"canary":"missing"}"#,
+            r#"{"share":0.5,"baseline":{"histogram":{"le":["+Inf"],"n":[[0,-1]]}},"canary":"missing"}"#,
+            r#"{"share":1.5,"baseline":"missing","canary":"missing"}"#,
+        ];
+        for b in bad {
+            let r: SegmentRecord = serde_json::from_str(b).unwrap();
+            assert!(Segment::try_from(&r).is_err(), "{b}");
+        }
+        assert!(serde_json::from_str::<SegmentRecord>(r#"{"share":"inf"}"#).is_err());
     }
 }

@@ -23,7 +23,8 @@ use super::machine::{
 };
 use super::readiness::CanaryProbe;
 use super::record::{
-    MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, WindowRecord, rfc3339,
+    MetricRecord, Record, RecordKind, RecordLog, RequestsRecord, SegmentRecord, WindowRecord,
+    rfc3339,
 };
 use super::store::{
     ControlRef, FORMAT, Judges, PolicyRef, RolloutState, Store, StoreError, new_rollout_id,
@@ -297,10 +298,14 @@ pub enum Error {
 }
 
 /// What one analysis tick gathered.
-struct Analysed {
-    statuses: Vec<MetricStatus>,
-    records: Vec<MetricRecord>,
-    requests: Option<[f64; 2]>,
+#[derive(Debug)]
+pub struct Analysed {
+    /// Each metric's state, for the state machine.
+    pub statuses: Vec<MetricStatus>,
+    /// Each metric's record.
+    pub records: Vec<MetricRecord>,
+    /// Requests per arm in the window (`None` when no metric counts requests).
+    pub requests: Option<[f64; 2]>,
 }
 
 struct Shell<'a, T, M, S> {
@@ -346,7 +351,8 @@ fn counts_errors(m: &MetricConfig) -> bool {
 
 /// The baseline's error counts of the window: of the metrics counting errors, the one with
 /// the highest baseline rate.
-fn baseline_errors(
+#[must_use]
+pub fn baseline_errors(
     metrics: &[MetricConfig],
     fetches: &[Result<Fetched, MetricsError>],
 ) -> Option<ErrorCounts> {
@@ -501,6 +507,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             steps: self.policy.rollout.steps.len(),
             weight: self.weight,
             window: None,
+            since_s: None,
             requests: None,
             baseline: None,
             metrics: Vec::new(),
@@ -814,182 +821,202 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
         }
     }
 
-    /// Feeds the judges the fetched window, comparative ones only when `judging` admits it,
-    /// and builds the tick's statuses and records.
+    /// Feeds the judges the fetched window (see [`judge_window`]).
     fn judge(
         &mut self,
         window: &Window,
         fetches: Vec<Result<Fetched, MetricsError>>,
         judging: &Judging,
     ) -> Analysed {
-        let mut statuses = Vec::new();
-        let mut records = Vec::new();
-        let mut requests: Option<[f64; 2]> = None;
-        let counts_requests = self.policy.counts_requests();
-        for ((m, judge), res) in self
-            .policy
-            .metrics
-            .iter()
-            .zip(self.judges.iter_mut())
-            .zip(fetches)
-        {
-            let last_stats = || {
-                self.last
-                    .iter()
-                    .find(|r| r.metric == m.name)
-                    .map_or(Stats::None, |r| r.stats.clone())
-            };
-            match res {
-                Ok(f) => {
-                    if requests.is_none() && matches!(m.shape, Shape::Counts | Shape::Histogram) {
-                        let mut sum = [0.0, 0.0];
-                        let mut any = false;
-                        for seg in &f.segments {
-                            if let Some((b, c)) = seg.trials() {
-                                sum[0] += b;
-                                sum[1] += c;
-                                any = true;
-                            }
-                        }
-                        if any {
-                            requests = Some(sum);
-                        }
-                    }
-                    // A `mann-whitney` metric is advisory on its own: the scorecard over all of
-                    // them (below) is what the controller acts on, as in Kayenta.
-                    let scored = matches!(m.judge, JudgeSpec::MannWhitney(_));
-                    if comparative(m) && !judging.comparative {
-                        let why = judging.why.clone().unwrap_or_default();
-                        let reason = format!("not judged this window: {why}");
-                        statuses.push(MetricStatus {
-                            metric: m.name.clone(),
-                            outcome: Some(Outcome::Inconclusive),
-                            reason: reason.clone(),
-                            dry_run: m.dry_run || scored,
-                            comparative: true,
-                        });
-                        records.push(MetricRecord {
-                            metric: m.name.clone(),
-                            judge: m.judge.name(),
-                            outcome: Some(Outcome::Inconclusive),
-                            reason,
-                            stats: last_stats(),
-                            dry_run: m.dry_run,
-                            queries: f.queries,
-                            error: None,
-                        });
-                        continue;
-                    }
-                    let mut verdict = None;
+        judge_window(
+            self.policy,
+            &mut self.judges,
+            &self.last,
+            window,
+            fetches,
+            judging,
+        )
+    }
+}
+
+/// Feeds `policy`'s judges the fetched window, comparative ones only when `judging` admits
+/// it, and builds the tick's statuses and records (`last`: the previous tick's records, whose
+/// numbers a metric not judged or not fetched keeps showing). The runner's tick, and a
+/// backtest's.
+#[must_use]
+pub fn judge_window(
+    policy: &Policy,
+    judges: &mut [MetricJudge],
+    last: &[MetricRecord],
+    window: &Window,
+    fetches: Vec<Result<Fetched, MetricsError>>,
+    judging: &Judging,
+) -> Analysed {
+    let mut statuses = Vec::new();
+    let mut records = Vec::new();
+    let mut requests: Option<[f64; 2]> = None;
+    let counts_requests = policy.counts_requests();
+    for ((m, judge), res) in policy.metrics.iter().zip(judges.iter_mut()).zip(fetches) {
+        let last_stats = || {
+            last.iter()
+                .find(|r| r.metric == m.name)
+                .map_or(Stats::None, |r| r.stats.clone())
+        };
+        match res {
+            Ok(f) => {
+                if requests.is_none() && matches!(m.shape, Shape::Counts | Shape::Histogram) {
+                    let mut sum = [0.0, 0.0];
+                    let mut any = false;
                     for seg in &f.segments {
-                        verdict = Some(judge.observe(&m.name, seg));
+                        if let Some((b, c)) = seg.trials() {
+                            sum[0] += b;
+                            sum[1] += c;
+                            any = true;
+                        }
                     }
-                    let v = verdict.unwrap_or_else(|| {
-                        judge.observe(
-                            &m.name,
-                            &Segment {
-                                share: window.weight.fraction(),
-                                baseline: Observation::Missing,
-                                canary: Observation::Missing,
-                            },
-                        )
-                    });
-                    statuses.push(MetricStatus {
-                        metric: m.name.clone(),
-                        outcome: Some(v.outcome),
-                        reason: v.reason.clone(),
-                        dry_run: m.dry_run || scored,
-                        comparative: comparative(m),
-                    });
-                    records.push(MetricRecord {
-                        metric: m.name.clone(),
-                        judge: v.judge,
-                        outcome: Some(v.outcome),
-                        reason: v.reason,
-                        stats: v.stats,
-                        dry_run: m.dry_run,
-                        queries: f.queries,
-                        error: None,
-                    });
+                    if any {
+                        requests = Some(sum);
+                    }
                 }
-                Err(e) => {
+                // A `mann-whitney` metric is advisory on its own: the scorecard over all of
+                // them (below) is what the controller acts on, as in Kayenta.
+                let scored = matches!(m.judge, JudgeSpec::MannWhitney(_));
+                if comparative(m) && !judging.comparative {
+                    let why = judging.why.clone().unwrap_or_default();
+                    let reason = format!("not judged this window: {why}");
                     statuses.push(MetricStatus {
                         metric: m.name.clone(),
-                        outcome: None,
-                        reason: e.to_string(),
-                        dry_run: m.dry_run,
-                        comparative: comparative(m),
+                        outcome: Some(Outcome::Inconclusive),
+                        reason: reason.clone(),
+                        dry_run: m.dry_run || scored,
+                        comparative: true,
                     });
-                    // Keep the last numbers visible while the source is failing.
                     records.push(MetricRecord {
                         metric: m.name.clone(),
                         judge: m.judge.name(),
-                        outcome: None,
-                        reason: e.to_string(),
+                        outcome: Some(Outcome::Inconclusive),
+                        reason,
                         stats: last_stats(),
                         dry_run: m.dry_run,
-                        queries: Vec::new(),
-                        error: Some(format!("{}: {e}", e.kind())),
+                        error: None,
+                        // Recorded all the same: replay needs them for the baseline's
+                        // health, which decides whether a window is judged.
+                        observed: SegmentRecord::all(&f.segments),
+                        queries: f.queries,
                     });
+                    continue;
                 }
+                let mut verdict = None;
+                for seg in &f.segments {
+                    verdict = Some(judge.observe(&m.name, seg));
+                }
+                let v = verdict.unwrap_or_else(|| {
+                    judge.observe(
+                        &m.name,
+                        &Segment {
+                            share: window.weight.fraction(),
+                            baseline: Observation::Missing,
+                            canary: Observation::Missing,
+                        },
+                    )
+                });
+                statuses.push(MetricStatus {
+                    metric: m.name.clone(),
+                    outcome: Some(v.outcome),
+                    reason: v.reason.clone(),
+                    dry_run: m.dry_run || scored,
+                    comparative: comparative(m),
+                });
+                records.push(MetricRecord {
+                    metric: m.name.clone(),
+                    judge: v.judge,
+                    outcome: Some(v.outcome),
+                    reason: v.reason,
+                    stats: v.stats,
+                    dry_run: m.dry_run,
+                    observed: SegmentRecord::all(&f.segments),
+                    queries: f.queries,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                statuses.push(MetricStatus {
+                    metric: m.name.clone(),
+                    outcome: None,
+                    reason: e.to_string(),
+                    dry_run: m.dry_run,
+                    comparative: comparative(m),
+                });
+                // Keep the last numbers visible while the source is failing.
+                records.push(MetricRecord {
+                    metric: m.name.clone(),
+                    judge: m.judge.name(),
+                    outcome: None,
+                    reason: e.to_string(),
+                    stats: last_stats(),
+                    dry_run: m.dry_run,
+                    queries: Vec::new(),
+                    error: Some(format!("{}: {e}", e.kind())),
+                    observed: Vec::new(),
+                });
             }
         }
-        if let Some(scoring) = &self.policy.scoring {
-            let v = if judging.comparative {
-                let scored: Vec<_> = self
-                    .policy
-                    .metrics
-                    .iter()
-                    .zip(&self.judges)
-                    .filter(|(m, _)| !m.dry_run)
-                    .filter_map(|(m, j)| j.scored(&m.name, scoring.min_points))
-                    .collect();
-                Some(score_verdict(&scored, scoring))
-            } else {
-                None
-            };
-            let (outcome, reason, judge, stats) = match v {
-                Some(v) => (v.outcome, v.reason, v.judge, v.stats),
-                None => (
-                    Outcome::Inconclusive,
-                    format!(
-                        "not judged this window: {}",
-                        judging.why.clone().unwrap_or_default()
-                    ),
-                    "mann-whitney",
-                    Stats::None,
-                ),
-            };
-            statuses.push(MetricStatus {
-                metric: "score".to_string(),
-                outcome: Some(outcome),
-                reason: reason.clone(),
-                dry_run: false,
-                comparative: true,
-            });
-            records.push(MetricRecord {
-                metric: "score".to_string(),
-                judge,
-                outcome: Some(outcome),
-                reason,
-                stats,
-                dry_run: false,
-                queries: Vec::new(),
-                error: None,
-            });
-        }
-        // `None` only when no metric of the policy counts requests: then `min_requests`
-        // cannot apply. A counting metric without counts this window counts zero.
-        let requests = if counts_requests {
-            Some(requests.unwrap_or([0.0, 0.0]))
+    }
+    if let Some(scoring) = &policy.scoring {
+        let v = if judging.comparative {
+            let scored: Vec<_> = policy
+                .metrics
+                .iter()
+                .zip(judges.iter())
+                .filter(|(m, _)| !m.dry_run)
+                .filter_map(|(m, j)| j.scored(&m.name, scoring.min_points))
+                .collect();
+            Some(score_verdict(&scored, scoring))
         } else {
             None
         };
-        Analysed {
-            statuses,
-            records,
-            requests,
-        }
+        let (outcome, reason, judge, stats) = match v {
+            Some(v) => (v.outcome, v.reason, v.judge, v.stats),
+            None => (
+                Outcome::Inconclusive,
+                format!(
+                    "not judged this window: {}",
+                    judging.why.clone().unwrap_or_default()
+                ),
+                "mann-whitney",
+                Stats::None,
+            ),
+        };
+        statuses.push(MetricStatus {
+            metric: "score".to_string(),
+            outcome: Some(outcome),
+            reason: reason.clone(),
+            dry_run: false,
+            comparative: true,
+        });
+        records.push(MetricRecord {
+            metric: "score".to_string(),
+            judge,
+            outcome: Some(outcome),
+            reason,
+            stats,
+            dry_run: false,
+            queries: Vec::new(),
+            error: None,
+            observed: Vec::new(),
+        });
+    }
+    // `None` only when no metric of the policy counts requests: then `min_requests`
+    // cannot apply. A counting metric without counts this window counts zero.
+    let requests = if counts_requests {
+        Some(requests.unwrap_or([0.0, 0.0]))
+    } else {
+        None
+    };
+    Analysed {
+        statuses,
+        records,
+        requests,
     }
 }
 
@@ -1490,9 +1517,14 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         if Instant::now() < l.next_tick {
             return;
         }
-        let (step_before, step_requests_before, applied) = match &*phase {
-            Phase::Progressing(p) => (p.step, p.requests, p.weight),
-            Phase::Paused(z) => (z.progress.step, z.progress.requests, z.progress.weight),
+        let (step_before, step_requests_before, applied, step_since) = match &*phase {
+            Phase::Progressing(p) => (p.step, p.requests, p.weight, Some(p.since)),
+            Phase::Paused(z) => (
+                z.progress.step,
+                z.progress.requests,
+                z.progress.weight,
+                Some(z.progress.since),
+            ),
             // settle() leaves no other phase waiting for a tick.
             _ => return,
         };
@@ -1585,6 +1617,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 start: rfc3339(window.start),
                 end: rfc3339(window.end),
             }),
+            since_s: step_since.map(|d| d.as_secs_f64()),
             requests: analysed.requests.map(|w| RequestsRecord {
                 window: w,
                 step: step_requests,

@@ -19,6 +19,7 @@ pub mod builtin;
 pub mod haproxy;
 pub mod mock;
 pub mod prometheus;
+pub mod replay;
 
 use crate::policy::SourceConfig;
 use crate::traffic::proxy::ProxyHandle;
@@ -115,6 +116,13 @@ pub enum MetricsError {
         /// What is wrong.
         message: String,
     },
+    /// A fetch error of a recorded rollout, replayed (backtests): the message as the
+    /// controller reported it then.
+    #[error("{message}")]
+    Replayed {
+        /// The error as recorded.
+        message: String,
+    },
     /// The source cannot produce this metric at all (a configuration problem).
     #[error("source `{source_name}` cannot serve metric `{metric}`: {message}")]
     Unsupported {
@@ -148,6 +156,7 @@ impl MetricsError {
             MetricsError::Timeout { .. } => "timeout",
             MetricsError::Setup { .. } => "setup",
             MetricsError::Unsupported { .. } => "unsupported",
+            MetricsError::Replayed { .. } => "replayed",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (house style), one module per area.
 
 mod authoring;
+mod backtest;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +13,7 @@ mod policies;
 mod policy_fixtures;
 mod proxy;
 mod raw_http;
+mod report;
 mod rollout;
 mod schema;
 mod signals;
