@@ -283,7 +283,11 @@ fn killed_rollout(o: &Opts, plan: &[(Target, usize)], rng: &mut Rng) -> Killed {
             continue;
         }
         let (code, summary, err) = finish(child);
-        assert!(code == 0 || code == 1, "run exited {code}: {err}");
+        assert!(
+            code == 0 || code == 1,
+            "run exited {code}: {err}\n{}",
+            lock_diagnostics()
+        );
         let outcome = if summary.is_null() {
             // Ended right after a restart that found it finished.
             assert!(err.contains("already finished"), "{err}");
@@ -434,4 +438,16 @@ fn sigkill_in_every_phase_never_strands_traffic_nor_repeats_a_step() {
     }
     eprintln!("total: {total} kills");
     assert!(total >= 50, "{total} kills");
+}
+
+/// For a restart refused as a second controller: who holds flocks, and which processes run
+/// (the killed controller was waited for, so the holder is what this is meant to find).
+fn lock_diagnostics() -> String {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    format!("/proc/locks:\n{locks}\nprocesses:\n{ps}")
 }
