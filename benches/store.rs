@@ -54,6 +54,7 @@ fn state() -> RolloutState {
         policy: PolicyRef {
             path: Some("checkout.toml".to_string()),
             sha256: policy_sha256(b"name = 'checkout'"),
+            text: None,
         },
         phase: Phase::Progressing(p),
         steps: 3,

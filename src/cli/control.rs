@@ -28,6 +28,11 @@ pub struct StateArgs {
     /// state directory's `token` file).
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The `coalmine serve` daemon the verbs, `apply` and `list` talk to, e.g.
+    /// `http://127.0.0.1:9900` (default: `COALMINE_SERVER`). Without it the verbs find a
+    /// rollout's controller in the store.
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
 }
 
 impl StateArgs {
@@ -41,6 +46,16 @@ impl StateArgs {
     #[must_use]
     pub fn store(&self) -> FileStore {
         FileStore::new(self.dir())
+    }
+
+    /// The daemon to talk to: `--server`, else `COALMINE_SERVER` (without a trailing `/`).
+    #[must_use]
+    pub fn server(&self) -> Option<String> {
+        self.server
+            .clone()
+            .or_else(|| std::env::var("COALMINE_SERVER").ok())
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// Whether a token was configured (environment or file), as opposed to generated.
@@ -205,13 +220,18 @@ fn stored(state: &StateArgs, rollout: &str) -> Result<RolloutState, u8> {
     }
 }
 
-fn control_addr(state: &StateArgs, t: &RolloutArg) -> Result<SocketAddr, u8> {
+/// The base URL of the controller running rollout `t`: `--control-addr`, else the daemon
+/// (`--server`), else the one its record names.
+fn control_url(state: &StateArgs, t: &RolloutArg) -> Result<String, u8> {
     if let Some(a) = t.control_addr {
-        return Ok(a);
+        return Ok(format!("http://{a}"));
+    }
+    if let Some(s) = state.server() {
+        return Ok(s);
     }
     let s = stored(state, &t.rollout)?;
     match s.control {
-        Some(c) if !s.finished() => Ok(c.addr),
+        Some(c) if !s.finished() => Ok(format!("http://{}", c.addr)),
         _ => {
             errln!(
                 "error: rollout `{}` has no running controller (it is {}{})",
@@ -228,106 +248,155 @@ fn control_addr(state: &StateArgs, t: &RolloutArg) -> Result<SocketAddr, u8> {
     }
 }
 
-async fn get_status(addr: SocketAddr) -> Result<serde_json::Value, String> {
+/// GETs `url` as JSON.
+pub(crate) async fn get_json(url: &str) -> Result<serde_json::Value, String> {
     let r = client()?
-        .get(format!("http://{addr}/status"))
+        .get(url)
         .send()
         .await
-        .map_err(|e| format!("control API {addr}: {e}"))?;
-    r.json()
+        .map_err(|e| format!("control API {url}: {e}"))?;
+    let status = r.status();
+    let v: serde_json::Value = r
+        .json()
         .await
-        .map_err(|e| format!("control API {addr}: {e}"))
+        .map_err(|e| format!("control API {url}: {e}"))?;
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "control API {url}: {status}: {}",
+            v["error"].as_str().unwrap_or_default()
+        ))
+    }
 }
 
-/// Sends one lever; prints the answer; returns the exit code.
-async fn post(state: &StateArgs, addr: SocketAddr, path: &str, body: serde_json::Value) -> u8 {
-    let auth = match state.auth(false) {
-        Ok(a) => a,
-        Err(e) => {
-            errln!("error: {e}");
-            return EXIT_INVALID;
-        }
-    };
+/// A running rollout's live state, from the controller at `base`.
+async fn get_status(base: &str, rollout: &str) -> Result<serde_json::Value, String> {
+    get_json(&format!("{base}/rollouts/{rollout}/status")).await
+}
+
+/// POSTs `body` to `url` with the token: the answer's status and text, or an exit code
+/// after a message.
+pub(crate) async fn send(
+    state: &StateArgs,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, String), u8> {
+    let auth = state.auth(false).map_err(|e| {
+        errln!("error: {e}");
+        EXIT_INVALID
+    })?;
     let token = String::from_utf8_lossy(&auth.token).into_owned();
-    let client = match client() {
-        Ok(c) => c,
-        Err(e) => {
-            errln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let res = client
-        .post(format!("http://{addr}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await;
-    match res {
+    let client = client().map_err(|e| {
+        errln!("error: {e}");
+        EXIT_FAILURE
+    })?;
+    match client.post(url).bearer_auth(token).json(body).send().await {
         Ok(r) => {
-            let status = r.status();
-            let text = r.text().await.unwrap_or_default();
-            if status.is_success() {
-                outln!("{text}");
-                EXIT_OK
-            } else {
-                errln!("error: control API {addr}{path}: {status}: {text}");
-                if status == reqwest::StatusCode::UNAUTHORIZED
-                    || status == reqwest::StatusCode::CONFLICT
-                    || status == reqwest::StatusCode::BAD_REQUEST
-                {
-                    EXIT_INVALID
-                } else {
-                    EXIT_FAILURE
-                }
-            }
+            let status = r.status().as_u16();
+            Ok((status, r.text().await.unwrap_or_default()))
         }
         Err(e) => {
-            errln!("error: control API {addr}{path}: {e}");
-            EXIT_FAILURE
+            errln!("error: control API {url}: {e}");
+            Err(EXIT_FAILURE)
         }
     }
 }
 
-/// Runs `coalmine status`.
-pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
-    let records = match &args.rollout {
+/// Sends one lever; prints the answer; returns the exit code.
+async fn post(
+    state: &StateArgs,
+    base: &str,
+    rollout: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> u8 {
+    let url = format!("{base}/rollouts/{rollout}{path}");
+    match send(state, &url, &body).await {
+        Ok((status, text)) if (200..300).contains(&status) => {
+            outln!("{text}");
+            EXIT_OK
+        }
+        Ok((status, text)) => {
+            errln!("error: control API {url}: {status}: {text}");
+            if matches!(status, 400 | 401 | 404 | 409) {
+                EXIT_INVALID
+            } else {
+                EXIT_FAILURE
+            }
+        }
+        Err(code) => code,
+    }
+}
+
+/// Every rollout's view (`status`, `list`): from the daemon (`--server`), else from the
+/// store with each running controller's live state. `Err`: the exit code, after a message.
+pub(crate) async fn views(
+    state: &StateArgs,
+    rollout: Option<&str>,
+    control_addr: Option<SocketAddr>,
+) -> Result<Vec<serde_json::Value>, u8> {
+    if let (Some(server), None) = (state.server(), control_addr) {
+        let url = match rollout {
+            Some(r) => format!("{server}/rollouts/{r}"),
+            None => format!("{server}/rollouts"),
+        };
+        return match get_json(&url).await {
+            Ok(serde_json::Value::Array(v)) => Ok(v),
+            Ok(v) => Ok(vec![v]),
+            Err(e) => {
+                errln!("error: {e}");
+                Err(if e.contains("404") {
+                    EXIT_INVALID
+                } else {
+                    EXIT_FAILURE
+                })
+            }
+        };
+    }
+    let records = match rollout {
         Some(r) => match stored(state, r) {
             Ok(s) => vec![s],
             Err(code) => {
-                if let (Some(addr), EXIT_INVALID) = (args.control_addr, code) {
-                    return match get_status(addr).await {
-                        Ok(v) => {
-                            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                            EXIT_OK
-                        }
+                if let (Some(addr), EXIT_INVALID) = (control_addr, code) {
+                    return match get_status(&format!("http://{addr}"), r).await {
+                        Ok(v) => Ok(vec![v]),
                         Err(e) => {
                             errln!("error: {e}");
-                            EXIT_FAILURE
+                            Err(EXIT_FAILURE)
                         }
                     };
                 }
-                return code;
+                return Err(code);
             }
         },
         None => match state.store().list_blocking() {
             Ok(v) => v,
             Err(e) => {
                 errln!("error: {e}");
-                return EXIT_FAILURE;
+                return Err(EXIT_FAILURE);
             }
         },
     };
     let mut out = Vec::new();
     for s in &records {
-        let addr = args
-            .control_addr
-            .or_else(|| s.control.as_ref().filter(|_| !s.finished()).map(|c| c.addr));
+        let addr =
+            control_addr.or_else(|| s.control.as_ref().filter(|_| !s.finished()).map(|c| c.addr));
         let live = match addr {
-            Some(a) => get_status(a).await.ok(),
+            Some(a) => get_status(&format!("http://{a}"), &s.rollout).await.ok(),
             None => None,
         };
         out.push(view(s, live));
     }
+    Ok(out)
+}
+
+/// Runs `coalmine status`.
+pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
+    let out = match views(state, args.rollout.as_deref(), args.control_addr).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
     if args.json {
         let v = if args.rollout.is_some() {
             out.into_iter().next().unwrap_or_default()
@@ -336,7 +405,10 @@ pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
         };
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else if out.is_empty() {
-        outln!("no rollouts in {}", state.dir().display());
+        match state.server() {
+            Some(s) => outln!("no rollouts in {s}"),
+            None => outln!("no rollouts in {}", state.dir().display()),
+        }
     } else {
         for v in &out {
             outln!("{}", line(v));
@@ -347,7 +419,7 @@ pub(crate) async fn status(state: &StateArgs, args: &StatusArgs) -> u8 {
 
 /// One rollout as `status` shows it: the stored record, with the live controller's view
 /// when one answers.
-fn view(s: &RolloutState, live: Option<serde_json::Value>) -> serde_json::Value {
+pub(crate) fn view(s: &RolloutState, live: Option<serde_json::Value>) -> serde_json::Value {
     let outcome = match &s.phase {
         crate::controller::Phase::RolledBack { reason }
         | crate::controller::Phase::NotStarted { reason } => Some(reason.to_string()),
@@ -362,6 +434,7 @@ fn view(s: &RolloutState, live: Option<serde_json::Value>) -> serde_json::Value 
         "steps": s.steps,
         "weight": live.as_ref().map_or_else(|| serde_json::json!(s.weight), |l| l["weight"].clone()),
         "finished": s.finished(),
+        "outcome": s.finished().then(|| s.phase.name()),
         "running": live.is_some(),
         "control": s.control.as_ref().filter(|_| !s.finished()).map(|c| c.addr.to_string()),
         "ticks": s.ticks,
@@ -405,13 +478,14 @@ fn line(v: &serde_json::Value) -> String {
 
 /// Runs `coalmine promote`.
 pub(crate) async fn promote(state: &StateArgs, args: &PromoteArgs) -> u8 {
-    let addr = match control_addr(state, &args.target) {
+    let base = match control_url(state, &args.target) {
         Ok(a) => a,
         Err(code) => return code,
     };
+    let name = &args.target.rollout;
     let step = match args.step {
         Some(s) => s,
-        None => match get_status(addr).await {
+        None => match get_status(&base, name).await {
             Ok(v) => match v["step"].as_u64() {
                 Some(s) => s as usize,
                 None => {
@@ -430,18 +504,19 @@ pub(crate) async fn promote(state: &StateArgs, args: &PromoteArgs) -> u8 {
         },
     };
     let body = serde_json::json!({ "step": step, "full": args.full, "reason": args.reason });
-    post(state, addr, "/promote", body).await
+    post(state, &base, name, "/promote", body).await
 }
 
 /// Runs `coalmine abort`, `pause` or `resume` (`path` is the endpoint).
 pub(crate) async fn lever(state: &StateArgs, args: &LeverArgs, path: &str) -> u8 {
-    let addr = match control_addr(state, &args.target) {
+    let base = match control_url(state, &args.target) {
         Ok(a) => a,
         Err(code) => return code,
     };
     post(
         state,
-        addr,
+        &base,
+        &args.target.rollout,
         path,
         serde_json::json!({ "reason": args.reason }),
     )

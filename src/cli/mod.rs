@@ -43,6 +43,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schema;
+pub mod serve;
 pub mod signals;
 pub mod status;
 pub mod validate;
@@ -90,6 +91,17 @@ pub enum Command {
     /// Run one rollout of a policy in the foreground. Before any traffic moves it checks
     /// that the provider and the metrics source answer and that the canary is ready.
     Run(run::RunArgs),
+    /// Run many rollouts in one daemon, with one control API for all of them (and
+    /// `/health/live`, `/health/ready`, `/metrics`); it resumes every unfinished rollout in
+    /// its store at start. Submit rollouts with `coalmine apply`.
+    Serve(serve::ServeArgs),
+    /// Validate a policy (every problem as path:line:col, exit 2, nothing sent) and submit
+    /// it to the `coalmine serve` daemon (`--server URL` or `COALMINE_SERVER`), which
+    /// starts the rollout; a rollout of that name still running is refused.
+    Apply(serve::client::ApplyArgs),
+    /// Every rollout with its phase, step, weight and outcome: the daemon's with
+    /// `--server`, else the store's.
+    List(serve::client::ListArgs),
     /// Show rollouts: every one in the store, or one (the running controller's live view
     /// when one answers; a finished rollout shows its outcome).
     Status(control::StatusArgs),
@@ -161,7 +173,13 @@ pub fn run(cli: Cli) -> u8 {
             Command::Demo(a) => demo::main(a).await,
             Command::DemoServices(a) => demo_services::main(a).await,
             Command::Run(a) => run::main(a, &cli.state).await,
-            Command::Retry(a) => Box::pin(run::retry(a, &cli.state)).await,
+            Command::Retry(a) => match cli.state.server() {
+                Some(s) => serve::client::retry(&cli.state, &s, &a.rollout).await,
+                None => Box::pin(run::retry(a, &cli.state)).await,
+            },
+            Command::Serve(a) => Box::pin(serve::main(a, &cli.state)).await,
+            Command::Apply(a) => serve::client::apply(&cli.state, &a).await,
+            Command::List(a) => serve::client::list(&cli.state, &a).await,
             Command::Status(a) => control::status(&cli.state, &a).await,
             Command::Promote(a) => control::promote(&cli.state, &a).await,
             Command::Abort(a) => control::lever(&cli.state, &a, "/abort").await,

@@ -365,6 +365,7 @@ pub(crate) fn prepare(
         policy: PolicyRef {
             path: Some(path.display().to_string()),
             sha256: sha,
+            text: None,
         },
         resume,
         restart,

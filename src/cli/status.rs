@@ -85,7 +85,7 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     /// Whether the request's `Authorization: Bearer` token is this one (constant time).
-    fn admits<B>(&self, req: &Request<B>) -> bool {
+    pub(crate) fn admits<B>(&self, req: &Request<B>) -> bool {
         use subtle::ConstantTimeEq as _;
         let Some(v) = req.headers().get(hyper::header::AUTHORIZATION) else {
             return false;
@@ -215,6 +215,24 @@ impl StatusBoard {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // `/rollouts/NAME/X` is `/X` for this rollout: the verbs name the rollout, so they
+        // talk the same way to one `coalmine run` and to a `coalmine serve` of many.
+        let path = req.uri().path().to_string();
+        let prefix = format!("/rollouts/{}/", self.lock().rollout);
+        let path = match path.strip_prefix(prefix.as_str()) {
+            Some(rest) => format!("/{rest}"),
+            None => path,
+        };
+        self.answer_at(req, &path).await
+    }
+
+    /// Answers `req` as if its path were `path` (the daemon routes `/rollouts/NAME/X` here
+    /// as `/X`).
+    pub(crate) async fn answer_at(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+    ) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, ctype: &'static str, body: String| {
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = status;
@@ -226,7 +244,6 @@ impl StatusBoard {
         };
         let json = "application/json";
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
         if req.method() == Method::POST {
             let mut actor = "local".to_string();
             if let Err(refused) = crate::net::check_control_request(&req) {
@@ -248,14 +265,14 @@ impl StatusBoard {
                 actor.clone_from(&auth.actor);
             }
             return match read_body(req.into_body()).await {
-                Ok(body) => self.lever(&path, body, &actor, &reply),
+                Ok(body) => self.lever(path, body, &actor, &reply),
                 Err(why) => {
                     let body = serde_json::json!({ "error": why }).to_string();
                     reply(StatusCode::BAD_REQUEST, json, body)
                 }
             };
         }
-        match (&method, path.as_str()) {
+        match (&method, path) {
             (&Method::GET, "/health/live") => {
                 reply(StatusCode::OK, json, r#"{"status":"live"}"#.into())
             }
@@ -396,85 +413,120 @@ impl Observer for StatusBoard {
 }
 
 /// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', r"\\")
         .replace('"', "\\\"")
         .replace('\n', r"\n")
 }
 
+/// One gauge family of a rollout's exposition: name, help, and its series (the labels
+/// after `rollout`, the value).
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) series: Vec<(String, f64)>,
+}
+
+/// The gauge families of one rollout: the daemon merges those of all its rollouts, family
+/// by family (a family's HELP and TYPE appear once in an exposition).
+fn families(s: &Snapshot) -> Vec<Family> {
+    let metric = |m: &MetricState| format!(",metric=\"{}\"", label(&m.metric));
+    let fam = |name, help, series| Family { name, help, series };
+    vec![
+        fam(
+            "coalmine_canary_weight_percent",
+            "Canary weight in force, percent.",
+            vec![(String::new(), s.weight.percent())],
+        ),
+        fam(
+            "coalmine_rollout_step",
+            "Current step, 1-based (0 before the first).",
+            vec![(String::new(), s.step.unwrap_or(0) as f64)],
+        ),
+        fam(
+            "coalmine_rollout_phase",
+            "1 for the phase the rollout is in.",
+            vec![(format!(",phase=\"{}\"", s.phase), 1.0)],
+        ),
+        fam(
+            "coalmine_analysis_ticks",
+            "Analysis ticks so far.",
+            vec![(String::new(), s.ticks as f64)],
+        ),
+        fam(
+            "coalmine_metric_outcome",
+            "1 for each metric's current outcome.",
+            s.metrics
+                .iter()
+                .map(|m| {
+                    let o = m.outcome.map_or("error", Outcome::as_str);
+                    (format!("{},outcome=\"{o}\"", metric(m)), 1.0)
+                })
+                .collect(),
+        ),
+        fam(
+            "coalmine_metric_log_evalue",
+            "Natural log of each sequential metric's e-value (it fails at the log threshold).",
+            s.metrics
+                .iter()
+                .filter_map(|m| Some((metric(m), m.log_e?)))
+                .collect(),
+        ),
+        fam(
+            "coalmine_metric_log_threshold",
+            "Natural log of 1/alpha for each sequential metric.",
+            s.metrics
+                .iter()
+                .filter_map(|m| Some((metric(m), m.log_threshold?)))
+                .collect(),
+        ),
+        fam(
+            "coalmine_metric_p_value",
+            "Anytime-valid p-value of each sequential metric.",
+            s.metrics
+                .iter()
+                .filter_map(|m| Some((metric(m), m.p_value?)))
+                .collect(),
+        ),
+    ]
+}
+
+/// Writes the gauge families of many rollouts (`(rollout, its families)`), each family
+/// once with every rollout's series under it.
+pub(crate) fn write_families(out: &mut String, rollouts: &[(String, Vec<Family>)]) {
+    let Some((_, first)) = rollouts.first() else {
+        return;
+    };
+    for (i, f) in first.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", f.name, f.help, f.name);
+        for (rollout, fams) in rollouts {
+            let r = label(rollout);
+            for (labels, v) in &fams[i].series {
+                let _ = writeln!(out, "{}{{rollout=\"{r}\"{labels}}} {v}", f.name);
+            }
+        }
+    }
+}
+
 fn exposition(s: &Snapshot) -> String {
     let mut out = String::new();
-    let r = label(&s.rollout);
-    let mut gauge = |name: &str, help: &str, lines: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, v) in lines {
-            let _ = writeln!(out, "{name}{{rollout=\"{r}\"{labels}}} {v}");
-        }
-    };
-    gauge(
-        "coalmine_canary_weight_percent",
-        "Canary weight in force, percent.",
-        vec![(String::new(), s.weight.percent())],
-    );
-    gauge(
-        "coalmine_rollout_step",
-        "Current step, 1-based (0 before the first).",
-        vec![(String::new(), s.step.unwrap_or(0) as f64)],
-    );
-    gauge(
-        "coalmine_rollout_phase",
-        "1 for the phase the rollout is in.",
-        vec![(format!(",phase=\"{}\"", s.phase), 1.0)],
-    );
-    gauge(
-        "coalmine_analysis_ticks",
-        "Analysis ticks so far.",
-        vec![(String::new(), s.ticks as f64)],
-    );
-    gauge(
-        "coalmine_metric_outcome",
-        "1 for each metric's current outcome.",
-        s.metrics
-            .iter()
-            .map(|m| {
-                let o = m.outcome.map_or("error", Outcome::as_str);
-                (
-                    format!(",metric=\"{}\",outcome=\"{o}\"", label(&m.metric)),
-                    1.0,
-                )
-            })
-            .collect(),
-    );
-    gauge(
-        "coalmine_metric_log_evalue",
-        "Natural log of each sequential metric's e-value (it fails at the log threshold).",
-        s.metrics
-            .iter()
-            .filter_map(|m| Some((format!(",metric=\"{}\"", label(&m.metric)), m.log_e?)))
-            .collect(),
-    );
-    gauge(
-        "coalmine_metric_log_threshold",
-        "Natural log of 1/alpha for each sequential metric.",
-        s.metrics
-            .iter()
-            .filter_map(|m| {
-                Some((
-                    format!(",metric=\"{}\"", label(&m.metric)),
-                    m.log_threshold?,
-                ))
-            })
-            .collect(),
-    );
-    gauge(
-        "coalmine_metric_p_value",
-        "Anytime-valid p-value of each sequential metric.",
-        s.metrics
-            .iter()
-            .filter_map(|m| Some((format!(",metric=\"{}\"", label(&m.metric)), m.p_value?)))
-            .collect(),
-    );
+    write_families(&mut out, &[(s.rollout.clone(), families(s))]);
     out
+}
+
+impl StatusBoard {
+    /// This rollout's gauge families (for the daemon's `/metrics`); `None` before its
+    /// first record.
+    pub(crate) fn families(&self) -> Option<(String, Vec<Family>)> {
+        let s = self.lock();
+        (!s.rollout.is_empty()).then(|| (s.rollout.clone(), families(&s)))
+    }
+
+    /// What `/status` shows, as JSON; `None` before the rollout's first record.
+    pub(crate) fn snapshot(&self) -> Option<serde_json::Value> {
+        let s = self.lock();
+        (!s.rollout.is_empty()).then(|| serde_json::to_value(&*s).unwrap_or_default())
+    }
 }
 
 /// Forwards records to two observers.

@@ -1301,6 +1301,18 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         &self.phase
     }
 
+    /// Writes the rollout's record now, as it stands (the judges' state included), for a
+    /// controller that stops with the rollout unfinished: the next one resumes from here.
+    /// `release` clears the record's control API (no controller runs the rollout any more).
+    pub async fn checkpoint(&mut self, release: bool) {
+        if release && let Some(d) = &mut self.shell.durable {
+            d.control = None;
+        }
+        let last = Some(self.phase.name().to_string());
+        self.shell.persist(&self.phase, &self.l, last).await;
+        self.l.saved = Some(self.phase.clone());
+    }
+
     /// One reconcile step: feeds `wake` to the machine (a tick analyses the window that
     /// ended; an early tick does nothing), persists what it decided, then acts on it until
     /// the rollout waits again or has ended.

@@ -86,6 +86,11 @@ pub struct PolicyRef {
     pub path: Option<String>,
     /// SHA-256 of the file's bytes, lowercase hex.
     pub sha256: String,
+    /// The policy's text, kept by `coalmine serve` (a policy it was sent over the control
+    /// API has no file on its machine): what a restarted daemon, or another replica,
+    /// resumes the rollout with. `None` for `coalmine run`, which reads its file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// The running controller's control API, for the operator's verbs.
@@ -294,6 +299,12 @@ pub trait Store: Send + Sync {
         &self,
         rollout: &str,
     ) -> impl Future<Output = Result<Self::Guard, StoreError>> + Send;
+
+    /// Whether the store can be reached and written now (`coalmine serve`'s
+    /// `/health/ready`); by default always.
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The embedded store: a state directory with `rollouts/NAME.json` and `rollouts/NAME.lock`.
@@ -515,6 +526,26 @@ impl FileStore {
         Ok(out)
     }
 
+    /// Checks that the rollouts directory exists (creating it) and takes a write
+    /// (blocking): a probe file is written, synced and removed.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or written.
+    pub fn ready_blocking(&self) -> Result<(), StoreError> {
+        let dir = self.rollouts();
+        let probe = dir.join(format!(".ready.{}", std::process::id()));
+        let io = |what, source| StoreError::Io {
+            path: probe.clone(),
+            what,
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the directory", e))?;
+        File::create(&probe)
+            .and_then(|mut f| f.write_all(b"ready\n").and_then(|()| f.sync_all()))
+            .map_err(|e| io("writing a probe file", e))?;
+        std::fs::remove_file(&probe).map_err(|e| io("removing a probe file", e))
+    }
+
     /// Takes the rollout's owner lock (blocking, never waits).
     ///
     /// # Errors
@@ -550,6 +581,11 @@ impl Store for FileStore {
         let this = self.clone();
         let rollout = rollout.to_string();
         blocking(move || this.acquire_blocking(&rollout)).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let this = self.clone();
+        blocking(move || this.ready_blocking()).await
     }
 }
 

@@ -16,6 +16,7 @@ mod raw_http;
 mod report;
 mod rollout;
 mod schema;
+mod serve;
 mod signals;
 mod status;
 mod support;

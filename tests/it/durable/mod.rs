@@ -5,5 +5,5 @@
 //! process), and a deterministic fake Prometheus.
 
 mod crash;
-mod rig;
+pub(crate) mod rig;
 mod verbs;
