@@ -853,6 +853,7 @@ const CANARY_BAD_ERRORS: u64 = 30;
 /// 5 s from `base` (Unix seconds). Requests grow every sample, errors every other one, so
 /// each 30 s window on the grid holds exactly the per-window counts above.
 fn history_text(base: u64, bad: bool) -> String {
+    use std::fmt::Write as _;
     let samples = HISTORY_WINDOWS * WINDOW_S / SAMPLE_S;
     let per_sample = |per_window: u64, every: u64| per_window * every * SAMPLE_S / WINDOW_S;
     let mut out = String::from("# TYPE hist_requests counter\n");
@@ -873,12 +874,14 @@ fn history_text(base: u64, bad: bool) -> String {
                 err += e;
                 ok += per_sample(requests, 1) - e;
             }
-            ok_lines.push_str(&format!(
-                "hist_requests_total{{track=\"{track}\",code=\"200\"}} {ok} {t}\n"
-            ));
-            err_lines.push_str(&format!(
-                "hist_requests_total{{track=\"{track}\",code=\"500\"}} {err} {t}\n"
-            ));
+            let _ = writeln!(
+                ok_lines,
+                "hist_requests_total{{track=\"{track}\",code=\"200\"}} {ok} {t}"
+            );
+            let _ = writeln!(
+                err_lines,
+                "hist_requests_total{{track=\"{track}\",code=\"500\"}} {err} {t}"
+            );
         }
         out.push_str(&ok_lines);
         out.push_str(&err_lines);

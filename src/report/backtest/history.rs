@@ -11,7 +11,8 @@
 //! The history's traffic is what it was: the policy's steps cannot move it. Each window's
 //! canary share is fixed (`--share W`), or observed: the canary's part of the requests of
 //! the *earlier* windows (the trials of the policy's first counts or histogram metric), never
-//! the window's own (statistics.md §2.1); windows before enough requests are discarded.
+//! the window's own (statistics.md §2.1); windows with requests before enough of them are
+//! discarded, windows without requests before then hold no data.
 
 use std::time::{Duration, SystemTime};
 
@@ -267,10 +268,16 @@ fn observe_share(
                     s.share = share;
                 }
             }
-        } else {
+        } else if t.requests.is_some_and(|r| r[0] + r[1] > 0.0) {
             t.discard = Some(format!(
                 "canary share not known yet: {total} requests in the windows before, {MIN_OBSERVED_REQUESTS} needed (--share observed), data discarded"
             ));
+        } else {
+            // No requests counted: no data, whatever else the window holds (its share is
+            // unknown), so the policy's no-data rules and deadline apply as in a live run.
+            for segs in w.metrics.values_mut().flatten() {
+                segs.clear();
+            }
         }
         if let Some(r) = t.requests {
             seen[0] += r[0];
@@ -467,6 +474,84 @@ mod tests {
             let e = parse_time(bad, now).unwrap_err();
             assert!(e.contains("is not a time"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn observed_share_comes_from_earlier_windows_and_never_invents_data() {
+        use crate::analysis::{Counts, Observation, Segment};
+        let policy = crate::policy::parse(
+            "name = \"h\"\n[traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\nbaseline = \"http://127.0.0.1:9\"\ncanary = \"http://127.0.0.1:9\"\n[metrics]\ntype = \"prometheus\"\nurl = \"http://127.0.0.1:9\"\n[[metric]]\nname = \"errors\"\nevents = 'e'\ntrials = 't'\n",
+            "h.toml",
+        )
+        .unwrap();
+        let counts = |e: f64, t: f64| {
+            Observation::Counts(Counts {
+                events: e,
+                trials: t,
+            })
+        };
+        let window = |b: f64, c: f64| {
+            let mut w = ReplayWindow::default();
+            let segs = if b + c > 0.0 {
+                vec![Segment {
+                    share: 0.0,
+                    baseline: counts(1.0, b),
+                    canary: counts(1.0, c),
+                }]
+            } else {
+                vec![Segment {
+                    share: 0.0,
+                    baseline: Observation::Missing,
+                    canary: Observation::Missing,
+                }]
+            };
+            w.metrics.insert("errors".to_string(), Ok(segs));
+            w
+        };
+        // No requests, 150 (too few to go by), 90 + 10, then 300 + 100.
+        let mut windows = vec![
+            window(0.0, 0.0),
+            window(140.0, 10.0),
+            window(90.0, 10.0),
+            window(300.0, 100.0),
+        ];
+        let mut ticks: Vec<RecordedTick> = windows
+            .iter()
+            .map(|w| RecordedTick {
+                line: 0,
+                now: Duration::ZERO,
+                since: Duration::ZERO,
+                start: SystemTime::UNIX_EPOCH,
+                end: SystemTime::UNIX_EPOCH,
+                discarded: false,
+                discard: None,
+                state: None,
+                requests: requests(&policy, w),
+                joined: None,
+            })
+            .collect();
+        observe_share(&policy, &mut windows, &mut ticks).unwrap();
+        let segs = |i: usize| windows[i].metrics["errors"].clone().unwrap();
+        // Window 0: no requests, no data (not a discarded window: no-data rules apply).
+        assert!(ticks[0].discard.is_none() && segs(0).is_empty());
+        // Windows 1 and 2: requests, but fewer than 200 before them: discarded.
+        assert!(
+            ticks[1]
+                .discard
+                .as_deref()
+                .unwrap()
+                .contains("0 requests in the windows before")
+        );
+        assert!(
+            ticks[2]
+                .discard
+                .as_deref()
+                .unwrap()
+                .contains("150 requests")
+        );
+        // Window 3: the share of windows 1 and 2 (20 of 250), not its own (100 of 400).
+        assert!(ticks[3].discard.is_none());
+        assert_eq!(segs(3)[0].share, 20.0 / 250.0);
     }
 
     #[test]
