@@ -480,7 +480,7 @@ mod tests {
     fn observed_share_comes_from_earlier_windows_and_never_invents_data() {
         use crate::analysis::{Counts, Observation, Segment};
         let policy = crate::policy::parse(
-            "name = \"h\"\n[traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\nbaseline = \"http://127.0.0.1:9\"\ncanary = \"http://127.0.0.1:9\"\n[metrics]\ntype = \"prometheus\"\nurl = \"http://127.0.0.1:9\"\n[[metric]]\nname = \"errors\"\nevents = 'e'\ntrials = 't'\n",
+            "name = \"h\"\n[traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\nbaseline = \"http://127.0.0.1:9\"\ncanary = \"http://127.0.0.1:9\"\n[metrics]\ntype = \"prometheus\"\nurl = \"http://127.0.0.1:9\"\n[[metric]]\nname = \"errors\"\nevents = 'e{{arm}}'\ntrials = 't{{arm}}'\n",
             "h.toml",
         )
         .unwrap();
