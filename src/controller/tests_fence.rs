@@ -117,8 +117,22 @@ async fn ticks<T, M, S>(
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failed_fence_check_stops_the_rollout_before_the_provider_is_called() {
+/// What a rollout did once its store started refusing.
+struct Stopped {
+    /// Weights applied before, and by the end.
+    before: Vec<crate::model::Weight>,
+    after: Vec<crate::model::Weight>,
+    /// Fence checks before the store refused.
+    fences_before: usize,
+    /// Fence checks made by five more wake-ups after the rollout stopped.
+    fences_later: usize,
+    why: Option<String>,
+    finished: bool,
+}
+
+/// Starts a rollout, lets `depose` make its store refuse (as when another replica took
+/// over), drives it until it notices, then wakes it five more times.
+async fn deposed_by(depose: impl FnOnce(&Deposable)) -> Stopped {
     let policy = policy_with(TIMING, ERRORS);
     let store = Deposable::default();
     let traffic = MockTrafficProvider::new();
@@ -134,68 +148,65 @@ async fn a_failed_fence_check_stops_the_rollout_before_the_provider_is_called() 
     )
     .await
     .unwrap();
-    // Every traffic change so far passed the fence first.
-    let calls = traffic.calls().len();
-    assert_eq!(calls, 1, "the first step's weight");
-    assert_eq!(store.fences.load(Ordering::SeqCst), 1);
-
-    // Another replica took over: the next step's change must not happen.
-    store.fence_fails.store(true, Ordering::SeqCst);
+    let before = traffic.calls();
+    let fences_before = store.fences.load(Ordering::SeqCst);
+    depose(&store);
     ticks(&mut r, 200, |r| r.deposed().is_some()).await;
-    assert!(
-        r.deposed()
-            .is_some_and(|w| w.contains("leader key is gone")),
-        "{:?}",
-        r.deposed()
-    );
-    assert_eq!(
-        traffic.calls().len(),
-        calls,
-        "no weight applied after the fence failed"
-    );
-    assert!(
-        !r.finished(),
-        "a deposed rollout is not finished: its new owner continues it"
-    );
-    // Further wake-ups do nothing, not even a rollback.
     let fences = store.fences.load(Ordering::SeqCst);
     for _ in 0..5 {
         tokio::time::advance(Duration::from_secs(60)).await;
         r.reconcile(Wake::Tick).await;
     }
-    assert_eq!(traffic.calls().len(), calls);
-    assert_eq!(store.fences.load(Ordering::SeqCst), fences);
+    Stopped {
+        before,
+        after: traffic.calls(),
+        fences_before,
+        fences_later: store.fences.load(Ordering::SeqCst) - fences,
+        why: r.deposed().map(str::to_string),
+        finished: r.finished(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_fence_check_stops_the_rollout_before_the_provider_is_called() {
+    let s = deposed_by(|d| d.fence_fails.store(true, Ordering::SeqCst)).await;
+    // The first step's weight passed the fence first.
+    assert_eq!(s.before.len(), 1, "the first step's weight");
+    assert_eq!(s.fences_before, 1);
+    assert!(
+        s.why
+            .as_deref()
+            .is_some_and(|w| w.contains("leader key is gone")),
+        "{:?}",
+        s.why
+    );
+    assert_eq!(
+        s.after, s.before,
+        "no weight applied after the fence failed"
+    );
+    assert!(
+        !s.finished,
+        "a deposed rollout is not finished: its new owner continues it"
+    );
+    assert_eq!(
+        s.fences_later, 0,
+        "later wake-ups do nothing, not even a rollback"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_record_write_stops_the_rollout_without_rolling_back() {
-    let policy = policy_with(TIMING, ERRORS);
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let source = healthy();
-    let mut q = Quiet;
-    let mut r = Reconciler::start(
-        &policy,
-        &traffic,
-        &source,
-        Some(durable(&store)),
-        RunOptions::default(),
-        &mut q,
-    )
-    .await
-    .unwrap();
-    let calls = traffic.calls();
-    // The store refuses the next record (another replica leads): the embedded store's
-    // answer to an unwritable record, a rollback, would move traffic; a fenced one must not.
-    store.save_fails.store(true, Ordering::SeqCst);
-    ticks(&mut r, 200, |r| r.deposed().is_some()).await;
-    assert!(r.deposed().is_some_and(|w| w.contains("held by b")));
-    assert_eq!(
-        traffic.calls(),
-        calls,
-        "nothing applied, no rollback either"
+    // The embedded store's answer to an unwritable record, a rollback, would move
+    // traffic; a fenced one must not.
+    let s = deposed_by(|d| d.save_fails.store(true, Ordering::SeqCst)).await;
+    assert!(
+        s.why.as_deref().is_some_and(|w| w.contains("held by b")),
+        "{:?}",
+        s.why
     );
-    assert!(!r.finished());
+    assert_eq!(s.after, s.before, "nothing applied, no rollback either");
+    assert!(!s.finished);
+    assert_eq!(s.fences_later, 0);
 }
 
 #[tokio::test(start_paused = true)]
