@@ -828,3 +828,319 @@ fn prometheus_down_at_start_moves_no_traffic() {
     assert!(!log.contains("weight-applied"), "{log}");
     assert!(log.contains("\"event\":\"not-started\""), "{log}");
 }
+
+// ---- Backtests on Prometheus's history -------------------------------------------------
+//
+// The history is written beforehand, with timestamps a few hours in the past, as OpenMetrics
+// text turned into TSDB blocks by `promtool tsdb create-blocks-from openmetrics`; Prometheus
+// then serves it from its data directory without scraping anything. No waiting in real
+// time: 40 minutes of history are backtested in a second or two.
+
+/// Seconds between samples of the written history.
+const SAMPLE_S: u64 = 5;
+/// The policy's analysis_interval.
+const WINDOW_S: u64 = 30;
+/// Windows in the history.
+const HISTORY_WINDOWS: u64 = 80;
+/// The bad canary's errors go up 5× from this window on (0-based).
+const REGRESSION_WINDOW: u64 = 20;
+/// Per window: baseline requests and errors, canary requests and errors (good and bad).
+const BASELINE: [u64; 2] = [5400, 54];
+const CANARY: [u64; 2] = [600, 6];
+const CANARY_BAD_ERRORS: u64 = 30;
+
+/// The history as OpenMetrics text: `hist_requests_total{track, code}` counters sampled every
+/// 5 s from `base` (Unix seconds). Requests grow every sample, errors every other one, so
+/// each 30 s window on the grid holds exactly the per-window counts above.
+fn history_text(base: u64, bad: bool) -> String {
+    use std::fmt::Write as _;
+    let samples = HISTORY_WINDOWS * WINDOW_S / SAMPLE_S;
+    let per_sample = |per_window: u64, every: u64| per_window * every * SAMPLE_S / WINDOW_S;
+    let mut out = String::from("# TYPE hist_requests counter\n");
+    for (track, [requests, errors]) in [("baseline", BASELINE), ("canary", CANARY)] {
+        let (mut ok, mut err) = (0u64, 0u64);
+        let mut ok_lines = String::new();
+        let mut err_lines = String::new();
+        for i in 0..=samples {
+            let t = base + i * SAMPLE_S;
+            if i > 0 {
+                let window = (i - 1) * SAMPLE_S / WINDOW_S;
+                let errs = if bad && track == "canary" && window >= REGRESSION_WINDOW {
+                    CANARY_BAD_ERRORS
+                } else {
+                    errors
+                };
+                let e = if i % 2 == 0 { per_sample(errs, 2) } else { 0 };
+                err += e;
+                ok += per_sample(requests, 1) - e;
+            }
+            let _ = writeln!(
+                ok_lines,
+                "hist_requests_total{{track=\"{track}\",code=\"200\"}} {ok} {t}"
+            );
+            let _ = writeln!(
+                err_lines,
+                "hist_requests_total{{track=\"{track}\",code=\"500\"}} {err} {t}"
+            );
+        }
+        out.push_str(&ok_lines);
+        out.push_str(&err_lines);
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Prometheus serving the written history (no scraping).
+fn history_prometheus(bin: PathBuf, text: &str) -> Prometheus {
+    let mut p = Prometheus::new(bin, &[]);
+    let d = p.dir.path().to_path_buf();
+    std::fs::write(
+        d.join("prometheus.yml"),
+        "global:\n  scrape_interval: 15s\n",
+    )
+    .expect("write prometheus.yml");
+    std::fs::write(d.join("history.om"), text).expect("write history");
+    let promtool = require_tool("promtool", "prometheus").expect("promtool comes with prometheus");
+    let out = Command::new(promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(d.join("history.om"))
+        .arg(d.join("data"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.spawn();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some((200, _)) = http_get(p.addr, "/-/ready") {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(d.join("prometheus.log")).unwrap_or_default();
+    panic!("prometheus on {} is not ready; log:\n{log}", p.addr);
+}
+
+const HISTORY_POLICY: &str = r#"name = "history"
+alpha = 0.01
+
+[rollout]
+steps = [10, 50, 100]
+step_duration = "10m"
+analysis_interval = "30s"
+min_requests = 1000
+deadline = "1h"
+
+[traffic]
+type = "proxy"
+listen = "127.0.0.1:0"
+baseline = "http://127.0.0.1:9"
+canary = "http://127.0.0.1:9"
+
+[metrics]
+type = "prometheus"
+url = "http://127.0.0.1:9"
+
+[[metric]]
+name = "errors"
+events = 'sum(increase(hist_requests_total{track="{{arm}}",code="500"}[{{window}}]))'
+trials = 'sum(increase(hist_requests_total{track="{{arm}}"}[{{window}}]))'
+"#;
+
+/// The tick (1-based) at which the policy's error judge first fails on the written counts,
+/// worked out here from the judge alone: the backtest must roll back exactly there.
+fn predicted_failure() -> Option<u64> {
+    use coalmine::analysis::{Counts, MetricJudge, Observation, Outcome, Segment};
+    let policy = coalmine::policy::parse(HISTORY_POLICY, "history.toml").expect("valid policy");
+    let mut judge = MetricJudge::new(&policy.metrics[0].judge);
+    let counts = |[trials, events]: [u64; 2]| {
+        Observation::Counts(Counts {
+            events: events as f64,
+            trials: trials as f64,
+        })
+    };
+    (0..HISTORY_WINDOWS).find_map(|k| {
+        let canary = if k >= REGRESSION_WINDOW {
+            [CANARY[0], CANARY_BAD_ERRORS]
+        } else {
+            CANARY
+        };
+        let v = judge.observe(
+            "errors",
+            &Segment {
+                share: 0.1,
+                baseline: counts(BASELINE),
+                canary: counts(canary),
+            },
+        );
+        (v.outcome == Outcome::Fail).then_some(k + 1)
+    })
+}
+
+/// `coalmine backtest --prometheus` over the whole history: (exit code, JSON or stderr).
+fn backtest_history(prom: &Prometheus, policy: &Path, base: u64, share: &str) -> (i32, Value) {
+    let rfc = |t: u64| {
+        humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t)).to_string()
+    };
+    let out = Command::new(BIN)
+        .args(["backtest"])
+        .arg(policy)
+        .args(["--prometheus", &prom.url()])
+        .args(["--from", &rfc(base)])
+        .args(["--to", &rfc(base + HISTORY_WINDOWS * WINDOW_S)])
+        .args(["--share", share, "--json"])
+        .output()
+        .expect("run coalmine");
+    let code = out.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        Value::String(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    });
+    (code, v)
+}
+
+/// The counts the judges were given at a tick: `[[baseline events, trials], [canary ...]]`
+/// and the share.
+fn seen(tick: &Value) -> ([[f64; 2]; 2], f64) {
+    let seg = &tick["data"]["errors"]["observed"][0];
+    let arm = |a: &str| {
+        let c = &seg[a]["counts"];
+        [c[0].as_f64().unwrap(), c[1].as_f64().unwrap()]
+    };
+    (
+        [arm("baseline"), arm("canary")],
+        seg["share"].as_f64().unwrap(),
+    )
+}
+
+/// History starting a few hours ago, on the window grid.
+fn history_base() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (now - 4 * 3600) / WINDOW_S * WINDOW_S
+}
+
+#[test]
+fn backtest_on_history_rolls_back_a_5x_error_regression_at_the_predicted_tick() {
+    let Some(bin) = require_tool("prometheus", "prometheus") else {
+        return;
+    };
+    let base = history_base();
+    let prom = history_prometheus(bin, &history_text(base, true));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("history.toml");
+    std::fs::write(&policy, HISTORY_POLICY).expect("write policy");
+    let (code, b) = backtest_history(&prom, &policy, base, "10");
+    assert_eq!(code, 0, "{b}");
+    let ticks = b["ticks"].as_array().unwrap();
+    let sim = &b["simulated"];
+    assert_eq!(sim["outcome"], "rolled-back", "{sim:#}");
+    let decided = sim["decided_tick"].as_u64().unwrap();
+    let predicted = predicted_failure().expect("the judge fails on the written counts");
+    assert!(
+        predicted > REGRESSION_WINDOW && predicted <= REGRESSION_WINDOW + 5,
+        "predicted {predicted}"
+    );
+    assert_eq!(decided, predicted, "{sim:#}");
+    assert_eq!(
+        sim["seconds"].as_f64().unwrap(),
+        (decided * WINDOW_S) as f64
+    );
+    assert_eq!(
+        sim["requests"],
+        serde_json::json!([(BASELINE[0] * decided) as f64, (CANARY[0] * decided) as f64])
+    );
+    // The judges saw exactly the differences written, window by window, at the given share.
+    for t in &ticks[..decided as usize] {
+        let k = t["tick"].as_u64().unwrap() - 1;
+        let canary_errors = if k >= REGRESSION_WINDOW {
+            CANARY_BAD_ERRORS
+        } else {
+            CANARY[1]
+        };
+        let want = [
+            [BASELINE[1] as f64, BASELINE[0] as f64],
+            [canary_errors as f64, CANARY[0] as f64],
+        ];
+        assert_eq!(seen(t), (want, 0.1), "tick {}", k + 1);
+    }
+    // Nothing is simulated after the decision.
+    assert!(
+        ticks[decided as usize..]
+            .iter()
+            .all(|t| t["simulated"].is_null())
+    );
+    assert!(b.get("recorded").is_none());
+
+    // The text form says the same.
+    let rfc = |t: u64| {
+        humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t)).to_string()
+    };
+    let out = Command::new(BIN)
+        .arg("backtest")
+        .arg(&policy)
+        .args(["--prometheus", &prom.url(), "--from", &rfc(base)])
+        .args([
+            "--to",
+            &rfc(base + HISTORY_WINDOWS * WINDOW_S),
+            "--share",
+            "10%",
+        ])
+        .output()
+        .expect("run coalmine");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("rolled-back"), "{text}");
+    assert!(text.contains(&format!("tick {decided}, after")), "{text}");
+}
+
+#[test]
+fn backtest_on_history_promotes_an_identical_canary_with_fixed_or_observed_share() {
+    let Some(bin) = require_tool("prometheus", "prometheus") else {
+        return;
+    };
+    let base = history_base();
+    let prom = history_prometheus(bin, &history_text(base, false));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("history.toml");
+    std::fs::write(&policy, HISTORY_POLICY).expect("write policy");
+    for share in ["10", "observed"] {
+        let (code, b) = backtest_history(&prom, &policy, base, share);
+        assert_eq!(code, 0, "{b}");
+        let sim = &b["simulated"];
+        assert_eq!(sim["outcome"], "promoted", "--share {share}: {sim:#}");
+        // Two steps of 10 minutes: promoted no sooner than 20 minutes in.
+        let decided = sim["decided_tick"].as_u64().unwrap();
+        assert!(decided * WINDOW_S >= 1200, "decided at tick {decided}");
+        let ticks = b["ticks"].as_array().unwrap();
+        let want = [
+            [BASELINE[1] as f64, BASELINE[0] as f64],
+            [CANARY[1] as f64, CANARY[0] as f64],
+        ];
+        for t in &ticks[..decided as usize] {
+            assert_eq!(seen(t).0, want, "--share {share}, tick {}", t["tick"]);
+        }
+        if share == "observed" {
+            // The first window has no earlier requests to take the share from: discarded.
+            let first = &ticks[0]["simulated"];
+            assert!(
+                first["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("share not known yet"),
+                "{first:#}"
+            );
+            assert!(first["metrics"].as_array().unwrap().is_empty(), "{first:#}");
+            // Then 600 of 6000 requests: exactly 10 %.
+            assert_eq!(seen(&ticks[1]).1, 0.1);
+        } else {
+            assert_eq!(seen(&ticks[0]).1, 0.1);
+        }
+    }
+}

@@ -117,7 +117,8 @@ pub enum Command {
     /// scripts), or as a Markdown summary with `--format md`.
     Report(report::ReportArgs),
     /// Replay a recorded rollout's windows (a decision log) through a policy on a simulated
-    /// clock: what it would have decided, and when, beside what really happened.
+    /// clock: what it would have decided, and when, beside what really happened; or run the
+    /// policy's PromQL against Prometheus's history (`--prometheus URL --from --to --share`).
     Backtest(backtest::BacktestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(completions::CompletionsArgs),

@@ -3,6 +3,13 @@
 //! A decision log whose ticks carry their observations ([`crate::controller::record`]) is a
 //! complete recording: window `i` of a replay returns, for each metric, exactly the segments
 //! the controller fetched at the recording's `i`-th tick, or the error that fetch failed with.
+//!
+//! This is what `coalmine backtest` feeds the judges from ([`crate::report::backtest`]):
+//! windows from a decision log, joined windows of one, or windows fetched beforehand from
+//! Prometheus's history. It is not a `[metrics] type` of its own: `coalmine run` would
+//! replay on the wall clock against a fake provider, while a backtest runs the same state
+//! machine and judging ([`crate::controller::runner::judge_window`]) on the recording's
+//! clock in no time, and sets the outcome beside the recorded one.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +47,12 @@ impl ReplaySource {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()
+    }
+
+    /// Window `seq`, if the recording has it.
+    #[must_use]
+    pub fn window(&self, seq: usize) -> Option<&ReplayWindow> {
+        self.windows.get(seq)
     }
 
     /// The names of the metrics recorded in any window, in order of first appearance.

@@ -8,12 +8,20 @@
 //! comes into force at once. So a recording replayed through its own policy reproduces every
 //! recorded decision: same tick, same outcome, same e-values.
 //!
+//! A policy whose `analysis_interval` is a whole multiple of the recording's joins that many
+//! consecutive recorded windows into one of its own ([`regroup`]); [`history`] builds the
+//! windows from Prometheus's history instead of a decision log.
+//!
 //! What a backtest cannot know: traffic the policy under test would have moved differently.
 //! Each window keeps the canary share that was in force when it was recorded (the judges use
 //! it, so the statistics stay right), but a policy that would have advanced earlier would
 //! have sent the canary more requests than the recording holds. Operator actions and manual
 //! gates are not replayed, and there is no provider to read the weight in force back from.
 
+pub mod history;
+pub mod regroup;
+
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -21,7 +29,7 @@ use serde::Serialize;
 use super::log::{LogRecord, Rollout};
 use crate::analysis::{MetricJudge, Segment, Stats};
 use crate::controller::machine::judging;
-use crate::controller::record::MetricRecord;
+use crate::controller::record::{MetricRecord, SegmentRecord, rfc3339};
 use crate::controller::runner::{Analysed, baseline_errors, judge_window};
 use crate::controller::{Command, Decision, Event, Phase, WindowFacts, step};
 use crate::metrics::Window;
@@ -68,6 +76,28 @@ pub enum BacktestError {
         /// What the recording has.
         recorded: Vec<String>,
     },
+    /// The policy's `analysis_interval` is not a whole multiple of the recording's.
+    #[error(
+        "the policy's analysis_interval ({policy}) is not a whole multiple of the recording's ({recorded}): recorded windows can be joined whole, never split"
+    )]
+    Interval {
+        /// The policy's interval, formatted.
+        policy: String,
+        /// The recording's, formatted.
+        recorded: String,
+    },
+    /// Recorded windows that cannot be joined into one.
+    #[error("{path}:{line}: metric `{metric}`: {message}")]
+    Join {
+        /// The file.
+        path: String,
+        /// The line of the last window of the group.
+        line: usize,
+        /// The metric.
+        metric: String,
+        /// Why.
+        message: String,
+    },
     /// A time in the recording does not parse.
     #[error("{path}:{line}: window time `{value}` is not RFC 3339")]
     Time {
@@ -108,6 +138,26 @@ pub struct TickState {
     pub metrics: Vec<MetricState>,
 }
 
+/// A window's span, RFC 3339.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Span {
+    /// Start.
+    pub start: String,
+    /// End.
+    pub end: String,
+}
+
+/// What the judges were given for one metric in one window: its segments, or the fetch
+/// error.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowData {
+    /// The segments, as in a decision record's `observed`.
+    Observed(Vec<SegmentRecord>),
+    /// The fetch failed with this message.
+    Error(String),
+}
+
 /// One row of the side-by-side comparison.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TickRow {
@@ -115,10 +165,21 @@ pub struct TickRow {
     pub tick: usize,
     /// Seconds since the start.
     pub elapsed_s: f64,
-    /// The recorded tick.
-    pub recorded: TickState,
+    /// The window.
+    pub window: Span,
+    /// The recorded ticks joined into this one (first and last, 1-based), when the
+    /// policy's interval is a multiple of the recording's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_ticks: Option<[usize; 2]>,
+    /// The recorded tick (none for a backtest on Prometheus's history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<TickState>,
     /// The simulated tick (`None` once the simulation has ended).
     pub simulated: Option<TickState>,
+    /// What the judges were given, by metric, when it is not verbatim in a decision log
+    /// (joined windows, Prometheus's history).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, WindowData>,
 }
 
 /// How one side ended.
@@ -132,6 +193,8 @@ pub struct Side {
     pub decided_tick: Option<usize>,
     /// Seconds from the start to the decision.
     pub seconds: Option<f64>,
+    /// The end of the deciding window, RFC 3339.
+    pub decided_at: Option<String>,
     /// Requests `[baseline, canary]` analysed up to the decision (or to the end).
     pub requests: [f64; 2],
     /// Each metric at the decision (or at the end).
@@ -147,12 +210,14 @@ pub struct Backtest {
     pub source: String,
     /// Windows available.
     pub windows: usize,
-    /// What really happened.
-    pub recorded: Side,
+    /// What really happened (none for a backtest on Prometheus's history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<Side>,
     /// What the policy would have decided.
     pub simulated: Side,
-    /// Ticks where the two sides decided differently.
-    pub differing_ticks: usize,
+    /// Ticks where the two sides decided differently (with a recorded side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differing_ticks: Option<usize>,
     /// Tick by tick.
     pub ticks: Vec<TickRow>,
     /// Remarks.
@@ -174,10 +239,14 @@ pub struct RecordedTick {
     pub end: SystemTime,
     /// Nothing was recorded for this window (the recorded warm-up discarded it).
     pub discarded: bool,
-    /// What was decided.
-    pub state: TickState,
+    /// The simulation discards this window's data, for this reason (nothing is judged).
+    pub discard: Option<String>,
+    /// What was decided (none without a recording).
+    pub state: Option<TickState>,
     /// Requests in the window.
     pub requests: Option<[f64; 2]>,
+    /// The recorded ticks joined into this one (1-based), when regrouped.
+    pub joined: Option<[usize; 2]>,
 }
 
 fn log_e(stats: &Stats) -> (Option<f64>, Option<f64>) {
@@ -275,8 +344,10 @@ pub fn recording(r: &Rollout) -> Result<(ReplaySource, Vec<RecordedTick>), Backt
             start: time(&w.start)?,
             end: time(&w.end)?,
             discarded: t.metrics.is_empty(),
-            state: recorded_state(t),
+            discard: None,
+            state: Some(recorded_state(t)),
             requests: t.requests.as_ref().map(|q| q.window),
+            joined: None,
         });
         windows.push(rw);
     }
@@ -380,13 +451,15 @@ impl Sim<'_> {
         let warming = self
             .first_traffic
             .is_some_and(|ft| self.window_start < ft + plan.warmup);
-        let analysed = if warming {
+        let analysed = if warming || t.discard.is_some() {
             let since = t.now.saturating_sub(self.first_traffic.unwrap_or(t.now));
-            facts.discarded = Some(format!(
-                "warming up: {:.0}s of {:.0}s, data discarded",
-                since.as_secs_f64(),
-                plan.warmup.as_secs_f64()
-            ));
+            facts.discarded = Some(t.discard.clone().unwrap_or_else(|| {
+                format!(
+                    "warming up: {:.0}s of {:.0}s, data discarded",
+                    since.as_secs_f64(),
+                    plan.warmup.as_secs_f64()
+                )
+            }));
             facts.baseline_errors = None;
             Analysed {
                 statuses: Vec::new(),
@@ -455,7 +528,7 @@ impl Sim<'_> {
 fn side(
     outcome: &str,
     reason: String,
-    decided: Option<(usize, f64)>,
+    decided: Option<(usize, &RecordedTick)>,
     requests: [f64; 2],
     metrics: Vec<MetricState>,
 ) -> Side {
@@ -463,10 +536,29 @@ fn side(
         outcome: outcome.to_string(),
         reason,
         decided_tick: decided.map(|d| d.0),
-        seconds: decided.map(|d| d.1),
+        seconds: decided.map(|d| d.1.now.as_secs_f64()),
+        decided_at: decided.map(|d| rfc3339(d.1.end)),
         requests,
         metrics,
     }
+}
+
+/// What the judges were given in window `seq`, by metric, for the tick rows.
+fn window_data(policy: &Policy, source: &ReplaySource, seq: usize) -> BTreeMap<String, WindowData> {
+    let Some(w) = source.window(seq) else {
+        return BTreeMap::new();
+    };
+    policy
+        .metrics
+        .iter()
+        .filter_map(|m| {
+            let d = match w.metrics.get(&m.name)? {
+                Ok(segs) => WindowData::Observed(SegmentRecord::all(segs)),
+                Err(e) => WindowData::Error(e.clone()),
+            };
+            Some((m.name.clone(), d))
+        })
+        .collect()
 }
 
 fn decisive(action: &str) -> bool {
@@ -474,12 +566,14 @@ fn decisive(action: &str) -> bool {
 }
 
 /// Runs `policy` over the recorded ticks (hooks, notifications and the decision log of the
-/// policy are not used; nothing outside the process is touched).
+/// policy are not used; nothing outside the process is touched). With `show_data`, each row
+/// carries what the judges were given.
 #[must_use]
 pub fn simulate(
     policy: &Policy,
     source: &ReplaySource,
     recorded: &[RecordedTick],
+    show_data: bool,
 ) -> (Side, Vec<TickRow>) {
     let plan = &policy.rollout;
     let mut sim = Sim {
@@ -520,24 +614,33 @@ pub fn simulate(
                 requests[1] += r[1];
             }
             if decisive(&state.action) {
-                decided = Some((k + 1, t.now.as_secs_f64()));
+                decided = Some((k + 1, t));
             }
             if !state.metrics.is_empty() {
                 last_metrics.clone_from(&state.metrics);
             }
             // A change the recording made at this tick too comes into force when it did.
-            let at = recorded
-                .get(k + 1)
-                .map(|n| n.since)
-                .filter(|s| *s > t.now && state.action == t.state.action);
+            let at = recorded.get(k + 1).map(|n| n.since).filter(|s| {
+                *s > t.now && t.state.as_ref().is_some_and(|r| r.action == state.action)
+            });
             sim.execute(cmds, t.now, at);
             state
         });
         rows.push(TickRow {
             tick: k + 1,
             elapsed_s: t.now.as_secs_f64(),
+            window: Span {
+                start: rfc3339(t.start),
+                end: rfc3339(t.end),
+            },
+            recorded_ticks: t.joined,
             recorded: t.state.clone(),
             simulated,
+            data: if show_data {
+                window_data(policy, source, k)
+            } else {
+                BTreeMap::new()
+            },
         });
     }
     let (outcome, reason) = match &sim.phase {
@@ -548,7 +651,7 @@ pub fn simulate(
         Phase::Failed { reason } => ("failed", reason.clone()),
         _ => (
             "undecided",
-            format!("no decision within the {} recorded windows", recorded.len()),
+            format!("no decision within the {} windows", recorded.len()),
         ),
     };
     (side(outcome, reason, decided, requests, last_metrics), rows)
@@ -558,7 +661,9 @@ pub fn simulate(
 #[must_use]
 pub fn recorded_side(r: &Rollout, ticks: &[RecordedTick]) -> Side {
     let s = super::Summary::of(r);
-    let decided = ticks.iter().position(|t| decisive(&t.state.action));
+    let decided = ticks
+        .iter()
+        .position(|t| t.state.as_ref().is_some_and(|s| decisive(&s.action)));
     let upto = decided.map_or(ticks.len(), |d| d + 1);
     let mut requests = [0.0, 0.0];
     for t in &ticks[..upto] {
@@ -570,8 +675,9 @@ pub fn recorded_side(r: &Rollout, ticks: &[RecordedTick]) -> Side {
     let metrics = ticks[..upto]
         .iter()
         .rev()
-        .find(|t| !t.state.metrics.is_empty())
-        .map(|t| t.state.metrics.clone())
+        .filter_map(|t| t.state.as_ref())
+        .find(|s| !s.metrics.is_empty())
+        .map(|s| s.metrics.clone())
         .unwrap_or_default();
     let outcome = if s.outcome == "unfinished" {
         "undecided"
@@ -581,20 +687,40 @@ pub fn recorded_side(r: &Rollout, ticks: &[RecordedTick]) -> Side {
     side(
         outcome,
         s.reason.clone(),
-        decided.map(|d| (d + 1, ticks[d].now.as_secs_f64())),
+        decided.map(|d| (d + 1, &ticks[d])),
         requests,
         metrics,
     )
 }
 
-/// Backtests `policy` on a recorded rollout.
+/// Ticks where the simulation did something else than the recording (or had ended).
+fn differing(rows: &[TickRow]) -> usize {
+    rows.iter()
+        .filter(|t| match (&t.recorded, &t.simulated) {
+            (Some(r), Some(s)) => s.action != r.action,
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
+        .count()
+}
+
+/// Backtests `policy` on a recorded rollout. A policy whose `analysis_interval` is a whole
+/// multiple of the recording's sees consecutive recorded windows joined ([`regroup`]).
 ///
 /// # Errors
-/// When the rollout is not a recording, or the policy has a metric it did not record.
+/// When the rollout is not a recording, the policy has a metric it did not record, its
+/// interval is not a whole multiple of the recording's, or windows cannot be joined.
 pub fn backtest(policy: &Policy, r: &Rollout) -> Result<Backtest, BacktestError> {
     let (source, ticks) = recording(r)?;
     check_metrics(policy, &source)?;
-    let (simulated, rows) = simulate(policy, &source, &ticks);
+    let path = r.path.display().to_string();
+    let factor = regroup::factor(policy.rollout.analysis_interval, &ticks)?;
+    let (simulated, rows) = if factor > 1 {
+        let (joined, groups) = regroup::regroup(&path, &source, &ticks, factor)?;
+        simulate(policy, &joined, &groups, true)
+    } else {
+        simulate(policy, &source, &ticks, false)
+    };
     let mut notes = Vec::new();
     let discarded = ticks.iter().filter(|t| t.discarded).count();
     if discarded > 0 {
@@ -602,28 +728,23 @@ pub fn backtest(policy: &Policy, r: &Rollout) -> Result<Backtest, BacktestError>
             "{discarded} recorded windows were discarded by the recorded warm-up: they hold no data"
         ));
     }
-    if policy.rollout.analysis_interval.as_secs_f64() > 0.0 {
+    if factor > 1 {
         notes.push(format!(
-            "ticks follow the recording's clock ({} windows); the policy's analysis_interval ({}) is not used",
-            ticks.len(),
-            humantime::format_duration(policy.rollout.analysis_interval)
+            "the policy's analysis_interval ({}) is {factor} recorded windows: each of its ticks judges {factor} consecutive recorded windows joined (counts and buckets added, series concatenated){}",
+            humantime::format_duration(policy.rollout.analysis_interval),
+            match ticks.len() % factor {
+                0 => String::new(),
+                n => format!("; the last {n} recorded windows make no whole window and are left out"),
+            }
         ));
     }
-    let differing_ticks = rows
-        .iter()
-        .filter(|t| {
-            t.simulated
-                .as_ref()
-                .is_none_or(|s| s.action != t.recorded.action)
-        })
-        .count();
     Ok(Backtest {
         policy: policy.name.clone(),
         source: format!("{} ({})", r.path.display(), r.label()),
-        windows: ticks.len(),
-        recorded: recorded_side(r, &ticks),
+        windows: rows.len(),
+        recorded: Some(recorded_side(r, &ticks)),
         simulated,
-        differing_ticks,
+        differing_ticks: Some(differing(&rows)),
         ticks: rows,
         notes,
     })

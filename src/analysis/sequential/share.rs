@@ -21,6 +21,10 @@ pub enum ShareMode {
     Observed,
 }
 
+/// Requests of earlier windows an observed share needs before it replaces the assigned one
+/// (below, the estimate's noise would be worse than the assignment's error).
+pub const MIN_OBSERVED_REQUESTS: f64 = 200.0;
+
 /// Tracks request counts per assigned weight to estimate the observed share.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShareTracker {
@@ -47,7 +51,7 @@ impl ShareTracker {
             (ShareMode::Observed, Some(i)) => {
                 let (_, b, c) = self.seen[i];
                 // A few hundred requests at least, and never 0 or 1 exactly.
-                if b + c >= 200.0 {
+                if b + c >= MIN_OBSERVED_REQUESTS {
                     (c / (b + c)).clamp(1e-4, 1.0 - 1e-4)
                 } else {
                     w
