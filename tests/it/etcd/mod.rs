@@ -540,3 +540,33 @@ async fn without_etcd_nobody_leads_and_a_leader_returns_with_it() {
     s.ticks = 8;
     store.save(&s, rev).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_a_client_certificate() {
+    let Some(etcd) = Etcd::start_tls().await else {
+        return;
+    };
+    assert!(etcd.client().get(b"/x").await.unwrap().is_none());
+    let (_a, store) = joined(&etcd, "a", Duration::from_secs(5), "leader").await;
+    let rev = store.save(&state("web"), 0).await.unwrap();
+    assert_eq!(store.load("web").await.unwrap().unwrap().revision, rev);
+    // Without the client certificate the member refuses the connection; without the CA
+    // the member's certificate is not trusted.
+    let mut no_cert = etcd.config();
+    no_cert.cert_file = None;
+    no_cert.key_file = None;
+    assert!(EtcdClient::new(&no_cert).unwrap().get(b"/x").await.is_err());
+    let mut no_ca = etcd.config();
+    no_ca.ca_file = None;
+    no_ca.endpoints = vec![format!("127.0.0.1:{}", etcd.members[0].client)];
+    assert!(EtcdClient::new(&no_ca).unwrap().get(b"/x").await.is_err());
+    // A certificate without its key is refused up front.
+    let mut half = etcd.config();
+    half.key_file = None;
+    assert!(
+        EtcdClient::new(&half)
+            .unwrap_err()
+            .to_string()
+            .contains("needs its key")
+    );
+}
