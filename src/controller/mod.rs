@@ -13,6 +13,8 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fence;
+#[cfg(test)]
 mod tests_hooks;
 #[cfg(test)]
 mod tests_rollouts;

@@ -332,6 +332,9 @@ struct Shell<'a, T, M, S> {
     log_failed: Option<String>,
     notifier: Option<Notifier>,
     readiness: Option<CanaryProbe>,
+    /// Set when the store refused a write or a fence check (this controller no longer owns
+    /// the rollout, or cannot prove it does): from then on nothing is acted on.
+    deposed: Option<String>,
 }
 
 /// Whether a metric's judge compares the arms (as opposed to bounding the canary alone).
@@ -432,6 +435,12 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 if let Some(d) = &mut self.durable {
                     d.revision = rev;
                 }
+            }
+            Err(e @ (StoreError::Fenced { .. } | StoreError::Etcd { .. })) => {
+                // Not ours any more (or not provably): stop without acting; the owner
+                // continues from the last record that was written.
+                tracing::warn!(error = %e, "rollout record refused: stopping without acting");
+                self.deposed = Some(e.to_string());
             }
             Err(e) => {
                 if self.log_failed.is_none() && !phase.is_terminal() {
@@ -719,6 +728,23 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
         self.transition(phase, &next, "aborted", Some(why));
         *phase = next;
         cmds
+    }
+
+    /// Checks with the store, right before a traffic change, that this controller still
+    /// owns the rollout; `Some(bound)` is how long the ownership is guaranteed, `Err(())`
+    /// (with [`Shell::deposed`] set) when it is not.
+    async fn fence(&mut self) -> Result<Option<Duration>, ()> {
+        let Some(d) = &self.durable else {
+            return Ok(None);
+        };
+        match d.store.fence(&self.policy.name).await {
+            Ok(bound) => Ok(bound),
+            Err(e) => {
+                tracing::warn!(error = %e, "fence check failed: stopping without acting");
+                self.deposed = Some(e.to_string());
+                Err(())
+            }
+        }
     }
 
     /// Sets `weight` and reads it back, both within `limit` (at most `apply_timeout`).
@@ -1207,6 +1233,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             log_failed: None,
             notifier: policy.notify.clone().map(Notifier::new),
             readiness: opts.readiness,
+            deposed: None,
         };
         let mut l = Loop {
             queue: VecDeque::new(),
@@ -1289,6 +1316,15 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         self.done
     }
 
+    /// Why this controller stopped acting on the rollout, if it did: the store refused a
+    /// write or the fence check before a traffic change (another replica leads, or etcd
+    /// could not confirm this one does). A deposed rollout is never finished; drop it
+    /// (its owner resumes it from the store).
+    #[must_use]
+    pub fn deposed(&self) -> Option<&str> {
+        self.shell.deposed.as_deref()
+    }
+
     /// When the rollout's next analysis tick is due ([`Wake::Tick`]).
     #[must_use]
     pub fn wake_at(&self) -> Instant {
@@ -1317,7 +1353,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
     /// ended; an early tick does nothing), persists what it decided, then acts on it until
     /// the rollout waits again or has ended.
     pub async fn reconcile(&mut self, wake: Wake) {
-        if self.done {
+        if self.done || self.shell.deposed.is_some() {
             return;
         }
         self.decide(wake).await;
@@ -1340,6 +1376,10 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     .persist(phase, l, Some(phase.name().to_string()))
                     .await;
                 l.saved = Some(phase.clone());
+            }
+            if shell.deposed.is_some() {
+                l.queue.clear();
+                return false;
             }
             let Some(cmd) = l.queue.pop_front() else {
                 return false;
@@ -1375,7 +1415,16 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                             now: shell.now(),
                         }
                     } else {
-                        shell.apply(weight, left.min(plan.apply_timeout)).await
+                        // The fence, right before the provider call, which it also bounds:
+                        // the call is given up before the ownership could lapse.
+                        let Ok(bound) = shell.fence().await else {
+                            l.queue.clear();
+                            return false;
+                        };
+                        let limit = left.min(plan.apply_timeout);
+                        shell
+                            .apply(weight, bound.map_or(limit, |b| limit.min(b)))
+                            .await
                     };
                     if l.first_traffic.is_none()
                         && matches!(event, Event::Applied { weight, .. } if weight.bp() > 0)
@@ -1459,7 +1508,11 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
     /// store that stopped taking records, or a phase with nothing to wait for, rolls back.
     async fn settle(&mut self) {
         loop {
-            if self.act().await || self.phase.is_terminal() {
+            let ended = self.act().await;
+            if self.shell.deposed.is_some() {
+                return;
+            }
+            if ended || self.phase.is_terminal() {
                 self.done = true;
                 return;
             }
@@ -1734,6 +1787,12 @@ async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(
     ))
     .await?;
     while !r.finished() {
+        if let Some(why) = r.deposed() {
+            return Err(Error::Store(StoreError::Fenced {
+                rollout: policy.name.clone(),
+                why: why.to_string(),
+            }));
+        }
         let wake = wait(r.wake_at(), &mut abort, &mut levers).await;
         Box::pin(r.reconcile(wake)).await;
     }

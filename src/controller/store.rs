@@ -25,6 +25,8 @@ use super::machine::Phase;
 use crate::analysis::MetricJudge;
 use crate::model::Weight;
 
+pub mod etcd;
+
 /// Version of the stored record's layout; a record of a newer layout is refused.
 pub const FORMAT: u32 = 1;
 
@@ -77,6 +79,24 @@ pub enum StoreError {
     /// The rollout name cannot be used as a file name.
     #[error("rollout name `{0}` cannot name a record (use letters, digits, `-`, `_` and `.`)")]
     BadName(String),
+    /// This writer no longer owns the rollouts (a replica that lost the leadership): the
+    /// write was refused, and nothing may be acted on.
+    #[error("rollout `{rollout}`: refused, this replica no longer leads: {why}")]
+    Fenced {
+        /// The rollout.
+        rollout: String,
+        /// Why the fence failed.
+        why: String,
+    },
+    /// etcd could not be reached or refused the request.
+    #[error("rollout store: {what}")]
+    Etcd {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: etcd::EtcdError,
+    },
 }
 
 /// Where a rollout's policy came from.
@@ -304,6 +324,18 @@ pub trait Store: Send + Sync {
     /// `/health/ready`); by default always.
     fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
+    }
+
+    /// Checks, right before acting on the world (a traffic change), that this writer still
+    /// owns the rollout: fails with [`StoreError::Fenced`] when it does not. Returns how
+    /// long the ownership is guaranteed from now (`None`: for as long as the process
+    /// lives, as with the embedded store's lock), which bounds the action.
+    fn fence(
+        &self,
+        rollout: &str,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
+        let _ = rollout;
+        async { Ok(None) }
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod durable;
+mod etcd;
 mod floods;
 mod fuzz;
 mod limits;

@@ -189,6 +189,11 @@ impl<S: Store> Store for Timed<S> {
     async fn ready(&self) -> Result<(), StoreError> {
         self.inner.ready().await
     }
+    // Forwarded, never defaulted: a wrapper that answered `Ok(None)` would switch the
+    // inner store's fence off.
+    async fn fence(&self, rollout: &str) -> Result<Option<std::time::Duration>, StoreError> {
+        self.inner.fence(rollout).await
+    }
 }
 
 #[cfg(test)]
