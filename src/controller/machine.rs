@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::health::{self, ErrorCounts, Health};
 use crate::analysis::Outcome;
 use crate::model::Weight;
-use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, Rollout};
+use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, PlannedPause, Rollout};
 
 /// Why a rollout is rolled back (or failed, or never started).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +158,10 @@ pub struct Progress {
     pub baseline_unhealthy: bool,
     /// Time the whole rollout has spent paused (the deadline is extended by it).
     pub paused_for: Duration,
+    /// When the step was first otherwise done, so that its planned pause (`[[rollout.step]]
+    /// pause = "10m"`) runs from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Duration>,
 }
 
 impl Progress {
@@ -178,6 +182,7 @@ impl Progress {
             baseline_recent: Vec::new(),
             baseline_unhealthy: false,
             paused_for,
+            ready_since: None,
         }
     }
 }
@@ -1218,6 +1223,9 @@ fn tick(
     {
         return external_change(p, found, now, plan);
     }
+    if !plan.analysed(p.step) {
+        return unanalysed_tick(p, now, plan);
+    }
     if let Some(why) = &facts.discarded {
         return hold(p, why.clone(), Vec::new());
     }
@@ -1299,14 +1307,11 @@ fn tick(
     }
     let all_pass = !counted.is_empty() && counted.iter().all(|m| m.outcome == Some(Outcome::Pass));
     let elapsed = now.saturating_sub(p.since).saturating_sub(p.excluded);
-    if elapsed < plan.step_duration && !(plan.early_pass && all_pass && !unhealthy) && !p.released {
-        waiting.push(format!(
-            "step time {} of {}",
-            secs(elapsed),
-            secs(plan.step_duration)
-        ));
+    let duration = plan.duration_of(p.step);
+    if elapsed < duration && !(plan.early_pass && all_pass && !unhealthy) && !p.released {
+        waiting.push(format!("step time {} of {}", secs(elapsed), secs(duration)));
     }
-    let min = plan.min_requests as f64;
+    let min = plan.min_requests_of(p.step) as f64;
     if requests.is_some() && (p.requests[0] < min || p.requests[1] < min) && !p.released {
         waiting.push(format!(
             "requests baseline {:.0}, canary {:.0} of {min:.0} per arm",
@@ -1363,7 +1368,70 @@ fn tick(
         return (phase, cmds);
     }
     if !waiting.is_empty() {
+        p.ready_since = None;
         return hold(p, waiting.join("; "), notes);
+    }
+    ready(p, now, plan, notes)
+}
+
+/// A tick of a step with `analysis = false`: nothing is judged (the runner discarded the
+/// window); it ends after its duration, its pause and its approval.
+fn unanalysed_tick(mut p: Progress, now: Duration, plan: &Rollout) -> (Phase, Vec<Command>) {
+    let elapsed = now.saturating_sub(p.since).saturating_sub(p.excluded);
+    let duration = plan.duration_of(p.step);
+    if now.saturating_sub(p.paused_for) >= plan.deadline {
+        return rollback(
+            Reason::Deadline {
+                after_s: plan.deadline.as_secs_f64(),
+                waiting: String::new(),
+            },
+            true,
+        );
+    }
+    if elapsed < duration && !p.released {
+        p.ready_since = None;
+        return hold(
+            p,
+            format!(
+                "step time {} of {} (analysis = false: this step only moves traffic, nothing is judged)",
+                secs(elapsed),
+                secs(duration)
+            ),
+            Vec::new(),
+        );
+    }
+    ready(p, now, plan, Vec::new())
+}
+
+/// A step whose evidence is complete: its planned pause, then the operator's approval,
+/// then the next step (or the promotion).
+fn ready(
+    mut p: Progress,
+    now: Duration,
+    plan: &Rollout,
+    notes: Vec<Command>,
+) -> (Phase, Vec<Command>) {
+    let since = *p.ready_since.get_or_insert(now);
+    match plan.spec(p.step).pause {
+        Some(PlannedPause::UntilPromoted) if !(p.released || p.approved) => {
+            let step = p.step + 1;
+            return hold(
+                p,
+                format!(
+                    "paused until promoted (planned pause of step {step}): waiting for `coalmine promote` (metrics are still judged; the deadline applies)"
+                ),
+                notes,
+            );
+        }
+        Some(PlannedPause::For(d)) if !p.released && now.saturating_sub(since) < d => {
+            let waited = now.saturating_sub(since);
+            return hold(
+                p,
+                format!("planned pause {} of {}", secs(waited), secs(d)),
+                notes,
+            );
+        }
+        _ => {}
     }
     let next = next_step(p.weight, plan);
     let promotes = plan.steps.get(next).is_none_or(|w| *w >= Weight::FULL);

@@ -15,6 +15,8 @@ mod tests;
 #[cfg(test)]
 mod tests_hooks;
 #[cfg(test)]
+mod tests_plans;
+#[cfg(test)]
 mod tests_rollouts;
 #[cfg(test)]
 mod tests_safety;

@@ -227,6 +227,9 @@ pub struct RunReport {
     pub duration_s: f64,
     /// Analysis ticks.
     pub ticks: u64,
+    /// Whether any window was judged before the end: false after a blind cutover (every step
+    /// below 100 % has `analysis = false`, or there is none) or with no tick at all.
+    pub analysed: bool,
     /// Highest step reached (1-based).
     pub steps_reached: usize,
     /// Steps in the plan.
@@ -392,6 +395,11 @@ pub fn baseline_errors(
 }
 
 impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
+    /// Whether any window was judged (see [`RunReport::analysed`]).
+    fn analysed(&self) -> bool {
+        self.ticks > 0 && !self.policy.rollout.blind()
+    }
+
     fn now(&self) -> Duration {
         self.base + Instant::now().saturating_duration_since(self.start)
     }
@@ -1395,6 +1403,9 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         l.window_start = shell.now();
                     }
                     let detail = match (&n, detail) {
+                        (Phase::Promoted, None) if !shell.analysed() => Some(
+                            "without analysis: a blind cutover, nothing was analysed".to_string(),
+                        ),
                         (Phase::RolledBack { reason }, None) => Some(reason.to_string()),
                         (Phase::Failed { reason }, _) => Some(reason.clone()),
                         (_, d) => d,
@@ -1549,19 +1560,27 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         let warming = l
             .first_traffic
             .is_some_and(|t| l.window_start < t + plan.warmup);
+        let unanalysed = !plan.analysed(step_before);
         let mut facts = WindowFacts {
             baseline_errors: baseline_errors(&policy.metrics, &fetches),
             in_force,
             discarded: None,
         };
         let now = shell.now();
-        let (analysed, health) = if warming {
+        let (analysed, health) = if warming || unanalysed {
             let since = now.saturating_sub(l.first_traffic.unwrap_or(now));
-            facts.discarded = Some(format!(
-                "warming up: {:.0}s of {:.0}s, data discarded",
-                since.as_secs_f64(),
-                plan.warmup.as_secs_f64()
-            ));
+            facts.discarded = Some(if unanalysed {
+                format!(
+                    "step {} has analysis = false: data discarded, nothing judged",
+                    step_before + 1
+                )
+            } else {
+                format!(
+                    "warming up: {:.0}s of {:.0}s, data discarded",
+                    since.as_secs_f64(),
+                    plan.warmup.as_secs_f64()
+                )
+            });
             facts.baseline_errors = None;
             let empty = Analysed {
                 statuses: Vec::new(),
@@ -1697,6 +1716,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             outcome,
             duration_s: shell.now().as_secs_f64(),
             ticks: shell.ticks,
+            analysed: shell.analysed(),
             steps_reached: shell.steps_reached,
             steps: plan.steps.len(),
             final_weight: shell.weight,
