@@ -2,6 +2,7 @@
 //! ([`runner`]) that moves traffic, fetches metrics, judges them and records every decision
 //! ([`record`]) before acting on it.
 
+pub mod gates;
 pub mod health;
 pub mod hooks;
 pub mod machine;
@@ -12,6 +13,8 @@ pub mod store;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_gates;
 #[cfg(test)]
 mod tests_hooks;
 #[cfg(test)]

@@ -296,6 +296,7 @@ fn a_plan_with_nothing_analysed_is_a_blind_cutover() {
             min_requests: Some(7),
             pause: Some(PlannedPause::UntilPromoted),
             unanalysed: false,
+            gates: Vec::new(),
         }
     );
     // The default deadline covers the plan's own durations (3 × 2 m, at least).

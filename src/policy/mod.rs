@@ -17,6 +17,7 @@ use crate::model::{Arm, Weight};
 
 pub mod bounds;
 pub mod diag;
+pub mod gates;
 pub mod hooks;
 mod keys;
 mod lint;
@@ -99,6 +100,8 @@ pub struct Rollout {
     /// Per-step settings from `[[rollout.step]]`, one per entry of `steps` (shorter, or
     /// empty for `steps = [...]`: the missing ones take the rollout's defaults).
     pub plan: Vec<StepSpec>,
+    /// `[[rollout.gate]]`: outside systems asked before traffic moves, told after a rollback.
+    pub gates: Vec<gates::Gate>,
 }
 
 /// A planned wait at the end of a step (`[[rollout.step]] pause`).
@@ -121,6 +124,8 @@ pub struct StepSpec {
     pub pause: Option<PlannedPause>,
     /// False: the step only moves traffic, nothing is judged at its weight.
     pub unanalysed: bool,
+    /// `[[rollout.step.gate]]`: asked before traffic moves to this step.
+    pub gates: Vec<gates::Gate>,
 }
 
 impl Rollout {
@@ -152,6 +157,31 @@ impl Rollout {
     #[must_use]
     pub fn analysed(&self, i: usize) -> bool {
         !self.plan.get(i).is_some_and(|s| s.unanalysed)
+    }
+
+    /// The gates that must say yes before traffic moves to step `i` (`steps.len()` or a
+    /// 100 % step: the promotion): `confirm-rollout` before the first, `confirm-step` before
+    /// each later step below 100 %, `confirm-promotion` before 100 %, then the step's own.
+    #[must_use]
+    pub fn gates_before(&self, i: usize) -> Vec<&gates::Gate> {
+        use gates::GateKind;
+        let promotes = self.steps.get(i).is_none_or(|w| *w >= Weight::FULL);
+        let wanted = |k: GateKind| match k {
+            GateKind::ConfirmRollout => i == 0,
+            GateKind::ConfirmStep => i > 0 && !promotes,
+            GateKind::ConfirmPromotion => promotes,
+            GateKind::Rollback => false,
+        };
+        let own = self
+            .plan
+            .get(i)
+            .map(|s| s.gates.as_slice())
+            .unwrap_or_default();
+        self.gates
+            .iter()
+            .filter(|g| wanted(g.kind))
+            .chain(own)
+            .collect()
     }
 
     /// Whether nothing is judged before the canary gets all traffic: every step below
@@ -188,6 +218,7 @@ impl Rollout {
             on_external_change: OnExternalChange::Pause,
             early_pass: false,
             plan: Vec::new(),
+            gates: Vec::new(),
         }
     }
 }

@@ -216,6 +216,10 @@ pub(crate) struct RawRollout {
     /// analysis), instead of `steps`; not both.
     #[schemars(with = "Option<Vec<RawStep>>", extend("minItems" = 1))]
     pub step: Option<Vec<Spanned<RawStep>>>,
+    /// `[[rollout.gate]]`: a webhook or command that must say yes before traffic moves
+    /// (confirm-rollout, confirm-step, confirm-promotion), or is told after a rollback.
+    #[schemars(with = "Option<Vec<super::gates::RawGate>>")]
+    pub gate: Option<Vec<Spanned<super::gates::RawGate>>>,
 }
 
 /// `[[rollout.step]]`: one step of the plan.
@@ -241,6 +245,10 @@ pub(crate) struct RawStep {
     /// discarded) and it ends after its duration (and pause).
     #[schemars(extend("default" = true))]
     pub analysis: Option<bool>,
+    /// `[[rollout.step.gate]]`: gates (without `type`) asked before traffic moves to this
+    /// step.
+    #[schemars(with = "Option<Vec<super::gates::RawGate>>")]
+    pub gate: Option<Vec<Spanned<super::gates::RawGate>>>,
 }
 
 /// A step's percentage of requests to the canary, in (0, 100].

@@ -441,6 +441,7 @@ fn parse_plan(
     at: Range<usize>,
 ) -> (Vec<Weight>, Vec<super::StepSpec>) {
     let (mut steps, mut plan) = (Vec::new(), Vec::new());
+    let mut names = BTreeSet::new();
     if tables.is_empty() {
         ctx.error(at.start..at.start, "[[rollout.step]] must not be empty");
     }
@@ -476,12 +477,26 @@ fn parse_plan(
                 }
             }
         });
+        let kind = if w >= Weight::FULL {
+            super::gates::GateKind::ConfirmPromotion
+        } else if steps.is_empty() {
+            super::gates::GateKind::ConfirmRollout
+        } else {
+            super::gates::GateKind::ConfirmStep
+        };
+        let gates = super::gates::parse_gates(
+            ctx,
+            raw.gate.as_deref().unwrap_or_default(),
+            Some(kind),
+            &mut names,
+        );
         steps.push(w);
         plan.push(super::StepSpec {
             duration,
             min_requests: raw.min_requests,
             pause,
             unanalysed: raw.analysis == Some(false),
+            gates,
         });
     }
     (steps, plan)
@@ -549,6 +564,18 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         }
     }
     let mut r = Rollout::with_steps(steps);
+    let mut names: BTreeSet<String> = r
+        .plan
+        .iter()
+        .chain(&plan)
+        .flat_map(|s| s.gates.iter().map(|g| g.name.clone()))
+        .collect();
+    r.gates = super::gates::parse_gates(
+        ctx,
+        raw.gate.as_deref().unwrap_or_default(),
+        None,
+        &mut names,
+    );
     r.plan = plan;
     let (sd, sd_span) = bounded(
         ctx,
