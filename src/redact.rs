@@ -263,6 +263,13 @@ pub fn register_policy(p: &Policy) {
     if let Some(n) = &p.notify {
         register_url(&n.webhook, true);
     }
+    let plan = p.rollout.plan.iter().flat_map(|s| &s.gates);
+    for g in p.rollout.gates.iter().chain(plan) {
+        if let crate::policy::gates::GateAction::Webhook { url, secret } = &g.action {
+            register_url(url, false);
+            token(secret);
+        }
+    }
 }
 
 /// `s` with every URL redacted ([`url`]) and every registered secret masked.

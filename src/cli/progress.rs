@@ -339,6 +339,7 @@ fn statistic(m: &MetricRecord) -> (String, String) {
 pub fn summary(r: &RunReport) -> String {
     let mut out = String::new();
     let (verdict, style) = match &r.outcome {
+        FinalOutcome::Promoted if !r.analysed => ("PROMOTED WITHOUT ANALYSIS", Style::Note),
         FinalOutcome::Promoted => ("PROMOTED", Style::Good),
         FinalOutcome::RolledBack { .. } => ("ROLLED BACK", Style::Bad),
         FinalOutcome::NotStarted { .. } => ("NOT STARTED", Style::Note),
@@ -351,6 +352,12 @@ pub fn summary(r: &RunReport) -> String {
         r.rollout, r.duration_s, r.steps_reached, r.steps, r.ticks, r.final_weight
     );
     match &r.outcome {
+        FinalOutcome::Promoted if !r.analysed => {
+            let _ = writeln!(
+                out,
+                "a blind cutover: nothing was analysed, so this promotion says nothing about the canary"
+            );
+        }
         FinalOutcome::RolledBack { reason } => {
             let _ = writeln!(out, "reason: {reason}");
         }

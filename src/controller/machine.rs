@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::health::{self, ErrorCounts, Health};
 use crate::analysis::Outcome;
 use crate::model::Weight;
-use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, Rollout};
+use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, PlannedPause, Rollout};
 
 /// Why a rollout is rolled back (or failed, or never started).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +158,10 @@ pub struct Progress {
     pub baseline_unhealthy: bool,
     /// Time the whole rollout has spent paused (the deadline is extended by it).
     pub paused_for: Duration,
+    /// When the step was first otherwise done, so that its planned pause (`[[rollout.step]]
+    /// pause = "10m"`) runs from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Duration>,
 }
 
 impl Progress {
@@ -178,6 +182,7 @@ impl Progress {
             baseline_recent: Vec::new(),
             baseline_unhealthy: false,
             paused_for,
+            ready_since: None,
         }
     }
 }
@@ -226,6 +231,14 @@ pub enum Phase {
     Pending,
     /// Running the pre-rollout checks; no traffic has moved.
     PreChecks,
+    /// Asking the gates before the first step (`confirm-rollout`, the first step's own);
+    /// no traffic has moved. A refusal holds and asks again at each tick until the deadline.
+    Confirming {
+        /// The step the gates guard (0).
+        step: usize,
+        /// Refusals so far.
+        refusals: u32,
+    },
     /// Waiting for a step's weight to be applied.
     Shifting {
         /// Step index.
@@ -279,6 +292,7 @@ impl Phase {
         match self {
             Phase::Pending => "pending",
             Phase::PreChecks => "pre-checks",
+            Phase::Confirming { .. } => "confirming",
             Phase::Shifting { .. } => "shifting",
             Phase::Progressing(_) => "progressing",
             Phase::Paused(_) => "paused",
@@ -401,6 +415,15 @@ pub enum Event {
         /// Baseline health, the weight read back, warm-up.
         facts: WindowFacts,
     },
+    /// The gates before step `step` were asked ([`Command::RunGates`]).
+    GatesDone {
+        /// The step they guard (`steps.len()`: the promotion).
+        step: usize,
+        /// The first gate that said no and what it said; `None`: every gate said yes.
+        refused: Option<(String, String)>,
+        /// Offset from the start.
+        now: Duration,
+    },
     /// An operator approved leaving the current step (see `[rollout] approval`).
     Approve {
         /// Offset from the start.
@@ -512,6 +535,13 @@ pub enum Note {
         /// The weight the controller puts back in force (or keeps).
         weight: Weight,
     },
+    /// A gate said no: the rollout holds and asks again at the next tick.
+    GateRefused {
+        /// The gate.
+        gate: String,
+        /// What it said.
+        detail: String,
+    },
     /// A weight found in force was adopted.
     Adopted {
         /// The weight found.
@@ -532,6 +562,7 @@ impl Note {
             Note::FailingWhilePaused { .. } => "failing-while-paused",
             Note::Resumed { .. } => "resumed",
             Note::Adopted { .. } => "adopted",
+            Note::GateRefused { .. } => "gate-refused",
         }
     }
 
@@ -557,6 +588,9 @@ impl Note {
                     .join("; ")
             ),
             Note::Resumed { weight } => format!("resumed by an operator at {weight}"),
+            Note::GateRefused { gate, detail } => format!(
+                "gate `{gate}` said no: {detail}; holding, asking again at the next tick (the deadline applies)"
+            ),
             Note::Adopted { found, applied } => {
                 format!("weight {found} in force, {applied} applied by coalmine: adopted {found}")
             }
@@ -583,6 +617,12 @@ fn pause_text(c: &PauseCause, at: &dyn Fn(Duration) -> String) -> String {
 pub enum Command {
     /// Run the pre-rollout checks and report with [`Event::PreChecksDone`].
     RunPreChecks,
+    /// Ask the gates before step `step` (in order, up to the first no) and report with
+    /// [`Event::GatesDone`].
+    RunGates {
+        /// The step they guard (`steps.len()` or a 100 % step: the promotion).
+        step: usize,
+    },
     /// Write a tick's decision record (always first, before acting).
     Record(Decision),
     /// Write a transition record for this note (before any traffic change that follows).
@@ -689,11 +729,11 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
             if pre_checks {
                 (Phase::PreChecks, vec![Command::RunPreChecks])
             } else {
-                shift_to(0, plan, Duration::ZERO)
+                begin(plan)
             }
         }
         (Phase::PreChecks, Event::PreChecksDone { failed, .. }) => match failed {
-            None => shift_to(0, plan, Duration::ZERO),
+            None => begin(plan),
             // The canary is not ready: touch nothing (no traffic was moved).
             Some((hook, detail)) => (
                 Phase::NotStarted {
@@ -721,6 +761,63 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 },
             ],
         ),
+        // Nothing has moved yet: an abort ends it as never started.
+        (Phase::Confirming { .. }, Event::Abort { why, .. }) => (
+            Phase::NotStarted {
+                reason: Reason::Aborted { why },
+            },
+            vec![Command::Finish],
+        ),
+        (Phase::Confirming { step, refusals }, Event::Tick { now, .. }) => {
+            if now >= plan.deadline {
+                (
+                    Phase::NotStarted {
+                        reason: Reason::Deadline {
+                            after_s: plan.deadline.as_secs_f64(),
+                            waiting: format!(
+                                "the gates before step {} ({refusals} refusal(s))",
+                                step + 1
+                            ),
+                        },
+                    },
+                    vec![Command::Finish],
+                )
+            } else {
+                (
+                    Phase::Confirming { step, refusals },
+                    vec![
+                        Command::Record(Decision::Hold {
+                            reason: format!(
+                                "asking the gates before step {} again ({refusals} refusal(s)); no traffic has moved",
+                                step + 1
+                            ),
+                        }),
+                        Command::RunGates { step },
+                    ],
+                )
+            }
+        }
+        (Phase::Confirming { step, refusals }, Event::GatesDone { refused, .. }) => match refused {
+            None => shift_to(step, plan, Duration::ZERO),
+            Some((gate, detail)) => (
+                Phase::Confirming {
+                    step,
+                    refusals: refusals + 1,
+                },
+                vec![Command::Notify(Note::GateRefused { gate, detail })],
+            ),
+        },
+        (Phase::Progressing(p), Event::GatesDone { step, refused, .. }) => match refused {
+            Some((gate, detail)) => (
+                Phase::Progressing(p),
+                vec![Command::Notify(Note::GateRefused { gate, detail })],
+            ),
+            // Still the step the gates were asked for: go on.
+            None if step == next_step(p.weight, plan) => {
+                advance(step, plan, p.paused_for, Vec::new())
+            }
+            None => (Phase::Progressing(p), Vec::new()),
+        },
         (phase, Event::Abort { why, .. }) if !phase.is_terminal() => match phase {
             Phase::RollingBack { .. } => (phase, Vec::new()),
             _ => rollback(Reason::Aborted { why }, false),
@@ -950,6 +1047,11 @@ fn restored(
     match phase {
         // Nothing has moved yet: the checks run again.
         Phase::Pending | Phase::PreChecks => (Phase::PreChecks, vec![Command::RunPreChecks]),
+        // Nothing has moved yet: the gates are asked again.
+        Phase::Confirming { step, refusals } => (
+            Phase::Confirming { step, refusals },
+            vec![Command::RunGates { step }],
+        ),
         Phase::Shifting {
             step,
             target,
@@ -1218,6 +1320,9 @@ fn tick(
     {
         return external_change(p, found, now, plan);
     }
+    if !plan.analysed(p.step) {
+        return unanalysed_tick(p, now, plan);
+    }
     if let Some(why) = &facts.discarded {
         return hold(p, why.clone(), Vec::new());
     }
@@ -1299,14 +1404,11 @@ fn tick(
     }
     let all_pass = !counted.is_empty() && counted.iter().all(|m| m.outcome == Some(Outcome::Pass));
     let elapsed = now.saturating_sub(p.since).saturating_sub(p.excluded);
-    if elapsed < plan.step_duration && !(plan.early_pass && all_pass && !unhealthy) && !p.released {
-        waiting.push(format!(
-            "step time {} of {}",
-            secs(elapsed),
-            secs(plan.step_duration)
-        ));
+    let duration = plan.duration_of(p.step);
+    if elapsed < duration && !(plan.early_pass && all_pass && !unhealthy) && !p.released {
+        waiting.push(format!("step time {} of {}", secs(elapsed), secs(duration)));
     }
-    let min = plan.min_requests as f64;
+    let min = plan.min_requests_of(p.step) as f64;
     if requests.is_some() && (p.requests[0] < min || p.requests[1] < min) && !p.released {
         waiting.push(format!(
             "requests baseline {:.0}, canary {:.0} of {min:.0} per arm",
@@ -1363,7 +1465,70 @@ fn tick(
         return (phase, cmds);
     }
     if !waiting.is_empty() {
+        p.ready_since = None;
         return hold(p, waiting.join("; "), notes);
+    }
+    ready(p, now, plan, notes)
+}
+
+/// A tick of a step with `analysis = false`: nothing is judged (the runner discarded the
+/// window); it ends after its duration, its pause and its approval.
+fn unanalysed_tick(mut p: Progress, now: Duration, plan: &Rollout) -> (Phase, Vec<Command>) {
+    let elapsed = now.saturating_sub(p.since).saturating_sub(p.excluded);
+    let duration = plan.duration_of(p.step);
+    if now.saturating_sub(p.paused_for) >= plan.deadline {
+        return rollback(
+            Reason::Deadline {
+                after_s: plan.deadline.as_secs_f64(),
+                waiting: String::new(),
+            },
+            true,
+        );
+    }
+    if elapsed < duration && !p.released {
+        p.ready_since = None;
+        return hold(
+            p,
+            format!(
+                "step time {} of {} (analysis = false: this step only moves traffic, nothing is judged)",
+                secs(elapsed),
+                secs(duration)
+            ),
+            Vec::new(),
+        );
+    }
+    ready(p, now, plan, Vec::new())
+}
+
+/// A step whose evidence is complete: its planned pause, then the operator's approval,
+/// then the next step (or the promotion).
+fn ready(
+    mut p: Progress,
+    now: Duration,
+    plan: &Rollout,
+    notes: Vec<Command>,
+) -> (Phase, Vec<Command>) {
+    let since = *p.ready_since.get_or_insert(now);
+    match plan.spec(p.step).pause {
+        Some(PlannedPause::UntilPromoted) if !(p.released || p.approved) => {
+            let step = p.step + 1;
+            return hold(
+                p,
+                format!(
+                    "paused until promoted (planned pause of step {step}): waiting for `coalmine promote` (metrics are still judged; the deadline applies)"
+                ),
+                notes,
+            );
+        }
+        Some(PlannedPause::For(d)) if !p.released && now.saturating_sub(since) < d => {
+            let waited = now.saturating_sub(since);
+            return hold(
+                p,
+                format!("planned pause {} of {}", secs(waited), secs(d)),
+                notes,
+            );
+        }
+        _ => {}
     }
     let next = next_step(p.weight, plan);
     let promotes = plan.steps.get(next).is_none_or(|w| *w >= Weight::FULL);
@@ -1384,7 +1549,33 @@ fn tick(
             notes,
         );
     }
-    let (phase, mut cmds) = shift_to(next, plan, p.paused_for);
+    let gates = plan.gates_before(next);
+    if !gates.is_empty() {
+        let names: Vec<&str> = gates.iter().map(|g| g.name.as_str()).collect();
+        let what = if next >= plan.steps.len() || plan.steps[next] >= Weight::FULL {
+            "the promotion".to_string()
+        } else {
+            format!("step {} ({})", next + 1, plan.steps[next])
+        };
+        let (phase, mut cmds) = hold(
+            p,
+            format!("ready; asking gate(s) {} before {what}", names.join(", ")),
+            notes,
+        );
+        cmds.push(Command::RunGates { step: next });
+        return (phase, cmds);
+    }
+    advance(next, plan, p.paused_for, notes)
+}
+
+/// Moves on to step `next` (or promotes), recording the decision first.
+fn advance(
+    next: usize,
+    plan: &Rollout,
+    paused_for: Duration,
+    notes: Vec<Command>,
+) -> (Phase, Vec<Command>) {
+    let (phase, mut cmds) = shift_to(next, plan, paused_for);
     let decision = match &phase {
         Phase::Promoting { .. } => Decision::Promote,
         _ => Decision::Advance {
@@ -1395,4 +1586,19 @@ fn tick(
     cmds.insert(0, Command::Record(decision));
     cmds.splice(1..1, notes);
     (phase, cmds)
+}
+
+/// After the checks: the gates before the first step, if any, else its weight.
+fn begin(plan: &Rollout) -> (Phase, Vec<Command>) {
+    if plan.gates_before(0).is_empty() {
+        shift_to(0, plan, Duration::ZERO)
+    } else {
+        (
+            Phase::Confirming {
+                step: 0,
+                refusals: 0,
+            },
+            vec![Command::RunGates { step: 0 }],
+        )
+    }
 }

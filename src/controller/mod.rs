@@ -2,6 +2,7 @@
 //! ([`runner`]) that moves traffic, fetches metrics, judges them and records every decision
 //! ([`record`]) before acting on it.
 
+pub mod gates;
 pub mod health;
 pub mod hooks;
 pub mod machine;
@@ -15,7 +16,11 @@ mod tests;
 #[cfg(test)]
 mod tests_fence;
 #[cfg(test)]
+mod tests_gates;
+#[cfg(test)]
 mod tests_hooks;
+#[cfg(test)]
+mod tests_plans;
 #[cfg(test)]
 mod tests_rollouts;
 #[cfg(test)]

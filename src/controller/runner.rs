@@ -227,6 +227,9 @@ pub struct RunReport {
     pub duration_s: f64,
     /// Analysis ticks.
     pub ticks: u64,
+    /// Whether any window was judged before the end: false after a blind cutover (every step
+    /// below 100 % has `analysis = false`, or there is none) or with no tick at all.
+    pub analysed: bool,
     /// Highest step reached (1-based).
     pub steps_reached: usize,
     /// Steps in the plan.
@@ -395,6 +398,11 @@ pub fn baseline_errors(
 }
 
 impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
+    /// Whether any window was judged (see [`RunReport::analysed`]).
+    fn analysed(&self) -> bool {
+        self.ticks > 0 && !self.policy.rollout.blind()
+    }
+
     fn now(&self) -> Duration {
         self.base + Instant::now().saturating_duration_since(self.start)
     }
@@ -457,11 +465,82 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
 
     fn step_of(phase: &Phase) -> Option<usize> {
         match phase {
-            Phase::Shifting { step, .. } => Some(step + 1),
+            Phase::Shifting { step, .. } | Phase::Confirming { step, .. } => Some(step + 1),
             Phase::Progressing(p) => Some(p.step + 1),
             Phase::Paused(z) => Some(z.progress.step + 1),
             _ => None,
         }
+    }
+
+    /// Asks `gates` in order (up to the first no), each yes recorded (`gate-passed`);
+    /// returns the first no and what it said. `target` is the step they guard (`None`: a
+    /// rollback gate).
+    async fn ask_gates(
+        &mut self,
+        gates: Vec<crate::policy::gates::Gate>,
+        target: Option<usize>,
+        phase: &Phase,
+    ) -> Option<(String, String)> {
+        let plan = &self.policy.rollout;
+        for gate in gates {
+            let weight = match target {
+                Some(i) => plan.steps.get(i).copied().unwrap_or(Weight::FULL),
+                None => Weight::ZERO,
+            };
+            let reason = match phase {
+                Phase::RolledBack { reason } => Some(reason.to_string()),
+                _ => None,
+            };
+            let body = serde_json::json!({
+                "rollout": self.policy.name,
+                "rollout_id": self.rollout_id,
+                "gate": gate.name,
+                "type": gate.kind.as_str(),
+                "phase": phase.name(),
+                "step": target.map(|i| i + 1),
+                "steps": plan.steps.len(),
+                "weight": weight.percent(),
+                "weight_in_force": self.weight.percent(),
+                "elapsed_s": self.now().as_secs_f64(),
+                "reason": reason,
+            })
+            .to_string();
+            let env: Vec<(String, String)> = [
+                ("COALMINE_ROLLOUT", self.policy.name.clone()),
+                ("COALMINE_GATE", gate.name.clone()),
+                ("COALMINE_GATE_TYPE", gate.kind.as_str().to_string()),
+                (
+                    "COALMINE_STEP",
+                    target.map_or(String::new(), |i| (i + 1).to_string()),
+                ),
+                ("COALMINE_WEIGHT", format!("{}", weight.percent())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            match super::gates::ask(&gate, &body, &env).await {
+                Ok(said) => self.transition(
+                    phase,
+                    phase,
+                    "gate-passed",
+                    Some(format!("{} ({}): {said}", gate.name, gate.kind.as_str())),
+                ),
+                Err(e) => {
+                    if target.is_none() {
+                        // A rollback gate is told, never waited for.
+                        self.transition(
+                            phase,
+                            phase,
+                            "gate-refused",
+                            Some(format!("{} ({}): {e}", gate.name, gate.kind.as_str())),
+                        );
+                        continue;
+                    }
+                    return Some((gate.name.clone(), e));
+                }
+            }
+        }
+        None
     }
 
     fn record(&mut self, r: &Record) {
@@ -1456,6 +1535,9 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         l.window_start = shell.now();
                     }
                     let detail = match (&n, detail) {
+                        (Phase::Promoted, None) if !shell.analysed() => Some(
+                            "without analysis: a blind cutover, nothing was analysed".to_string(),
+                        ),
                         (Phase::RolledBack { reason }, None) => Some(reason.to_string()),
                         (Phase::Failed { reason }, _) => Some(reason.clone()),
                         (_, d) => d,
@@ -1477,6 +1559,22 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     let at = move |d: Duration| rfc3339(wall0 + d);
                     let detail = note.detail(&at);
                     shell.transition(&*phase, &*phase, note.event(), Some(detail));
+                }
+                Command::RunGates { step: target } => {
+                    let gates = plan.gates_before(target).into_iter().cloned().collect();
+                    let refused = shell.ask_gates(gates, Some(target), &*phase).await;
+                    if refused.is_some() && matches!(phase, Phase::Confirming { .. }) {
+                        // Asked again at the next tick.
+                        l.next_tick = Instant::now() + plan.analysis_interval;
+                    }
+                    let event = Event::GatesDone {
+                        step: target,
+                        refused,
+                        now: shell.now(),
+                    };
+                    let (n, c) = step(phase.clone(), event, plan);
+                    *phase = n;
+                    l.queue.extend(c);
                 }
                 Command::RunPreChecks => {
                     let failed = shell.pre_checks(&*phase).await;
@@ -1521,7 +1619,10 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 self.l.queue.extend(c);
                 continue;
             }
-            if !matches!(self.phase, Phase::Progressing(_) | Phase::Paused(_)) {
+            if !matches!(
+                self.phase,
+                Phase::Progressing(_) | Phase::Paused(_) | Phase::Confirming { .. }
+            ) {
                 // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
                 let why = format!("controller stuck in phase {}", self.phase.name());
                 let c = self.shell.abort(&mut self.phase, why);
@@ -1582,6 +1683,23 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         if Instant::now() < l.next_tick {
             return;
         }
+        if let Phase::Confirming { .. } = &*phase {
+            // No traffic has moved: nothing to analyse, the gates are asked again.
+            let event = Event::Tick {
+                now: shell.now(),
+                metrics: Vec::new(),
+                requests: None,
+                facts: WindowFacts::default(),
+            };
+            let (n, c) = step(phase.clone(), event, plan);
+            if let Phase::NotStarted { reason } = &n {
+                shell.transition(&*phase, &n, "not-started", Some(reason.to_string()));
+            }
+            *phase = n;
+            l.queue.extend(c);
+            l.next_tick = Instant::now() + plan.analysis_interval;
+            return;
+        }
         let (step_before, step_requests_before, applied, step_since) = match &*phase {
             Phase::Progressing(p) => (p.step, p.requests, p.weight, Some(p.since)),
             Phase::Paused(z) => (
@@ -1614,19 +1732,27 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         let warming = l
             .first_traffic
             .is_some_and(|t| l.window_start < t + plan.warmup);
+        let unanalysed = !plan.analysed(step_before);
         let mut facts = WindowFacts {
             baseline_errors: baseline_errors(&policy.metrics, &fetches),
             in_force,
             discarded: None,
         };
         let now = shell.now();
-        let (analysed, health) = if warming {
+        let (analysed, health) = if warming || unanalysed {
             let since = now.saturating_sub(l.first_traffic.unwrap_or(now));
-            facts.discarded = Some(format!(
-                "warming up: {:.0}s of {:.0}s, data discarded",
-                since.as_secs_f64(),
-                plan.warmup.as_secs_f64()
-            ));
+            facts.discarded = Some(if unanalysed {
+                format!(
+                    "step {} has analysis = false: data discarded, nothing judged",
+                    step_before + 1
+                )
+            } else {
+                format!(
+                    "warming up: {:.0}s of {:.0}s, data discarded",
+                    since.as_secs_f64(),
+                    plan.warmup.as_secs_f64()
+                )
+            });
             facts.baseline_errors = None;
             let empty = Analysed {
                 statuses: Vec::new(),
@@ -1735,6 +1861,13 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 shell
                     .run_hooks(HookWhen::RolledBack, &phase, "rolled-back")
                     .await;
+                let told: Vec<_> = plan
+                    .gates
+                    .iter()
+                    .filter(|g| g.kind == crate::policy::gates::GateKind::Rollback)
+                    .cloned()
+                    .collect();
+                shell.ask_gates(told, None, &phase).await;
             }
             _ => {}
         }
@@ -1762,6 +1895,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             outcome,
             duration_s: shell.now().as_secs_f64(),
             ticks: shell.ticks,
+            analysed: shell.analysed(),
             steps_reached: shell.steps_reached,
             steps: plan.steps.len(),
             final_weight: shell.weight,

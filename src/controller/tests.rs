@@ -439,7 +439,7 @@ async fn run_quiet(
         .expect("the run starts")
 }
 
-fn healthy_source() -> MockSource {
+pub(super) fn healthy_source() -> MockSource {
     let source = MockSource::new();
     source.script(
         "errors",

@@ -28,7 +28,7 @@ fn policy(extra: &str) -> policy::Policy {
     policy::parse(&text, "hooks.toml").unwrap_or_else(|d| panic!("{d}"))
 }
 
-fn source(canary_rate: f64) -> MockSource {
+pub(super) fn source(canary_rate: f64) -> MockSource {
     let s = MockSource::new();
     s.script(
         "errors",

@@ -48,11 +48,23 @@ impl Places<'_, '_> {
 
 /// Checks a valid policy for settings that defeat its purpose.
 pub(crate) fn lint(ctx: &mut Ctx, p: &Policy, places: &Places<'_, '_>) {
-    if p.rollout.steps.iter().all(|w| *w >= Weight::FULL) {
+    if p.rollout.blind() {
+        let key = if p.rollout.plan.is_empty() {
+            "steps"
+        } else {
+            "step"
+        };
+        let what = if p.rollout.steps.iter().all(|w| *w >= Weight::FULL) {
+            "all traffic goes to the canary at once"
+        } else {
+            "every step below 100 has analysis = false"
+        };
         ctx.warn(
-            places.rollout_key("steps"),
-            "steps = [100] sends all traffic to the canary at once: nothing is compared before \
-             promotion; add smaller steps first, e.g. steps = [5, 25, 100]",
+            places.rollout_key(key),
+            format!(
+                "a blind cutover: nothing is analysed ({what}, so nothing is compared before \
+                 promotion); add smaller analysed steps first, e.g. steps = [5, 25, 100]"
+            ),
         );
     }
     if !p.metrics.is_empty() && p.metrics.iter().all(|m| m.dry_run) {

@@ -17,6 +17,7 @@ use crate::model::{Arm, Weight};
 
 pub mod bounds;
 pub mod diag;
+pub mod gates;
 pub mod hooks;
 mod keys;
 mod lint;
@@ -96,6 +97,103 @@ pub struct Rollout {
     pub on_external_change: OnExternalChange,
     /// A step may end before `step_duration` once every metric passes.
     pub early_pass: bool,
+    /// Per-step settings from `[[rollout.step]]`, one per entry of `steps` (shorter, or
+    /// empty for `steps = [...]`: the missing ones take the rollout's defaults).
+    pub plan: Vec<StepSpec>,
+    /// `[[rollout.gate]]`: outside systems asked before traffic moves, told after a rollback.
+    pub gates: Vec<gates::Gate>,
+}
+
+/// A planned wait at the end of a step (`[[rollout.step]] pause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlannedPause {
+    /// Wait this long once the step is otherwise done.
+    For(Duration),
+    /// Wait until an operator runs `coalmine promote` (the machine's `Event::Release`).
+    UntilPromoted,
+}
+
+/// One `[[rollout.step]]`'s own settings (its weight is in [`Rollout::steps`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepSpec {
+    /// Least analysed time at the weight (`None`: [`Rollout::step_duration`]).
+    pub duration: Option<Duration>,
+    /// Requests per arm before the step may end well (`None`: [`Rollout::min_requests`]).
+    pub min_requests: Option<u64>,
+    /// A wait once the step is otherwise done.
+    pub pause: Option<PlannedPause>,
+    /// False: the step only moves traffic, nothing is judged at its weight.
+    pub unanalysed: bool,
+    /// `[[rollout.step.gate]]`: asked before traffic moves to this step.
+    pub gates: Vec<gates::Gate>,
+}
+
+impl Rollout {
+    /// Step `i`'s own settings (the defaults when the plan does not say).
+    #[must_use]
+    pub fn spec(&self, i: usize) -> StepSpec {
+        self.plan.get(i).cloned().unwrap_or_default()
+    }
+
+    /// Least analysed time of step `i`.
+    #[must_use]
+    pub fn duration_of(&self, i: usize) -> Duration {
+        self.plan
+            .get(i)
+            .and_then(|s| s.duration)
+            .unwrap_or(self.step_duration)
+    }
+
+    /// Requests per arm step `i` needs.
+    #[must_use]
+    pub fn min_requests_of(&self, i: usize) -> u64 {
+        self.plan
+            .get(i)
+            .and_then(|s| s.min_requests)
+            .unwrap_or(self.min_requests)
+    }
+
+    /// Whether step `i`'s windows are judged (`analysis = false` only moves traffic).
+    #[must_use]
+    pub fn analysed(&self, i: usize) -> bool {
+        !self.plan.get(i).is_some_and(|s| s.unanalysed)
+    }
+
+    /// The gates that must say yes before traffic moves to step `i` (`steps.len()` or a
+    /// 100 % step: the promotion): `confirm-rollout` before the first, `confirm-step` before
+    /// each later step below 100 %, `confirm-promotion` before 100 %, then the step's own.
+    #[must_use]
+    pub fn gates_before(&self, i: usize) -> Vec<&gates::Gate> {
+        use gates::GateKind;
+        let promotes = self.steps.get(i).is_none_or(|w| *w >= Weight::FULL);
+        let wanted = |k: GateKind| match k {
+            GateKind::ConfirmRollout => i == 0,
+            GateKind::ConfirmStep => i > 0 && !promotes,
+            GateKind::ConfirmPromotion => promotes,
+            GateKind::Rollback => false,
+        };
+        let own = self
+            .plan
+            .get(i)
+            .map(|s| s.gates.as_slice())
+            .unwrap_or_default();
+        self.gates
+            .iter()
+            .filter(|g| wanted(g.kind))
+            .chain(own)
+            .collect()
+    }
+
+    /// Whether nothing is judged before the canary gets all traffic: every step below
+    /// 100 % has `analysis = false`, or there is none (`steps = [100]`).
+    #[must_use]
+    pub fn blind(&self) -> bool {
+        !self
+            .steps
+            .iter()
+            .enumerate()
+            .any(|(i, w)| *w < Weight::FULL && self.analysed(i))
+    }
 }
 
 impl Rollout {
@@ -119,6 +217,8 @@ impl Rollout {
             baseline_max_error_rate: 0.1,
             on_external_change: OnExternalChange::Pause,
             early_pass: false,
+            plan: Vec::new(),
+            gates: Vec::new(),
         }
     }
 }

@@ -212,6 +212,43 @@ pub(crate) struct RawRollout {
     /// met (default: each step bakes for its full step_duration).
     #[schemars(extend("default" = false))]
     pub early_pass: Option<bool>,
+    /// `[[rollout.step]]`: the plan step by step (weight, duration, min_requests, pause,
+    /// analysis), instead of `steps`; not both.
+    #[schemars(with = "Option<Vec<RawStep>>", extend("minItems" = 1))]
+    pub step: Option<Vec<Spanned<RawStep>>>,
+    /// `[[rollout.gate]]`: a webhook or command that must say yes before traffic moves
+    /// (confirm-rollout, confirm-step, confirm-promotion), or is told after a rollback.
+    #[schemars(with = "Option<Vec<super::gates::RawGate>>")]
+    pub gate: Option<Vec<Spanned<super::gates::RawGate>>>,
+}
+
+/// `[[rollout.step]]`: one step of the plan.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStep {
+    /// Percentage of requests sent to the canary, in (0, 100], above the previous step's;
+    /// 100 promotes.
+    #[schemars(with = "Percent")]
+    pub weight: Spanned<f64>,
+    /// Least analysed time at this weight (1s to 7 days). Default: [rollout] step_duration.
+    #[schemars(with = "Option<Dur>")]
+    pub duration: Option<Spanned<Dur>>,
+    /// Requests per arm at this weight before the step may end well. Default: [rollout]
+    /// min_requests.
+    pub min_requests: Option<u64>,
+    /// Once the step is otherwise done, wait: a duration ("10m"), or "until-promoted" (until
+    /// an operator runs `coalmine promote`). Metrics are still judged while it waits, a Fail
+    /// still rolls back, and the deadline still applies.
+    #[schemars(with = "Option<String>")]
+    pub pause: Option<Spanned<String>>,
+    /// False: the step only moves traffic; nothing is judged at this weight (its windows are
+    /// discarded) and it ends after its duration (and pause).
+    #[schemars(extend("default" = true))]
+    pub analysis: Option<bool>,
+    /// `[[rollout.step.gate]]`: gates (without `type`) asked before traffic moves to this
+    /// step.
+    #[schemars(with = "Option<Vec<super::gates::RawGate>>")]
+    pub gate: Option<Vec<Spanned<super::gates::RawGate>>>,
 }
 
 /// A step's percentage of requests to the canary, in (0, 100].

@@ -409,6 +409,122 @@ fn time_budget(sd: Duration, ai: Duration, warmup: Duration, analysed: u64) -> D
     bounds::plus(first, bounds::times(step, analysed.saturating_sub(1)))
 }
 
+/// One step's percentage, checked against the previous one.
+fn step_weight(ctx: &mut Ctx, p: &Spanned<f64>, prev: Option<f64>) -> Option<Weight> {
+    let pct = *p.get_ref();
+    match Weight::try_from_percent(pct) {
+        Ok(w) if w > Weight::ZERO => {
+            if let Some(q) = prev
+                && pct <= q
+            {
+                ctx.error(
+                    p.span(),
+                    format!("step weights must increase ({pct} after {q})"),
+                );
+            }
+            Some(w)
+        }
+        _ => {
+            ctx.error(
+                p.span(),
+                format!("step weight {pct} must be a percentage in (0, 100]"),
+            );
+            None
+        }
+    }
+}
+
+/// `[[rollout.step]]` tables: the weights, and each step's own settings.
+fn parse_plan(
+    ctx: &mut Ctx,
+    tables: &[Spanned<super::raw::RawStep>],
+    at: Range<usize>,
+) -> (Vec<Weight>, Vec<super::StepSpec>) {
+    let (mut steps, mut plan) = (Vec::new(), Vec::new());
+    let mut names = BTreeSet::new();
+    if tables.is_empty() {
+        ctx.error(at.start..at.start, "[[rollout.step]] must not be empty");
+    }
+    let mut prev: Option<f64> = None;
+    for t in tables {
+        let raw = t.get_ref();
+        let Some(w) = step_weight(ctx, &raw.weight, prev) else {
+            continue;
+        };
+        prev = Some(*raw.weight.get_ref());
+        let duration = raw.duration.as_ref().map(|d| {
+            let (d, span) = dur(Some(d), Duration::ZERO);
+            if let Some(problem) = bounds::STEP_DURATION.check(d) {
+                ctx.error(span, problem.replace("step_duration", "duration"));
+            }
+            d
+        });
+        let pause = raw.pause.as_ref().and_then(|p| {
+            let text = p.get_ref().trim();
+            if text == "until-promoted" {
+                return Some(super::PlannedPause::UntilPromoted);
+            }
+            match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() && d <= bounds::MAX => Some(super::PlannedPause::For(d)),
+                _ => {
+                    ctx.error(
+                        p.span(),
+                        format!(
+                            "pause `{text}` must be a duration such as \"10m\" (up to 30 days) or \"until-promoted\""
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let kind = if w >= Weight::FULL {
+            super::gates::GateKind::ConfirmPromotion
+        } else if steps.is_empty() {
+            super::gates::GateKind::ConfirmRollout
+        } else {
+            super::gates::GateKind::ConfirmStep
+        };
+        let gates = super::gates::parse_gates(
+            ctx,
+            raw.gate.as_deref().unwrap_or_default(),
+            Some(kind),
+            &mut names,
+        );
+        steps.push(w);
+        plan.push(super::StepSpec {
+            duration,
+            min_requests: raw.min_requests,
+            pause,
+            unanalysed: raw.analysis == Some(false),
+            gates,
+        });
+    }
+    (steps, plan)
+}
+
+/// With `[[rollout.step]]`: the steps below 100 % take at least the sum of their durations
+/// and timed pauses (the least total), and each is rounded up to whole analysis intervals,
+/// the first no earlier than one interval after the warm-up (the budget).
+fn plan_budget(r: &Rollout, ai: Duration, warmup: Duration) -> (Duration, Duration) {
+    let (mut total, mut budget) = (Duration::ZERO, Duration::ZERO);
+    for (i, w) in r.steps.iter().enumerate() {
+        if *w >= Weight::FULL {
+            break;
+        }
+        let mut d = r.duration_of(i);
+        if let Some(super::PlannedPause::For(p)) = r.spec(i).pause {
+            d = bounds::plus(d, p);
+        }
+        total = bounds::plus(total, d);
+        let mut rounded = bounds::round_up(d, ai);
+        if i == 0 {
+            rounded = rounded.max(bounds::plus(warmup, ai));
+        }
+        budget = bounds::plus(budget, rounded);
+    }
+    (total, budget.max(bounds::plus(warmup, ai)))
+}
+
 fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Rollout> {
     let default_steps = || {
         [5.0, 25.0, 100.0]
@@ -423,40 +539,44 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     let raw: RawRollout = ctx.de(v)?;
     let before = ctx.diags.len();
     let mut steps = Vec::new();
-    match &raw.steps {
-        None => steps = default_steps(),
-        Some(s) if s.get_ref().is_empty() => {
+    let mut plan = Vec::new();
+    match (&raw.steps, &raw.step) {
+        (Some(s), Some(_)) => ctx.error(
+            s.span(),
+            "give steps = [...] or [[rollout.step]] tables, not both",
+        ),
+        (None, None) => steps = default_steps(),
+        (None, Some(tables)) => (steps, plan) = parse_plan(ctx, tables, v.span()),
+        (Some(s), None) if s.get_ref().is_empty() => {
             ctx.error(
                 s.span(),
                 "steps must not be empty; e.g. steps = [5, 25, 100]",
             );
         }
-        Some(s) => {
+        (Some(s), None) => {
             let mut prev: Option<f64> = None;
             for p in s.get_ref() {
-                let pct = *p.get_ref();
-                match Weight::try_from_percent(pct) {
-                    Ok(w) if w > Weight::ZERO => {
-                        if let Some(q) = prev
-                            && pct <= q
-                        {
-                            ctx.error(
-                                p.span(),
-                                format!("step weights must increase ({pct} after {q})"),
-                            );
-                        }
-                        steps.push(w);
-                    }
-                    _ => ctx.error(
-                        p.span(),
-                        format!("step weight {pct} must be a percentage in (0, 100]"),
-                    ),
+                if let Some(w) = step_weight(ctx, p, prev) {
+                    steps.push(w);
                 }
-                prev = Some(pct);
+                prev = Some(*p.get_ref());
             }
         }
     }
     let mut r = Rollout::with_steps(steps);
+    let mut names: BTreeSet<String> = r
+        .plan
+        .iter()
+        .chain(&plan)
+        .flat_map(|s| s.gates.iter().map(|g| g.name.clone()))
+        .collect();
+    r.gates = super::gates::parse_gates(
+        ctx,
+        raw.gate.as_deref().unwrap_or_default(),
+        None,
+        &mut names,
+    );
+    r.plan = plan;
     let (sd, sd_span) = bounded(
         ctx,
         raw.step_duration.as_ref(),
@@ -491,8 +611,14 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
             ..Bound::positive("warmup")
         },
     );
-    let min_total = bounds::times(sd, analysed);
-    let budget = time_budget(sd, ai, wu, analysed);
+    let (min_total, budget) = if r.plan.is_empty() {
+        (
+            bounds::times(sd, analysed),
+            time_budget(sd, ai, wu, analysed),
+        )
+    } else {
+        plan_budget(&r, ai, wu)
+    };
     let default_deadline = bounds::times(budget, 3).max(Duration::from_secs(60));
     let (dl, dl_span) = bounded(
         ctx,
@@ -513,11 +639,18 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         } else {
             format!("the longest deadline {}", humantime::format_duration(dl))
         };
+        let steps = if r.plan.is_empty() {
+            format!(
+                "{analysed} analysed step(s) × step_duration {}",
+                humantime::format_duration(sd)
+            )
+        } else {
+            "the steps' durations and timed pauses".to_string()
+        };
         ctx.error(
             at,
             format!(
-                "{what} is shorter than {analysed} analysed step(s) × step_duration {} = {}",
-                humantime::format_duration(sd),
+                "{what} is shorter than {steps} = {}",
                 humantime::format_duration(min_total)
             ),
         );

@@ -41,6 +41,10 @@ pub(crate) struct Opts {
     pub(crate) apply_ms: u64,
     /// A `pre-rollout` hook that takes this long (milliseconds).
     pub(crate) hook_ms: Option<u64>,
+    /// `[[rollout.step]]` tables instead of `steps = [10, 50, 100]`.
+    pub(crate) plan: Option<&'static str>,
+    /// Extra text at the end of the policy (gates, more tables).
+    pub(crate) tail: String,
 }
 
 impl Default for Opts {
@@ -52,6 +56,8 @@ impl Default for Opts {
             rollout: "",
             apply_ms: 0,
             hook_ms: None,
+            plan: None,
+            tail: String::new(),
         }
     }
 }
@@ -266,12 +272,13 @@ impl Rig {
             format!(
                 r#"name = "{name}"
 [rollout]
-steps = [10, 50, 100]
+{steps}
 step_duration = "{step}"
 analysis_interval = "100ms"
 min_requests = 100
 deadline = "10m"
 {extra}
+{plan}
 
 [traffic]
 {traffic}
@@ -283,9 +290,16 @@ url = "http://{prom}"
 name = "errors"
 events = 'errors_total{{arm="{{{{arm}}}}"}}'
 trials = 'requests_total{{arm="{{{{arm}}}}"}}'
-{hook}"#,
+{hook}{tail}"#,
                 step = o.step_duration,
                 extra = o.rollout,
+                steps = if o.plan.is_some() {
+                    ""
+                } else {
+                    "steps = [10, 50, 100]"
+                },
+                plan = o.plan.unwrap_or(""),
+                tail = o.tail,
             ),
         )
         .unwrap();
