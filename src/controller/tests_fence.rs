@@ -88,6 +88,7 @@ fn durable(store: &Deposable) -> Durable<'_, Deposable> {
         policy: PolicyRef {
             path: None,
             sha256: "0".repeat(64),
+            text: None,
         },
         resume: None,
         restart: None,

@@ -96,6 +96,7 @@ fn state(name: &str) -> RolloutState {
         policy: PolicyRef {
             path: Some("p.toml".to_string()),
             sha256: policy_sha256(b"name = 'x'"),
+            text: None,
         },
         phase: Phase::Progressing(p),
         steps: 3,
