@@ -12,7 +12,7 @@ pub mod runner;
 pub mod store;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_fence;
 #[cfg(test)]

@@ -439,7 +439,7 @@ async fn run_quiet(
         .expect("the run starts")
 }
 
-pub(super) fn healthy_source() -> MockSource {
+pub(crate) fn healthy_source() -> MockSource {
     let source = MockSource::new();
     source.script(
         "errors",

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::daemon::{Build, Built, Config, Daemon, Role};
 use crate::cli::status::Auth;
 use crate::controller::store::{FileStore, Store};
-use crate::metrics::mock::{Answer, MockSource};
+use crate::metrics::mock::MockSource;
 use crate::metrics::{Fetched, MetricsError, MetricsSource, Window};
 use crate::model::Weight;
 use crate::policy::{MetricConfig, Policy};
@@ -88,15 +88,7 @@ impl Build for Mocks {
             .lock()
             .unwrap()
             .insert(name.to_string(), inner.clone());
-        let source = MockSource::new();
-        source.script(
-            "errors",
-            vec![Answer::Rates {
-                baseline: 0.01,
-                canary: 0.01,
-                requests: 2000.0,
-            }],
-        );
+        let source = crate::controller::tests::healthy_source();
         // `panic-always` panics at 50 % and at its rollback's 0 % too.
         let panic_at = (name.starts_with("panic-apply") || name.starts_with("panic-always"))
             .then(|| Weight::try_from_percent(50.0).unwrap());
