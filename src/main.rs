@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use coalmine::cli::output::{self, ColorChoice};
+use coalmine::cli::display::output::{self, ColorChoice};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-use super::output::{error, write_stdout};
+use super::display::output::{error, write_stdout};
 use super::run::load;
 use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 use crate::policy::Policy;

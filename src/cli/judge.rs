@@ -286,7 +286,7 @@ fn report(result: Result<Value, String>) -> u8 {
             EXIT_OK
         }
         Err(e) => {
-            super::output::error(&e);
+            super::display::output::error(&e);
             EXIT_INVALID
         }
     }

@@ -31,22 +31,20 @@ macro_rules! err {
     }};
 }
 
+pub mod authoring;
 pub mod backtest;
-pub mod completions;
 pub mod control;
 pub mod demo;
-pub mod demo_services;
-pub mod init;
+pub mod display;
 pub mod judge;
-pub mod output;
-pub mod progress;
 pub mod report;
 pub mod run;
-pub mod schema;
 pub mod serve;
 pub mod signals;
 pub mod status;
-pub mod validate;
+
+use authoring::{completions, init, schema, validate};
+use display::output;
 
 /// Exit code: the canary was promoted (or the command succeeded).
 pub const EXIT_OK: u8 = 0;
@@ -87,7 +85,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Serve the demo's baseline and canary (with `/metrics`) and send load to a proxy
     /// address, until Ctrl-C: for trying `coalmine run` with a real Prometheus.
-    DemoServices(demo_services::DemoServicesArgs),
+    DemoServices(demo::services::DemoServicesArgs),
     /// Run one rollout of a policy in the foreground. Before any traffic moves it checks
     /// that the provider and the metrics source answer and that the canary is ready.
     Run(run::RunArgs),
@@ -172,7 +170,7 @@ pub fn run(cli: Cli) -> u8 {
     runtime.block_on(async move {
         match cli.command {
             Command::Demo(a) => demo::main(a).await,
-            Command::DemoServices(a) => demo_services::main(a).await,
+            Command::DemoServices(a) => demo::services::main(a).await,
             Command::Run(a) => run::main(a, &cli.state).await,
             Command::Retry(a) => match cli.state.server() {
                 Some(s) => serve::client::retry(&cli.state, &s, &a.rollout).await,

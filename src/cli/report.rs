@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::output::{error, write_stdout};
+use super::display::output::{error, write_stdout};
 use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 use crate::report::log::{read_log, select};
 use crate::report::{html, markdown};

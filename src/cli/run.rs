@@ -6,8 +6,8 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::control::StateArgs;
-use super::output;
-use super::progress::{Progress, summary};
+use super::display::output;
+use super::display::progress::{Progress, summary};
 use super::signals::{TrafficState, watch_signals};
 use super::status::{Auth, StatusBoard, Tee};
 use super::{EXIT_FAILURE, EXIT_INVALID};
@@ -89,20 +89,23 @@ pub(crate) fn load(path: &Path) -> Result<Policy, u8> {
 
 /// [`load`], with the SHA-256 of the very bytes parsed.
 pub(crate) fn load_hashed(path: &Path) -> Result<(Policy, String), u8> {
-    match super::validate::read_hashed(path) {
+    match super::authoring::validate::read_hashed(path) {
         Ok((p, warnings, sha)) => {
             if !warnings.is_empty() {
                 errln!("{warnings}");
             }
             Ok((p, sha))
         }
-        Err(super::validate::Unread::Io(message)) => {
-            super::output::error(&message);
+        Err(super::authoring::validate::Unread::Io(message)) => {
+            super::display::output::error(&message);
             Err(EXIT_INVALID)
         }
-        Err(super::validate::Unread::Invalid(d)) => {
+        Err(super::authoring::validate::Unread::Invalid(d)) => {
             errln!("{d}");
-            super::output::error(&super::validate::invalid_sentence(path, d.items().len()));
+            super::display::output::error(&super::authoring::validate::invalid_sentence(
+                path,
+                d.items().len(),
+            ));
             Err(EXIT_INVALID)
         }
     }

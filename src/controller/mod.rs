@@ -13,20 +13,6 @@ pub mod store;
 
 #[cfg(test)]
 pub(crate) mod tests;
-#[cfg(test)]
-mod tests_fence;
-#[cfg(test)]
-mod tests_gates;
-#[cfg(test)]
-mod tests_hooks;
-#[cfg(test)]
-mod tests_plans;
-#[cfg(test)]
-mod tests_rollouts;
-#[cfg(test)]
-mod tests_safety;
-#[cfg(test)]
-mod tests_sources;
 
 pub use machine::{Command, Decision, Event, Note, Phase, Reason, WindowFacts, judging, step};
 pub use record::Record;

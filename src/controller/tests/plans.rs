@@ -2,10 +2,12 @@
 //! (timed, and until promoted), steps with `analysis = false`; table tests of the pure
 //! machine and whole rollouts under paused time.
 
-use super::machine::{Command, Decision, Event, MetricStatus, Phase, Reason, WindowFacts, step};
-use super::runner::{FinalOutcome, Quiet, RunOptions, run};
-use super::tests::{healthy_source, plan, policy_with, progressing, s, w};
+use super::{healthy_source, plan, policy_with, progressing, s, w};
 use crate::analysis::Outcome;
+use crate::controller::machine::{
+    Command, Decision, Event, MetricStatus, Phase, Reason, WindowFacts, step,
+};
+use crate::controller::runner::{FinalOutcome, Quiet, RunOptions, run};
 use crate::model::Weight;
 use crate::policy::{PlannedPause, Rollout, StepSpec};
 use crate::traffic::mock::MockTrafficProvider;

@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use super::machine::Reason;
-use super::runner::{FinalOutcome, Lever, Quiet, RunOptions, RunReport, run};
 use crate::analysis::Observation;
+use crate::controller::machine::Reason;
+use crate::controller::runner::{FinalOutcome, Lever, Quiet, RunOptions, RunReport, run};
 use crate::metrics::mock::{Answer, MockSource};
 use crate::model::Weight;
 use crate::policy;
 use crate::traffic::mock::MockTrafficProvider;
 
-use super::tests::{TIMING, policy_with, w};
+use super::{TIMING, policy_with, w};
 
 const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n\
                       [[metric]]\nname = \"ceiling\"\nbuiltin = \"errors\"\njudge = \"threshold\"\nmax = 0.2\n";
@@ -362,8 +362,8 @@ async fn a_change_right_after_coalmines_own_is_not_retried_over() {
 /// own tick, and each ends as a `run` of the same inputs does (issue 12's daemon shape).
 #[tokio::test(start_paused = true)]
 async fn one_loop_drives_two_rollouts_through_reconcile_steps_as_run_does() {
-    use super::runner::{Reconciler, Wake};
-    use super::store::FileStore;
+    use crate::controller::runner::{Reconciler, Wake};
+    use crate::controller::store::FileStore;
     let policy = policy_with(TIMING, ERRORS);
     let inputs = || {
         let good = source(vec![rates(0.01, 0.01)]);

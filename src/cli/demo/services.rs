@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use clap::Args;
 
-use super::{EXIT_FAILURE, EXIT_OK};
+use crate::cli::{EXIT_FAILURE, EXIT_OK};
 use crate::demo::{Scenario, behaviours, load::Load, service::Service};
 
 /// Arguments of `coalmine demo-services`.
@@ -46,7 +46,7 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
         .unwrap_or_else(|| crate::demo::service::METRIC_BUCKETS.to_vec());
     if let Some(problem) = crate::demo::service::check_buckets(&bounds) {
         errln!("error: --buckets: {problem}; write e.g. --buckets 0.005,0.01,0.02,0.04");
-        return super::EXIT_INVALID;
+        return crate::cli::EXIT_INVALID;
     }
     let (baseline, canary) = match (
         Service::start_with_buckets(args.baseline, b, bounds.clone()).await,
@@ -54,7 +54,7 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
     ) {
         (Ok(b), Ok(c)) => (b, c),
         (Err(e), _) | (_, Err(e)) => {
-            super::output::error(&format!(
+            crate::cli::display::output::error(&format!(
                 "cannot start the demo's services on --baseline {} and --canary {}: {e}; choose \
                  free ports",
                 args.baseline, args.canary
@@ -74,7 +74,7 @@ pub(crate) async fn main(args: DemoServicesArgs) -> u8 {
     );
     let load = (args.rps > 0).then(|| Load::start(args.load_to, args.rps, 512));
     let (tx, mut stop) = tokio::sync::watch::channel(None);
-    super::signals::stop_on_signal(tx);
+    crate::cli::signals::stop_on_signal(tx);
     let _ = stop.changed().await;
     if let Some(load) = load {
         let s = load.stop().await;

@@ -3,8 +3,8 @@
 
 use clap::Args;
 
-use super::EXIT_OK;
-use super::output::write_stdout;
+use crate::cli::EXIT_OK;
+use crate::cli::display::output::write_stdout;
 use crate::policy::schema::schema_text;
 
 /// Arguments of `coalmine schema`.

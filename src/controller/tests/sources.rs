@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::machine::{
+use crate::analysis::Outcome;
+use crate::controller::machine::{
     Command, Decision, Event, MetricStatus, Phase, Progress, Reason, WindowFacts, step,
 };
-use crate::analysis::Outcome;
 use crate::model::Weight;
 use crate::policy::{OnNoData, Rollout};
 

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::output::{self, write_stdout};
-use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::cli::display::output::{self, write_stdout};
+use crate::cli::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 
 /// The traffic providers `init` writes a section for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -11,8 +11,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use super::machine::{Command, Event, Phase, Reason, step};
-use super::runner::{FinalOutcome, Quiet, RunOptions, run};
+use crate::controller::machine::{Command, Event, Phase, Reason, step};
+use crate::controller::runner::{FinalOutcome, Quiet, RunOptions, run};
 use crate::metrics::mock::{Answer, MockSource};
 use crate::model::Weight;
 use crate::policy::{self, Rollout};

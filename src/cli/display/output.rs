@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use clap::{Args, ValueEnum};
 
-use super::EXIT_FAILURE;
+use crate::cli::EXIT_FAILURE;
 
 /// When to colour the output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

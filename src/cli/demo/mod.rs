@@ -1,14 +1,16 @@
 //! `coalmine demo`: the embedded default. Starts a baseline and a canary service, the
 //! built-in proxy and a load generator in-process, and runs one rollout of the demo policy.
 
+pub mod services;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
 
-use super::output;
-use super::run::{OutputArgs, Presentation, drive, load, setup};
-use super::{EXIT_FAILURE, EXIT_INVALID};
+use crate::cli::display::output;
+use crate::cli::run::{OutputArgs, Presentation, drive, load, setup};
+use crate::cli::{EXIT_FAILURE, EXIT_INVALID};
 use crate::demo::{DEMO_POLICY, Scenario, behaviours, load::Load, service::Service, wire};
 use crate::policy;
 

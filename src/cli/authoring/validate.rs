@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
-use super::output;
-use super::run::load;
-use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::cli::display::output;
+use crate::cli::run::load;
+use crate::cli::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 use crate::metrics::{self, MetricsSource};
 use crate::policy::diag::{Severity, escape_controls};
 use crate::policy::{self, Diagnostics, Policy};

@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::runner::{Durable, Quiet, Reconciler, RunOptions, Wake};
-use super::store::{PolicyRef, RolloutState, Store, StoreError};
-use super::tests::{TIMING, policy_with};
+use super::{TIMING, policy_with};
+use crate::controller::runner::{Durable, Quiet, Reconciler, RunOptions, Wake};
+use crate::controller::store::{PolicyRef, RolloutState, Store, StoreError};
 use crate::metrics::mock::{Answer, MockSource};
 use crate::traffic::mock::MockTrafficProvider;
 
@@ -216,7 +216,7 @@ async fn a_run_whose_store_fences_it_ends_with_the_fenced_error() {
     let store = Deposable::default();
     store.fence_fails.store(true, Ordering::SeqCst);
     let traffic = MockTrafficProvider::new();
-    let err = super::runner::run_durable(
+    let err = crate::controller::runner::run_durable(
         &policy,
         &traffic,
         &healthy(),
@@ -227,7 +227,10 @@ async fn a_run_whose_store_fences_it_ends_with_the_fenced_error() {
     .await
     .unwrap_err();
     assert!(
-        matches!(&err, super::runner::Error::Store(StoreError::Fenced { .. })),
+        matches!(
+            &err,
+            crate::controller::runner::Error::Store(StoreError::Fenced { .. })
+        ),
         "{err:?}"
     );
     assert!(traffic.calls().is_empty(), "{:?}", traffic.calls());
@@ -248,7 +251,7 @@ async fn a_provider_call_is_given_up_before_the_fence_could_lapse() {
         decisions: Some(log.clone()),
         ..RunOptions::default()
     };
-    let _ = super::runner::run_durable(
+    let _ = crate::controller::runner::run_durable(
         &policy,
         &traffic,
         &healthy(),

@@ -6,7 +6,7 @@ use std::io::Write;
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
 
-use super::{Cli, EXIT_FAILURE, EXIT_OK};
+use crate::cli::{Cli, EXIT_FAILURE, EXIT_OK};
 
 /// Arguments of `coalmine completions`.
 #[derive(Debug, Args)]
@@ -31,7 +31,7 @@ pub fn man() -> u8 {
     let cmd = Cli::command();
     let mut out = Vec::new();
     if let Err(e) = render_man(&cmd, &mut out) {
-        super::output::error(&format!("cannot render the man page: {e}"));
+        crate::cli::display::output::error(&format!("cannot render the man page: {e}"));
         return EXIT_FAILURE;
     }
     write_stdout(&out)
@@ -60,7 +60,7 @@ fn render_man(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 fn write_stdout(bytes: &[u8]) -> u8 {
-    match super::output::write_stdout(bytes) {
+    match crate::cli::display::output::write_stdout(bytes) {
         Ok(()) => EXIT_OK,
         Err(code) => code,
     }

@@ -2,14 +2,14 @@
 //! traffic change is never overridden (Paused), readiness gates the first step, `min_requests`
 //! counts only what the metrics count, and early pass is opt-in.
 
-use super::health::ErrorCounts;
-use super::machine::{
+use crate::controller::health::ErrorCounts;
+use crate::controller::machine::{
     Command, Decision, Event, MetricStatus, Note, PauseCause, Phase, Reason, WindowFacts, judging,
     step,
 };
 use std::time::Duration;
 
-use super::tests::{plan, progressing, s, w};
+use super::{plan, progressing, s, w};
 use crate::analysis::Outcome;
 use crate::model::Weight;
 use crate::policy::OnExternalChange;

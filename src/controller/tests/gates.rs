@@ -14,11 +14,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use super::gates::{SIGNATURE_HEADER, verify};
-use super::machine::{Command, Decision, Event, Note, Phase, Reason, step};
-use super::runner::{FinalOutcome, Quiet, RunOptions, RunReport, run};
-use super::tests::{plan, progressing, s, w};
-use super::tests_hooks::source;
+use super::hooks::source;
+use super::{plan, progressing, s, w};
+use crate::controller::gates::{SIGNATURE_HEADER, verify};
+use crate::controller::machine::{Command, Decision, Event, Note, Phase, Reason, step};
+use crate::controller::runner::{FinalOutcome, Quiet, RunOptions, RunReport, run};
 use crate::model::Weight;
 use crate::policy::gates::{Gate, GateAction, GateKind};
 use crate::policy::{self, Rollout};
@@ -49,7 +49,7 @@ fn passing_ticks(mut phase: Phase, from: u64, to: u64, r: &Rollout) -> (Phase, V
             now: s(t),
             metrics: Vec::new(),
             requests: Some([500.0, 500.0]),
-            facts: super::machine::WindowFacts::default(),
+            facts: crate::controller::machine::WindowFacts::default(),
         };
         (phase, cmds) = step(phase, tick, r);
         t += 10;

@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::output::{self, Style, paint};
 use crate::analysis::fmt;
 use crate::analysis::{Outcome, Stats};
+use crate::cli::display::output::{self, Style, paint};
 use crate::controller::record::{MetricRecord, RecordKind};
 use crate::controller::runner::not_started_text;
 use crate::controller::{Decision, FinalOutcome, Observer, Record, RunReport};

@@ -1,6 +1,14 @@
 //! Controller tests: table tests of the pure machine, and the runner under paused time with
 //! mock providers and sources.
 
+mod fence;
+mod gates;
+mod hooks;
+mod plans;
+mod rollouts;
+mod safety;
+mod sources;
+
 use std::time::Duration;
 
 use super::machine::{
