@@ -13,7 +13,7 @@ fn demo(scenario: &str) -> (i32, serde_json::Value, String, Duration) {
     let out = run(&["demo", "--scenario", scenario, "--json"]);
     let took = start.elapsed();
     let (stdout, stderr) = text(&out);
-    crate::authoring::assert_progress_fits(&stderr);
+    crate::policy::authoring::assert_progress_fits(&stderr);
     let json: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is JSON ({e}):\n{stdout}\n{stderr}"));
     (out.status.code().unwrap_or(-1), json, stderr, took)

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::raw_http::scripted_backend;
+use crate::hostile::raw_http::scripted_backend;
 use crate::support::{run, text};
 use bytes::Bytes;
 use coalmine::analysis::Observation;

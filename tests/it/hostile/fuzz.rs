@@ -4,7 +4,7 @@
 use coalmine::policy;
 use proptest::prelude::*;
 
-const BASE: &str = include_str!("../fixtures/policies/valid/full.toml");
+const BASE: &str = include_str!("../../fixtures/policies/valid/full.toml");
 
 fn check(src: &str) {
     if let Err(d) = policy::parse(src, "p.toml") {

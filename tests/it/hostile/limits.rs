@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
+use crate::hostile::raw_http::{read_response, scripted_backend};
 use crate::proxy::upstream;
-use crate::raw_http::{read_response, scripted_backend};
 
 fn behaviour(track: &str, seed: u64, median: Duration) -> Behaviour {
     Behaviour {

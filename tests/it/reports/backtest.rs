@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::report::demo_log;
+use crate::reports::report::demo_log;
 use crate::support::{root, run, text};
 
 fn backtest_json(policy: &Path, log: &Path) -> serde_json::Value {
