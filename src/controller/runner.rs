@@ -333,6 +333,9 @@ struct Shell<'a, T, M, S> {
     ticks: u64,
     steps_reached: usize,
     log_failed: Option<String>,
+    /// Records made since the last save, for a store that keeps them
+    /// ([`Store::keeps_records`]): written with the next save, in the same write.
+    pending: Vec<String>,
     notifier: Option<Notifier>,
     readiness: Option<CanaryProbe>,
     /// Set when the store refused a write or a fence check (this controller no longer owns
@@ -438,8 +441,13 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             last,
             operator_actions: self.operator_actions,
         };
-        match d.store.save(&state, d.revision).await {
+        match d
+            .store
+            .save_with_records(&state, d.revision, &self.pending)
+            .await
+        {
             Ok(rev) => {
+                self.pending.clear();
                 if let Some(d) = &mut self.durable {
                     d.revision = rev;
                 }
@@ -552,6 +560,15 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 "decision log {} unwritable: {e}",
                 log.path().display()
             ));
+        }
+        if let Some(d) = &self.durable
+            && d.store.keeps_records()
+        {
+            match serde_json::to_string(r) {
+                // Redacted as the file log's lines are.
+                Ok(line) => self.pending.push(crate::redact::text(&line).into_owned()),
+                Err(e) => tracing::error!(error = %e, "decision record unserializable"),
+            }
         }
         self.observer.on_record(r);
         if let Some(n) = &mut self.notifier {
@@ -1310,6 +1327,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             ticks: resume.as_ref().map_or(0, |r| r.ticks),
             steps_reached: resume.as_ref().map_or(0, |r| r.steps_reached),
             log_failed: None,
+            pending: Vec::new(),
             notifier: policy.notify.clone().map(Notifier::new),
             readiness: opts.readiness,
             deposed: None,
@@ -1449,8 +1467,9 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         let policy = shell.policy;
         let plan = &policy.rollout;
         loop {
-            // Persist before acting: the store always knows what is about to be done.
-            if l.saved.as_ref() != Some(&*phase) {
+            // Persist before acting: the store always knows what is about to be done
+            // (and keeps the records that led here, when it keeps records).
+            if l.saved.as_ref() != Some(&*phase) || !shell.pending.is_empty() {
                 shell
                     .persist(phase, l, Some(phase.name().to_string()))
                     .await;
@@ -1846,7 +1865,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         } = self;
         let policy = shell.policy;
         let plan = &policy.rollout;
-        if l.saved.as_ref() != Some(&phase) {
+        if l.saved.as_ref() != Some(&phase) || !shell.pending.is_empty() {
             shell
                 .persist(&phase, &l, Some(phase.name().to_string()))
                 .await;
@@ -1870,6 +1889,12 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 shell.ask_gates(told, None, &phase).await;
             }
             _ => {}
+        }
+        // The hooks' and gates' records, for a store that keeps them.
+        if !shell.pending.is_empty() && shell.deposed.is_none() {
+            shell
+                .persist(&phase, &l, Some(phase.name().to_string()))
+                .await;
         }
         if let Some(n) = &mut shell.notifier {
             n.flush().await;

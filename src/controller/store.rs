@@ -320,6 +320,36 @@ pub trait Store: Send + Sync {
         rollout: &str,
     ) -> impl Future<Output = Result<Self::Guard, StoreError>> + Send;
 
+    /// Whether decision records are kept in the store, each written in the same atomic
+    /// write as the rollout's record that follows it ([`Store::save_with_records`]); by
+    /// default not (they go to the decision log file).
+    fn keeps_records(&self) -> bool {
+        false
+    }
+
+    /// [`Store::save`], and in the same atomic write the decision records (JSON lines)
+    /// made since the last save: a record is stored exactly when the state after it is.
+    /// By default the records are dropped (a store that does not keep them).
+    fn save_with_records(
+        &self,
+        state: &RolloutState,
+        expected: u64,
+        records: &[String],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = records;
+        self.save(state, expected)
+    }
+
+    /// The decision records kept for `rollout`, oldest first (empty when the store keeps
+    /// none).
+    fn records(
+        &self,
+        rollout: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        let _ = rollout;
+        async { Ok(Vec::new()) }
+    }
+
     /// Whether the store can be reached and written now (`coalmine serve`'s
     /// `/health/ready`); by default always.
     fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send {

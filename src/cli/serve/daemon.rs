@@ -168,6 +168,8 @@ pub struct Daemon<S, B = Builtin> {
     pub(crate) obs: Arc<Obs>,
     role: watch::Receiver<Role>,
     control: Mutex<Option<ControlRef>>,
+    /// Where the leader's control API is, when another replica leads.
+    leader: Mutex<Option<watch::Receiver<Option<String>>>>,
     rollouts: Mutex<HashMap<String, Entry>>,
     /// The stop signal of the current term (leadership, or the process's life).
     term: Mutex<watch::Sender<bool>>,
@@ -195,6 +197,9 @@ enum Ended {
     Unstartable(String),
     /// It panicked (the message).
     Panicked(String),
+    /// The store refused its write or fence: another replica leads (or etcd could not
+    /// confirm this one does). Nothing more was done; the leader resumes it.
+    Deposed(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -225,6 +230,7 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             obs,
             role,
             control: Mutex::new(None),
+            leader: Mutex::new(None),
             rollouts: Mutex::default(),
             term: Mutex::new(watch::channel(false).0),
         })
@@ -236,6 +242,16 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             addr,
             pid: std::process::id(),
         });
+    }
+
+    /// Where this replica learns the leader's control API URL.
+    pub(crate) fn set_leader_url(&self, leader: watch::Receiver<Option<String>>) {
+        *lock(&self.leader) = Some(leader);
+    }
+
+    /// The leader's control API URL, when another replica leads and its key says where.
+    pub(crate) fn leader_url(&self) -> Option<String> {
+        lock(&self.leader).as_ref().and_then(|l| l.borrow().clone())
     }
 
     /// The token mutating requests need.
@@ -572,6 +588,10 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
                 tracing::info!(rollout = %name, "rollout stopped, traffic left as recorded");
                 r.remove(name);
             }
+            Ended::Deposed(why) => {
+                tracing::warn!(rollout = %name, %why, "rollout dropped without acting: not ours any more");
+                r.remove(name);
+            }
             Ended::Unstartable(why) => {
                 tracing::error!(rollout = %name, error = %why, "rollout could not start");
                 r.remove(name);
@@ -749,6 +769,9 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             }
         };
         let mut r = match started {
+            Ok(r) if r.deposed().is_some() => {
+                return Ended::Deposed(r.deposed().unwrap_or_default().to_string());
+            }
             Ok(r) => r,
             Err(e) => {
                 let cause =
@@ -787,6 +810,11 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             };
             if tick {
                 self.obs.ticks.observe(t0.elapsed().as_secs_f64());
+            }
+            if let Some(why) = r.deposed() {
+                // Not ours any more: no checkpoint, no release (the writes would be
+                // refused anyway), nothing acted on.
+                return Ended::Deposed(why.to_string());
             }
             match ended {
                 Some(false) => {}
@@ -855,10 +883,7 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
     pub(crate) async fn stand_down(&self) {
         let old = std::mem::replace(&mut *lock(&self.term), watch::channel(false).0);
         let _ = old.send(true);
-        let tasks: Vec<JoinHandle<()>> = {
-            let mut r = lock(&self.rollouts);
-            r.values_mut().filter_map(|e| e.task.take()).collect()
-        };
+        let tasks = self.take_tasks();
         let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let all = futures_util::future::join_all(tasks);
         if tokio::time::timeout(self.cfg.grace * 2, all).await.is_err() {
@@ -869,20 +894,59 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
         lock(&self.rollouts).retain(|_, e| matches!(e.life, Life::Finished(_)));
     }
 
-    /// Acts while this replica leads: resumes the store's rollouts on gaining leadership,
-    /// stands down on losing it. Returns when the role channel closes.
-    pub(crate) async fn lead(self: Arc<Self>) {
+    /// Leadership lost: every rollout task is dropped at once, wherever it is (a provider
+    /// call or a hook in flight is abandoned, as in a crash), with no further write and
+    /// no traffic change: the new leader continues from the last record. A new term
+    /// begins.
+    pub(crate) async fn abandon(&self) {
+        let old = std::mem::replace(&mut *lock(&self.term), watch::channel(false).0);
+        let tasks = self.take_tasks();
+        for t in &tasks {
+            t.abort();
+        }
+        let _ = futures_util::future::join_all(tasks).await;
+        // Only now: a task that saw its stop signal would checkpoint (a write).
+        drop(old);
+        lock(&self.rollouts).retain(|_, e| matches!(e.life, Life::Finished(_)));
+    }
+
+    fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        let mut r = lock(&self.rollouts);
+        r.values_mut().filter_map(|e| e.task.take()).collect()
+    }
+
+    /// Acts while this replica leads: resumes the store's rollouts on gaining leadership
+    /// (and every `rescan` while it leads, for a rollout whose task was deposed by a
+    /// store error while this replica kept the lead), drops them all at once on losing
+    /// it ([`Self::abandon`]). Returns when the role channel closes.
+    pub(crate) async fn lead(self: Arc<Self>, rescan: Option<Duration>) {
         let mut role = self.role.clone();
         loop {
             if role.wait_for(|r| *r == Role::Leader).await.is_err() {
                 return;
             }
             self.resume_all().await;
-            if role.wait_for(|r| *r != Role::Leader).await.is_err() {
-                return;
+            loop {
+                let again = async {
+                    match rescan {
+                        Some(every) => tokio::time::sleep(every).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let lost = tokio::select! {
+                    r = role.wait_for(|r| *r != Role::Leader) => Some(r.is_ok()),
+                    () = again => None,
+                };
+                match lost {
+                    Some(true) => break,
+                    Some(false) => return,
+                    None => self.resume_all().await,
+                }
             }
-            tracing::warn!("leadership lost: standing down, traffic left as recorded");
-            self.stand_down().await;
+            tracing::warn!(
+                "leadership lost: every rollout dropped at once, traffic left as recorded"
+            );
+            self.abandon().await;
         }
     }
 }

@@ -14,6 +14,9 @@ use tokio::sync::watch;
 
 use super::control::StateArgs;
 use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::controller::store::etcd::{
+    self as etcd, DEFAULT_PREFIX, EtcdClient, EtcdConfig, EtcdStore, LeaderOptions, Leadership,
+};
 use crate::controller::store::{FileStore, Store};
 
 pub mod api;
@@ -99,6 +102,51 @@ pub struct ServeArgs {
     /// `decisions/` in the store's directory).
     #[arg(long, value_name = "DIR")]
     pub decisions_dir: Option<PathBuf>,
+    /// With etcd: the prefix of every key coalmine writes (rollouts, decision records,
+    /// the leader key, owners).
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// With etcd: the leader lease's time to live. A dead leader is replaced about one TTL
+    /// (plus a quarter TTL and one analysis interval) after it stopped renewing; a leader
+    /// that cannot reach etcd stops acting within one TTL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
+    pub lease_ttl: Duration,
+    /// With etcd: CA certificates (PEM) to verify the members with (switches to HTTPS).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// With etcd: a client certificate (PEM), for members with `--client-cert-auth`.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// With etcd: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// With etcd: the user to authenticate as. Its password comes from the environment
+    /// variable `COALMINE_ETCD_PASSWORD` or `--etcd-password-file`, never the command line.
+    #[arg(long, value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// With etcd: a file holding the user's password (one line).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// With etcd: this replica's control API URL as the other replicas reach it (kept
+    /// with the leader key; followers forward mutations there). Default: http:// and the
+    /// `--listen` address (its bound port when the port is 0).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With etcd: this replica's name in the leader key, the owners' keys and the logs
+    /// (default: HOST-PID).
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}`: a lease TTL is from 1s to 1h"));
+    }
+    if d.subsec_nanos() != 0 {
+        return Err(format!("`{s}`: etcd grants leases in whole seconds"));
+    }
+    Ok(d)
 }
 
 /// Runs `coalmine serve`.
@@ -138,24 +186,197 @@ pub(crate) async fn main(args: ServeArgs, state: &StateArgs) -> u8 {
             };
             // The embedded store has one controller: it always leads.
             let (_leader, role) = watch::channel(Role::Leader);
-            serve(FileStore::new(dir), daemon::Builtin, role, cfg, &args).await
+            let on = Replication {
+                role,
+                leader: watch::channel(None).1,
+                rescan: None,
+            };
+            serve(FileStore::new(dir), daemon::Builtin, on, cfg, &args).await
         }
-        StoreSpec::Etcd(endpoints) => {
-            errln!(
-                "error: --store etcd://{}: the etcd store is not built in yet; use --store DIR",
-                endpoints.join(",")
-            );
-            EXIT_INVALID
+        StoreSpec::Etcd(endpoints) => serve_etcd(endpoints, &args, state).await,
+    }
+}
+
+/// The etcd client's configuration from the options; the password from the environment
+/// or its file (registered as a secret).
+fn etcd_config(endpoints: Vec<String>, args: &ServeArgs) -> Result<EtcdConfig, String> {
+    let password = match (
+        &args.etcd_password_file,
+        std::env::var("COALMINE_ETCD_PASSWORD"),
+    ) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("--etcd-password-file {}: {e}", f.display()))?;
+            let p = text.lines().next().unwrap_or_default().to_string();
+            if p.is_empty() {
+                return Err(format!("--etcd-password-file {} is empty", f.display()));
+            }
+            Some(p)
+        }
+        (None, Ok(p)) if !p.is_empty() => Some(p),
+        (None, _) => None,
+    };
+    if let Some(p) = &password {
+        crate::redact::register(p);
+    }
+    if args.etcd_user.is_some() && password.is_none() {
+        return Err(
+            "--etcd-user needs its password: COALMINE_ETCD_PASSWORD or --etcd-password-file"
+                .to_string(),
+        );
+    }
+    if args.etcd_user.is_none() && password.is_some() {
+        return Err("an etcd password (COALMINE_ETCD_PASSWORD) needs --etcd-user".to_string());
+    }
+    Ok(EtcdConfig {
+        endpoints,
+        ca_file: args.etcd_ca.clone(),
+        cert_file: args.etcd_cert.clone(),
+        key_file: args.etcd_key.clone(),
+        user: args.etcd_user.clone(),
+        password,
+        timeout: Duration::from_secs(3),
+    })
+}
+
+/// `coalmine serve --store etcd://…`: campaigns for the leadership and serves.
+async fn serve_etcd(endpoints: Vec<String>, args: &ServeArgs, state: &StateArgs) -> u8 {
+    let shown = endpoints.join(",");
+    let cfg = match etcd_config(endpoints, args) {
+        Ok(c) => c,
+        Err(e) => {
+            errln!("error: --store etcd://{shown}: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let client = match EtcdClient::new(&cfg) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => {
+            errln!("error: --store etcd://{shown}: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let prefix = args.etcd_prefix.clone();
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        errln!("error: --etcd-prefix `{prefix}`: a prefix starts and ends with `/`");
+        return EXIT_INVALID;
+    }
+    let auth = match state.auth(true) {
+        Ok(a) => a,
+        Err(e) => {
+            errln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let id = args.replica.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            rustix::system::uname().nodename().to_string_lossy(),
+            std::process::id()
+        )
+    });
+    let cfg = Config {
+        auth,
+        // Records live in the store (every replica reads the same); a file too when a
+        // policy names one or `--decisions-dir` is given.
+        decisions_dir: args.decisions_dir.clone(),
+        grace: Duration::from_secs(5),
+    };
+    let Some(listener) = bind(args.listen).await else {
+        return EXIT_FAILURE;
+    };
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let leadership = std::sync::Arc::new(Leadership::start(
+        client.clone(),
+        &prefix,
+        LeaderOptions {
+            id: id.clone(),
+            addr: Some(advertise.clone()),
+            ttl: args.lease_ttl,
+        },
+    ));
+    errln!(
+        "coalmine serve: replica {id} on etcd://{shown} (prefix {prefix}, lease TTL {}s), advertised as {advertise}",
+        args.lease_ttl.as_secs()
+    );
+    let (role_tx, role) = watch::channel(Role::Unknown);
+    let (leader_tx, leader) = watch::channel(None);
+    let mut etcd_role = leadership.watch();
+    // The election's role, as the daemon sees it, and where the leader is.
+    let follow = tokio::spawn(async move {
+        loop {
+            let r = etcd_role.borrow_and_update().clone();
+            let (mine, url) = match r {
+                etcd::Role::Unknown => (Role::Unknown, None),
+                etcd::Role::Leader { .. } => (Role::Leader, None),
+                etcd::Role::Follower { leader } => (Role::Follower, leader.and_then(|l| l.addr)),
+            };
+            leader_tx.send_replace(url);
+            role_tx.send_replace(mine);
+            if etcd_role.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let store = EtcdStore::new(client, &prefix, leadership.clone());
+    let on = Replication {
+        role,
+        leader,
+        rescan: Some(args.lease_ttl / 2),
+    };
+    let code = serve_on(listener, store, daemon::Builtin, on, cfg, args).await;
+    follow.abort();
+    // Hand the leadership over at once (a standby need not wait for the lease to expire).
+    leadership.resign().await;
+    code
+}
+
+/// Binds the control API's listener, or says why not.
+async fn bind(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            errln!("error: cannot listen on {addr}: {e}; choose a free port (port 0 picks one)");
+            None
         }
     }
 }
 
-/// Serves rollouts from `store` until SIGTERM or SIGINT, acting on them while `role` says
-/// [`Role::Leader`]; returns the exit code.
+/// How this replica learns its role: only a [`Role::Leader`] acts on rollouts.
+pub struct Replication {
+    /// This replica's role.
+    pub role: watch::Receiver<Role>,
+    /// The leader's control API URL, when another replica leads and says where.
+    pub leader: watch::Receiver<Option<String>>,
+    /// While leading, how often the store is scanned again for unfinished rollouts that no
+    /// task runs (one dropped after a store error); `None`: only on gaining the lead.
+    pub rescan: Option<Duration>,
+}
+
+/// Serves rollouts from `store` until SIGTERM or SIGINT, acting on them while `on.role`
+/// says [`Role::Leader`]; returns the exit code.
 pub async fn serve<S: Store + 'static, B: Build>(
     store: S,
     build: B,
-    role: watch::Receiver<Role>,
+    on: Replication,
+    cfg: Config,
+    args: &ServeArgs,
+) -> u8 {
+    let Some(listener) = bind(args.listen).await else {
+        return EXIT_FAILURE;
+    };
+    serve_on(listener, store, build, on, cfg, args).await
+}
+
+async fn serve_on<S: Store + 'static, B: Build>(
+    listener: tokio::net::TcpListener,
+    store: S,
+    build: B,
+    on: Replication,
     cfg: Config,
     args: &ServeArgs,
 ) -> u8 {
@@ -163,16 +384,6 @@ pub async fn serve<S: Store + 'static, B: Build>(
     let (stop_tx, mut stop) = watch::channel(None);
     super::signals::stop_on_signal(stop_tx);
     tokio::task::yield_now().await;
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            errln!(
-                "error: cannot listen on {}: {e}; choose a free port (port 0 picks one)",
-                args.listen
-            );
-            return EXIT_FAILURE;
-        }
-    };
     let bound = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -180,15 +391,16 @@ pub async fn serve<S: Store + 'static, B: Build>(
             return EXIT_FAILURE;
         }
     };
-    let d = Daemon::new(store, build, role, cfg);
+    let d = Daemon::new(store, build, on.role, cfg);
     d.set_control(bound);
+    d.set_leader_url(on.leader);
     let (stop_api, api_stopped) = watch::channel(false);
     let api = tokio::spawn(api::serve(d.clone(), listener, async move {
         let mut rx = api_stopped;
         let _ = rx.wait_for(|v| *v).await;
     }));
     errln!("coalmine serve: control API on http://{bound}");
-    let lead = tokio::spawn(d.clone().lead());
+    let lead = tokio::spawn(d.clone().lead(on.rescan));
     let watcher = args
         .watch
         .clone()

@@ -178,6 +178,26 @@ impl<S: Store> Store for Timed<S> {
         r
     }
 
+    async fn save_with_records(
+        &self,
+        state: &RolloutState,
+        expected: u64,
+        records: &[String],
+    ) -> Result<u64, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.save_with_records(state, expected, records).await;
+        self.obs.writes.observe(t.elapsed().as_secs_f64());
+        r
+    }
+
+    fn keeps_records(&self) -> bool {
+        self.inner.keeps_records()
+    }
+
+    async fn records(&self, rollout: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.records(rollout).await
+    }
+
     async fn list(&self) -> Result<Vec<RolloutState>, StoreError> {
         self.inner.list().await
     }

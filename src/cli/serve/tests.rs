@@ -260,7 +260,7 @@ async fn a_running_name_is_refused_and_a_finished_one_starts_again() {
 async fn a_follower_acts_on_nothing_and_a_lost_leadership_stands_down() {
     let dir = tempfile::tempdir().unwrap();
     let (d, role) = daemon(dir.path());
-    let lead = tokio::spawn(d.clone().lead());
+    let lead = tokio::spawn(d.clone().lead(None));
     let slow = policy("held").replace("step_duration = \"1s\"", "step_duration = \"60s\"");
     d.apply(&slow, None, true).await.unwrap();
     // Wait until it runs at step 1.

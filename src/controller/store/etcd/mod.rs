@@ -4,6 +4,10 @@
 //! Keys, under a prefix (`--etcd-prefix`, default [`DEFAULT_PREFIX`]):
 //! - `rollouts/NAME`: the record, the same bytes as the embedded store's file (pretty JSON
 //!   and a `# sha256` line); its revision is the key's `mod_revision`;
+//! - `records/NAME/REV-RANK`: the rollout's decision records (one JSON line each), written
+//!   in the same transaction as the rollout's record that follows them
+//!   ([`Store::save_with_records`]), keyed by the revision that write replaced, so any
+//!   replica reads the same log and a record is stored exactly when its state is;
 //! - `leader`: the leader's name and address (JSON), attached to its lease;
 //! - `owners/NAME`: who runs the rollout ([`Store::acquire`]), attached to the owner's
 //!   lease, so it goes when the owner dies.
@@ -118,6 +122,19 @@ impl Store for EtcdStore {
     }
 
     async fn save(&self, state: &RolloutState, expected: u64) -> Result<u64, StoreError> {
+        self.save_with_records(state, expected, &[]).await
+    }
+
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
+    async fn save_with_records(
+        &self,
+        state: &RolloutState,
+        expected: u64,
+        records: &[String],
+    ) -> Result<u64, StoreError> {
         let key = self.key("rollouts", &state.rollout)?;
         let mut s = state.clone();
         s.format = super::FORMAT;
@@ -137,13 +154,19 @@ impl Store for EtcdStore {
         } else {
             Compare::ModRevision(key.clone(), expected_rev)
         };
+        // The records go in the same transaction, under keys ordered by the revision this
+        // write replaces (unique: only one write can replace it) and their rank in it.
+        let mut puts = vec![Op::Put(key.clone(), bytes.clone(), 0)];
+        for (i, line) in records.iter().enumerate() {
+            let rkey = format!(
+                "{}/{expected:020}-{i:06}",
+                String::from_utf8_lossy(&self.key("records", &state.rollout)?)
+            );
+            puts.push(Op::Put(rkey.into_bytes(), line.clone().into_bytes(), 0));
+        }
         let r = self
             .leadership
-            .txn(
-                &[cas],
-                &[Op::Put(key.clone(), bytes.clone(), 0)],
-                &[Op::Get(key.clone())],
-            )
+            .txn(&[cas], &puts, &[Op::Get(key.clone())])
             .await
             .map_err(etcd(format!("writing rollout `{}`", state.rollout)))?
             .map_err(|d| StoreError::Fenced {
@@ -185,6 +208,20 @@ impl Store for EtcdStore {
         }
         out.sort_by(|a, b| a.rollout.cmp(&b.rollout));
         Ok(out)
+    }
+
+    async fn records(&self, rollout: &str) -> Result<Vec<String>, StoreError> {
+        let mut prefix = self.key("records", rollout)?;
+        prefix.push(b'/');
+        let kvs = self
+            .client
+            .get_prefix(&prefix)
+            .await
+            .map_err(etcd(format!("reading the records of rollout `{rollout}`")))?;
+        Ok(kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .collect())
     }
 
     async fn acquire(&self, rollout: &str) -> Result<OwnerKey, StoreError> {
