@@ -25,6 +25,29 @@ struct Serve {
     stderr: Arc<Mutex<String>>,
 }
 
+/// Collects a `coalmine serve`'s stderr (in the background) and waits for the control
+/// API's address it prints.
+pub(crate) fn printed_address(child: &mut Child) -> (String, Arc<Mutex<String>>) {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let lines = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let acc = stderr.clone();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if let Some(a) = line.split("control API on http://").nth(1) {
+                let _ = tx.send(a.trim().to_string());
+            }
+            let mut s = acc.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no address printed: {}", stderr.lock().unwrap()));
+    (addr, stderr)
+}
+
 impl Serve {
     fn start(store: &Path, extra: &[&str]) -> Serve {
         let mut child = coalmine()
@@ -38,23 +61,7 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let lines = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let acc = stderr.clone();
-        std::thread::spawn(move || {
-            for line in lines.lines().map_while(Result::ok) {
-                if let Some(a) = line.split("control API on http://").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
-                }
-                let mut s = acc.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no address printed: {}", stderr.lock().unwrap()));
+        let (addr, stderr) = printed_address(&mut child);
         Serve {
             child,
             addr: addr.parse().unwrap(),

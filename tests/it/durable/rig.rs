@@ -45,6 +45,8 @@ pub(crate) struct Opts {
     pub(crate) plan: Option<&'static str>,
     /// Extra text at the end of the policy (gates, more tables).
     pub(crate) tail: String,
+    /// The analysis interval.
+    pub(crate) interval: &'static str,
 }
 
 impl Default for Opts {
@@ -58,6 +60,7 @@ impl Default for Opts {
             hook_ms: None,
             plan: None,
             tail: String::new(),
+            interval: "100ms",
         }
     }
 }
@@ -235,7 +238,8 @@ impl Rig {
                 .unwrap();
                 format!(
                     "type = \"exec\"\ncommand = [\"/bin/sh\", \"{d}/set.sh\", \"{{{{percent}}}}\"]\n\
-                     read_command = [\"/bin/sh\", \"{d}/get.sh\"]\n",
+                     read_command = [\"/bin/sh\", \"{d}/get.sh\"]\n\
+                     env = [\"COALMINE_TEST_REPLICA\"]\n",
                     d = d.display()
                 )
             }
@@ -274,7 +278,7 @@ impl Rig {
 [rollout]
 {steps}
 step_duration = "{step}"
-analysis_interval = "100ms"
+analysis_interval = "{interval}"
 min_requests = 100
 deadline = "10m"
 {extra}
@@ -300,6 +304,7 @@ trials = 'requests_total{{arm="{{{{arm}}}}"}}'
                 },
                 plan = o.plan.unwrap_or(""),
                 tail = o.tail,
+                interval = o.interval,
             ),
         )
         .unwrap();

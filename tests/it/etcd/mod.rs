@@ -3,6 +3,7 @@
 //! when the leader's lease expires, a deposed leader's writes and fence checks fail with
 //! `Fenced`, authentication, and a three-member cluster that loses a member.
 
+mod ha;
 mod server;
 
 use std::sync::Arc;
