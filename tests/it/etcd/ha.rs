@@ -147,18 +147,10 @@ fn rfc3339_nanos(s: &str) -> u128 {
         .as_nanos()
 }
 
-async fn ha(members: usize, rollouts: usize, kills: usize) {
-    let Some(etcd) = Etcd::start(members).await else {
-        return;
-    };
-    let state = tempfile::tempdir().unwrap();
-    let url = etcd.url();
-    let mut rs: Vec<Replica> = (0..3)
-        .map(|i| Replica::start(&format!("r{i}"), &url, state.path()))
-        .collect();
-    let first = leader(&rs);
-    // Half healthy (promoted), half whose canary fails at the 50 % step (rolled back).
-    let rigs: Vec<(String, Rig, bool)> = (0..rollouts)
+/// `n` rollouts, half healthy (promoted), half whose canary fails at the 50 % step
+/// (rolled back), the provider logging the replica that called it.
+fn rigs(n: usize, step: &'static str) -> Vec<(String, Rig, bool)> {
+    (0..n)
         .map(|i| {
             let bad = i % 2 == 1;
             let name = format!("ha{i}");
@@ -166,7 +158,7 @@ async fn ha(members: usize, rollouts: usize, kills: usize) {
                 &name,
                 &Opts {
                     canary_rate: if bad { 0.3 } else { 0.01 },
-                    step_duration: "3s",
+                    step_duration: step,
                     interval: "300ms",
                     ..Opts::default()
                 },
@@ -182,57 +174,32 @@ async fn ha(members: usize, rollouts: usize, kills: usize) {
             .unwrap();
             (name, rig, bad)
         })
-        .collect();
-    // Applied through a follower: forwarded to the leader, the token with it.
-    let via = (first + 1) % rs.len();
-    for (name, rig, _) in &rigs {
+        .collect()
+}
+
+/// Applies every rig's policy through `via` (`coalmine apply`, with the token).
+fn apply_all(via: &Replica, state: &std::path::Path, rigs: &[(String, Rig, bool)]) {
+    for (name, rig, _) in rigs {
         let o = coalmine()
             .env("COALMINE_TOKEN", TOKEN)
-            .env("COALMINE_SERVER", &rs[via].url)
-            .env("COALMINE_STATE_DIR", state.path())
+            .env("COALMINE_SERVER", &via.url)
+            .env("COALMINE_STATE_DIR", state)
             .args(["apply", rig.policy.to_str().unwrap()])
             .output()
             .unwrap();
         let (code, stdout, err) = out(&o);
-        assert_eq!(
-            code, 0,
-            "apply {name} through follower {}: {stdout} {err}",
-            rs[via].id
-        );
+        assert_eq!(code, 0, "apply {name} through {}: {stdout} {err}", via.id);
     }
-    let t0 = Instant::now();
-    // Kill the leader mid-rollout: once every rollout has had its first change, then
-    // again once the successor has made changes of its own.
-    let mut kill_times = Vec::new();
-    let mut leaders = vec![first];
-    for k in 0..kills {
-        let l = *leaders.last().unwrap();
-        let id = rs[l].id.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let moved = rigs
-                .iter()
-                .filter(|(_, rig, _)| calls(rig).iter().any(|c| c.replica == id))
-                .count();
-            if moved * 2 >= rigs.len() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "leader {id} never moved traffic");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Somewhere inside a step, not on its boundary.
-        std::thread::sleep(Duration::from_millis(700 + 500 * k as u64));
-        rs[l].kill();
-        kill_times.push(rs[l].killed_at.unwrap());
-        eprintln!("killed leader {id} at {:?}", t0.elapsed());
-        leaders.push(leader(&rs));
-    }
-    // Every rollout to its end, seen from a replica that is not the leader (reads from
-    // the store on any replica).
-    let last = *leaders.last().unwrap();
-    let reader = (0..rs.len())
-        .find(|&i| rs[i].alive() && i != last)
-        .unwrap_or(last);
+}
+
+/// Waits (at most 60 s) until every rollout has finished, as `reader` lists them; checks
+/// each outcome and the window numbers of its records (kept in etcd: contiguous, none
+/// written twice or lost); returns each rollout's records.
+fn finished(
+    rs: &[Replica],
+    reader: usize,
+    rigs: &[(String, Rig, bool)],
+) -> Vec<Vec<serde_json::Value>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let list = loop {
         let v: serde_json::Value = rs[reader]
@@ -269,13 +236,10 @@ async fn ha(members: usize, rollouts: usize, kills: usize) {
             )
         })
         .collect();
-    for (name, _, bad) in &rigs {
+    let mut all = Vec::new();
+    for (name, _, bad) in rigs {
         let want = if *bad { "rolled-back" } else { "promoted" };
         assert_eq!(outcomes[name], want, "{name}: {outcomes:?}");
-    }
-    // The records, from the store, through a follower.
-    let mut first_tick_after = vec![u128::MAX; kill_times.len()];
-    for (name, _, _) in &rigs {
         let body = rs[reader]
             .get(&format!("/rollouts/{name}/records"))
             .unwrap();
@@ -300,6 +264,62 @@ async fn ha(members: usize, rollouts: usize, kills: usize) {
                 "{name}: window numbers not contiguous (a record written twice or lost): {seqs:?}"
             );
         }
+        all.push(records);
+    }
+    all
+}
+
+async fn ha(members: usize, rollouts: usize, kills: usize) {
+    let Some(etcd) = Etcd::start(members).await else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let url = etcd.url();
+    let mut rs: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(&format!("r{i}"), &url, state.path()))
+        .collect();
+    let first = leader(&rs);
+    let rigs = rigs(rollouts, "3s");
+    // Applied through a follower: forwarded to the leader, the token with it.
+    let via = (first + 1) % rs.len();
+    apply_all(&rs[via], state.path(), &rigs);
+    let t0 = Instant::now();
+    // Kill the leader mid-rollout: once every rollout has had its first change, then
+    // again once the successor has made changes of its own.
+    let mut kill_times = Vec::new();
+    let mut leaders = vec![first];
+    for k in 0..kills {
+        let l = *leaders.last().unwrap();
+        let id = rs[l].id.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let moved = rigs
+                .iter()
+                .filter(|(_, rig, _)| calls(rig).iter().any(|c| c.replica == id))
+                .count();
+            if moved * 2 >= rigs.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "leader {id} never moved traffic");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Somewhere inside a step, not on its boundary.
+        std::thread::sleep(Duration::from_millis(700 + 500 * k as u64));
+        rs[l].kill();
+        kill_times.push(rs[l].killed_at.unwrap());
+        eprintln!("killed leader {id} at {:?}", t0.elapsed());
+        leaders.push(leader(&rs));
+    }
+    // Every rollout to its end, seen from a replica that is not the leader (reads from
+    // the store on any replica).
+    let last = *leaders.last().unwrap();
+    let reader = (0..rs.len())
+        .find(|&i| rs[i].alive() && i != last)
+        .unwrap_or(last);
+    let records = finished(&rs, reader, &rigs);
+    // The records, from the store, through a follower.
+    let mut first_tick_after = vec![u128::MAX; kill_times.len()];
+    for records in &records {
         for (k, &tk) in kill_times.iter().enumerate() {
             if let Some(t) = records
                 .iter()
@@ -377,4 +397,61 @@ async fn three_replicas_on_one_etcd_survive_two_leader_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_a_three_member_cluster_survive_a_leader_kill() {
     ha(3, 4, 1).await;
+}
+
+/// etcd gone (every member killed) for three lease TTLs, then back on its data: no replica
+/// changes traffic once its lease can have lapsed, the rollouts hold, and they end as
+/// they would have once etcd returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_no_replica_acts_and_the_rollouts_continue_when_it_returns() {
+    let Some(mut etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let url = etcd.url();
+    let rs: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(&format!("r{i}"), &url, state.path()))
+        .collect();
+    let first = leader(&rs);
+    let rigs = rigs(4, "4s");
+    apply_all(&rs[first], state.path(), &rigs);
+    // Every rollout has made its first change: then etcd goes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rigs.iter().all(|(_, rig, _)| !calls(rig).is_empty()) {
+        assert!(Instant::now() < deadline, "the rollouts never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let held: Vec<String> = rigs.iter().map(|(_, rig, _)| rig.weight()).collect();
+    etcd.kill_all();
+    let gone = nanos();
+    std::thread::sleep(Duration::from_secs(6));
+    let weights: Vec<String> = rigs.iter().map(|(_, rig, _)| rig.weight()).collect();
+    let back = nanos();
+    etcd.restart().await;
+    // The lease TTL (2 s) is the most a leader may keep acting on its lease.
+    let ttl = 2_000_000_000u128;
+    let mut all: Vec<Call> = rigs.iter().flat_map(|(_, rig, _)| calls(rig)).collect();
+    all.sort_by_key(|c| c.at);
+    let during: Vec<&Call> = all
+        .iter()
+        .filter(|c| c.at > gone + ttl && c.at < back)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "traffic changed without etcd, beyond the lease TTL: {during:?}"
+    );
+    eprintln!("weights when etcd went {held:?}, 6 s later {weights:?}");
+    for r in &rs {
+        let role = r.role();
+        assert!(
+            role != "leader",
+            "{} still says it leads without etcd ({role})",
+            r.id
+        );
+    }
+    let reader = leader(&rs);
+    // Each to the outcome it would have had, with no window recorded twice or lost.
+    finished(&rs, reader, &rigs);
+    drop(etcd);
 }
