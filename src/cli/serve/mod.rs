@@ -38,7 +38,13 @@ whose traffic change is in flight gets 5 s to finish). The next `coalmine serve`
 same store resumes each unfinished rollout from its record, reading the weight in force \
 back first: a weight someone changed meanwhile pauses the rollout, never overridden. \
 Rollouts on the built-in proxy ([traffic] type = \"proxy\") lose their proxy with the \
-daemon: their traffic stops until it is resumed.";
+daemon: their traffic stops until it is resumed.
+
+With --store etcd://…: only the replica holding the leader lease acts. A replica that loses \
+the lease (etcd unreachable for one TTL, or another replica holds the key) drops every \
+rollout at once, writing and moving nothing; the new leader resumes them from their records. \
+Followers answer reads from etcd and forward every change (apply, promote, pause…) to the \
+leader's --advertise URL. On SIGTERM a leader resigns, so a standby takes over at once.";
 
 /// Where `coalmine serve` keeps its rollouts.
 #[derive(Clone, Debug, PartialEq, Eq)]
