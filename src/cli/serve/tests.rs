@@ -277,7 +277,7 @@ async fn a_follower_acts_on_nothing_and_a_lost_leadership_stands_down() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     role.send(Role::Follower).unwrap();
-    // Stood down: the record is written, its controller released, traffic as it was.
+    // Dropped at once: nothing written or moved after, traffic as it was.
     for _ in 0..200 {
         if d.board("held").is_none() {
             break;
@@ -308,6 +308,64 @@ async fn a_follower_acts_on_nothing_and_a_lost_leadership_stands_down() {
     assert!(d.board("held").is_some(), "not resumed");
     d.stand_down().await;
     lead.abort();
+}
+
+/// Serves `d`'s control API on a free loopback port; its URL.
+async fn api_of(d: &Arc<Daemon<FileStore, Mocks>>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(super::api::serve(d.clone(), l, std::future::pending()));
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_changes_to_the_leader_and_says_503_without_one() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leader, _l) = daemon(leader_dir.path());
+    let (follower, f_role) = daemon(follower_dir.path());
+    f_role.send(Role::Follower).unwrap();
+    let (leader_url_tx, leader_url) = watch::channel(None);
+    follower.set_leader_url(leader_url);
+    let (lu, fu) = (api_of(&leader).await, api_of(&follower).await);
+    crate::traffic::install_tls_provider();
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({ "policy": policy("fwd") }).to_string();
+    let post = || {
+        http.post(format!("{fu}/rollouts"))
+            .bearer_auth("t")
+            .header("content-type", "application/json")
+            .body(body.clone())
+    };
+    // No leader known: 503, saying so; nothing started anywhere.
+    let r = post().send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().await.unwrap().contains("no leader is known"));
+    assert!(leader.board("fwd").is_none() && follower.board("fwd").is_none());
+    // Known: forwarded with the token, started by the leader only.
+    leader_url_tx.send_replace(Some(lu.clone()));
+    let r = post().send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    assert!(leader.board("fwd").is_some(), "not started on the leader");
+    assert!(follower.board("fwd").is_none(), "started on the follower");
+    // The token is the leader's to check: a wrong one is refused there.
+    let r = http
+        .post(format!("{fu}/rollouts/fwd/pause"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Reads are answered by the follower itself (from its own store here: empty).
+    let r = http.get(format!("{fu}/rollouts")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap().trim(), "[]");
+    // A request that was forwarded already is not forwarded again.
+    let r = post()
+        .header("x-coalmine-forwarded-by", "other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    leader.stand_down().await;
 }
 
 impl Daemon<FileStore, Mocks> {
