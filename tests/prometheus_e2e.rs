@@ -21,7 +21,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{Guard, free_port, require_tool};
+use common::{Guard, free_port, refusing_addr, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
 
@@ -795,7 +795,9 @@ fn prometheus_down_at_start_moves_no_traffic() {
     // connections (the provider's check passes), so it is the source's check that fails.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("p.toml");
-    let nothing = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Reserved but refusing: a port from `free_port` could be taken by another test's
+    // Prometheus before this run connects (seen once as a flaky failure).
+    let (_reserved, nothing) = refusing_addr();
     let baseline = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let canary = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let text = include_str!("../policies/prometheus-demo.toml")

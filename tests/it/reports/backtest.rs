@@ -37,7 +37,9 @@ fn reproduces(scenario: &str, outcome: &str) {
         .filter(|l| l.contains(r#""kind":"tick""#))
         .count();
     assert_eq!(ticks.len(), recorded);
-    assert!(recorded >= 3, "{recorded} ticks");
+    // At least two ticks: a replay of more than one decision (the latency demo can decide at
+    // its second tick on a loaded machine).
+    assert!(recorded >= 2, "{recorded} ticks");
     for t in ticks {
         let (r, s) = (&t["recorded"], &t["simulated"]);
         // Same decision, same step and weight, every metric's outcome and e-value to the bit.
