@@ -310,7 +310,8 @@ fn a_policy_interval_that_is_not_a_multiple_of_the_recorded_one_exits_2_naming_b
 
 #[test]
 fn backtests_on_prometheus_refuse_bad_arguments_with_exit_2_and_unreachable_with_3() {
-    let nothing = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let (_reserved, refusing) = crate::common::refusing_addr();
+    let nothing = format!("http://{refusing}");
     let prom_policy = root().join("policies/prometheus-demo.toml");
     let prom_policy = prom_policy.to_str().unwrap();
     let demo = root().join("policies/demo.toml");
