@@ -21,7 +21,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{Guard, free_port, require_tool};
+use common::{Guard, free_port, refusing_addr, require_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
 
@@ -614,9 +614,10 @@ fn prometheus_restarted_in_time_lets_the_rollout_finish() {
 }
 
 /// `coalmine validate --preflight PATH` with the policy's token set.
-fn validate_preflight(path: &Path) -> std::process::Output {
+fn validate_preflight(path: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(["validate", "--preflight"])
+        .args(extra)
         .arg(path)
         .env("COALMINE_E2E_TOKEN", "e2e-secret")
         .output()
@@ -633,7 +634,7 @@ fn validate_preflight_evaluates_every_query() {
     let services = start_services("healthy", &[], proxy);
     let prom = Prometheus::start(bin, &[services.baseline, services.canary]);
     let path = policy(dir.path(), proxy, &services, &prom, &LIMITS);
-    let out = validate_preflight(&path);
+    let out = validate_preflight(&path, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -655,11 +656,28 @@ fn validate_preflight_evaluates_every_query() {
         ) && stdout.contains("judged at ×1.0"),
         "{stdout}"
     );
+    // With --json the same note is a warning (it was dropped before), and nothing else is
+    // reported for a healthy setup.
+    let out = validate_preflight(&path, &["--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let problems: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let problems = problems.as_array().expect("a list");
+    assert!(
+        problems.iter().any(|p| p["severity"] == "warning"
+            && p["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("allowed_ratio 1.1 is finer"))),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().all(|p| p["severity"] != "error"),
+        "{problems:?}"
+    );
     // A PromQL syntax error shows Prometheus's message and the rendered query before any
     // traffic moves.
     let text = std::fs::read_to_string(&path).expect("policy");
     std::fs::write(&path, text.replace("sum by (le) (", "sum by (le) ((")).expect("policy");
-    let out = validate_preflight(&path);
+    let out = validate_preflight(&path, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -731,7 +749,7 @@ fn tls_with_a_private_ca_file() {
     // Prometheus needs a moment to listen; then the CA makes the difference.
     let start = Instant::now();
     let ok = loop {
-        let out = validate_preflight(&with_ca);
+        let out = validate_preflight(&with_ca, &[]);
         if out.status.success() || start.elapsed() > Duration::from_secs(20) {
             break out;
         }
@@ -745,7 +763,7 @@ fn tls_with_a_private_ca_file() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(stdout.contains("metric `errors`: queries ok"), "{stdout}");
-    let out = validate_preflight(&plain);
+    let out = validate_preflight(&plain, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -795,7 +813,9 @@ fn prometheus_down_at_start_moves_no_traffic() {
     // connections (the provider's check passes), so it is the source's check that fails.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("p.toml");
-    let nothing = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Reserved but refusing: a port from `free_port` could be taken by another test's
+    // Prometheus before this run connects (seen once as a flaky failure).
+    let (_reserved, nothing) = refusing_addr();
     let baseline = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let canary = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let text = include_str!("../policies/prometheus-demo.toml")

@@ -49,6 +49,18 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A loopback address that refuses connections and stays reserved while the socket lives:
+/// bound, never listening, so no other test can take the port between choosing and using it
+/// (what a port from [`free_port`] cannot promise).
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a loopback port");
+    let addr = socket.local_addr().expect("its address");
+    (socket, addr)
+}
+
 /// A child process stopped (and reaped) when dropped.
 pub struct Guard(pub Child);
 

@@ -162,7 +162,7 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
             problems.extend(
                 found
                     .into_iter()
-                    .map(|m| Problem::at(path, Severity::Error, m)),
+                    .map(|(severity, m)| Problem::at(path, severity, m)),
             );
         }
     }
@@ -204,11 +204,11 @@ fn print_ok(path: &Path, policy: &Policy) {
     }
 }
 
-/// Where preflight results go: stdout and stderr, or (with `--json`) only the problems, into
-/// a list.
+/// Where preflight results go: stdout and stderr, or (with `--json`) the problems and the
+/// warnings (what the policy asks that the data cannot honour), into a list.
 struct Report<'a> {
     path: &'a Path,
-    json: Option<&'a mut Vec<String>>,
+    json: Option<&'a mut Vec<(Severity, String)>>,
 }
 
 impl Report<'_> {
@@ -218,9 +218,18 @@ impl Report<'_> {
         }
     }
 
+    /// A finding that does not fail the check but changes what the policy means (printed
+    /// with the passing checks, kept as a warning with `--json`).
+    fn note(&mut self, what: &str) {
+        match &mut self.json {
+            Some(list) => list.push((Severity::Warning, format!("preflight: {what}"))),
+            None => outln!("{}: preflight: {what}", self.path.display()),
+        }
+    }
+
     fn problem(&mut self, what: &str) {
         match &mut self.json {
-            Some(list) => list.push(format!("preflight: {what}")),
+            Some(list) => list.push((Severity::Error, format!("preflight: {what}"))),
             None => errln!("{}: preflight: {what}", self.path.display()),
         }
     }
@@ -270,7 +279,7 @@ async fn check_queries(policy: &Policy, source: &metrics::AnySource, out: &mut R
                         .map(|h| crate::analysis::latency::resolution_notes(spec, h))
                         .unwrap_or_default()
                     {
-                        out.ok(&format!(": metric `{}`: {note}", m.name));
+                        out.note(&format!("metric `{}`: {note}", m.name));
                     }
                 }
             }
@@ -283,8 +292,13 @@ async fn check_queries(policy: &Policy, source: &metrics::AnySource, out: &mut R
     ok
 }
 
-/// Checks that the provider and the source answer; problems go to stderr, or into `json`.
-async fn preflight(policy: &Policy, path: &Path, json: Option<&mut Vec<String>>) -> bool {
+/// Checks that the provider and the source answer; problems go to stderr, or into `json`
+/// (with the notes).
+async fn preflight(
+    policy: &Policy,
+    path: &Path,
+    json: Option<&mut Vec<(Severity, String)>>,
+) -> bool {
     let mut out = Report { path, json };
     let mut ok = true;
     let built = match traffic::build(&policy.traffic).await {

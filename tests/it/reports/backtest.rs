@@ -37,7 +37,9 @@ fn reproduces(scenario: &str, outcome: &str) {
         .filter(|l| l.contains(r#""kind":"tick""#))
         .count();
     assert_eq!(ticks.len(), recorded);
-    assert!(recorded >= 3, "{recorded} ticks");
+    // At least two ticks: a replay of more than one decision (the latency demo can decide at
+    // its second tick on a loaded machine).
+    assert!(recorded >= 2, "{recorded} ticks");
     for t in ticks {
         let (r, s) = (&t["recorded"], &t["simulated"]);
         // Same decision, same step and weight, every metric's outcome and e-value to the bit.
@@ -308,7 +310,8 @@ fn a_policy_interval_that_is_not_a_multiple_of_the_recorded_one_exits_2_naming_b
 
 #[test]
 fn backtests_on_prometheus_refuse_bad_arguments_with_exit_2_and_unreachable_with_3() {
-    let nothing = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let (_reserved, refusing) = crate::common::refusing_addr();
+    let nothing = format!("http://{refusing}");
     let prom_policy = root().join("policies/prometheus-demo.toml");
     let prom_policy = prom_policy.to_str().unwrap();
     let demo = root().join("policies/demo.toml");
