@@ -16,7 +16,9 @@ use crate::controller::store::{
     ControlRef, FileStore, OwnerLock, PolicyRef, RolloutState, StartPlan, StoreError,
     new_rollout_id, start_plan,
 };
-use crate::controller::{Durable, FinalOutcome, Phase, RunOptions, RunReport, run, run_durable};
+use crate::controller::{
+    DryRun, Durable, FinalOutcome, Phase, RunOptions, RunReport, run, run_durable,
+};
 use crate::metrics;
 use crate::policy::{self, Approval, Policy, TrafficConfig};
 use crate::traffic;
@@ -26,6 +28,15 @@ use crate::traffic;
 pub struct RunArgs {
     /// The policy file (TOML).
     pub policy: PathBuf,
+    /// A shadow rollout: move no traffic (the provider is only read), analyse the split in
+    /// force (e.g. an existing canary at 10 %) for as long as the policy's analysed steps
+    /// together, and record and print what the rollout would have done and when
+    /// (`would-rollback at 42 s: …`, `would-promote at …`). Hooks, gates, approvals, planned
+    /// pauses and the notify webhook are not run (the output names them); nothing is kept in
+    /// the rollout store. Exit 0 once it has a verdict; the usual codes when the inputs are
+    /// broken (3 when the canary has no traffic, or all of it).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Output options.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -159,6 +170,17 @@ pub(crate) async fn drive(
     source: &metrics::AnySource,
     how: Presentation,
 ) -> u8 {
+    drive_with(policy, built, source, how, None).await
+}
+
+/// [`drive`], as a dry run when `dry_run` is given.
+async fn drive_with(
+    policy: &Policy,
+    built: &traffic::BuiltTraffic,
+    source: &metrics::AnySource,
+    how: Presentation,
+    dry_run: Option<DryRun>,
+) -> u8 {
     if let Some(p) = &built.proxy
         && !how.quiet
     {
@@ -223,6 +245,7 @@ pub(crate) async fn drive(
             _ => None,
         },
         policy_sha256: None,
+        dry_run,
     };
     let mut progress = Progress::new(how.quiet);
     let mut others = Tee(
@@ -389,6 +412,9 @@ pub(crate) async fn main(args: RunArgs, state: &StateArgs) -> u8 {
     for w in policy.warnings() {
         output::warning(&format!("{origin}: {w}"));
     }
+    if args.dry_run {
+        return dry_run(&policy, &origin, args.output).await;
+    }
     let restart = args.durable.restart.then(|| "--restart".to_string());
     let durable = match prepare(
         state,
@@ -402,6 +428,72 @@ pub(crate) async fn main(args: RunArgs, state: &StateArgs) -> u8 {
         Err(code) => return code,
     };
     main_with(&policy, args.output, durable).await
+}
+
+/// Runs `coalmine run --dry-run` (see [`crate::controller::dry_run`]).
+async fn dry_run(policy: &Policy, origin: &str, output: OutputArgs) -> u8 {
+    use crate::traffic::TrafficProvider as _;
+    let (built, source) = match setup(policy, origin, None).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let limit = policy.rollout.apply_timeout;
+    let code = match tokio::time::timeout(limit, built.provider.current()).await {
+        Ok(Ok(w)) if w > crate::model::Weight::ZERO && w < crate::model::Weight::FULL => {
+            if !output.quiet {
+                errln!(
+                    "coalmine: dry run of `{}`: analysing the split in force ({w} on the canary); \
+                     no weight is set",
+                    policy.name
+                );
+            }
+            let mut shadow = policy.clone();
+            shadow.rollout = crate::controller::dry_run::shadow_plan(&policy.rollout, w);
+            shadow.hooks = Vec::new();
+            shadow.notify = None;
+            let mut not_run = crate::controller::dry_run::not_run(policy);
+            if policy.notify.is_some() {
+                not_run.push("the notify webhook".to_string());
+            }
+            let how = Presentation {
+                origin: origin.to_string(),
+                status_addr: output.status_addr,
+                decisions: output.decisions,
+                json: output.json,
+                quiet: output.quiet,
+                extra_json: None,
+                durable: None,
+            };
+            drive_with(&shadow, &built, &source, how, Some(DryRun { not_run })).await
+        }
+        Ok(Ok(w)) => {
+            output::error(&format!(
+                "{origin}: nothing to analyse: {w} is in force on the canary (a dry run analyses \
+                 the split in force and moves no traffic; put the canary on part of the traffic \
+                 first)"
+            ));
+            EXIT_FAILURE
+        }
+        Ok(Err(e)) => {
+            output::error(&format!(
+                "{origin}: cannot read the weight in force from the [traffic] {} provider: {e}",
+                policy.traffic.kind()
+            ));
+            EXIT_FAILURE
+        }
+        Err(_) => {
+            output::error(&format!(
+                "{origin}: the [traffic] {} provider did not say the weight in force within {}",
+                policy.traffic.kind(),
+                humantime::format_duration(limit)
+            ));
+            EXIT_FAILURE
+        }
+    };
+    if let Some(p) = built.proxy {
+        p.shutdown().await;
+    }
+    code
 }
 
 /// Runs a prepared durable rollout (`run`, `retry`).

@@ -4,7 +4,8 @@
 //! started. The async runner ([`super::runner`]) executes the commands and feeds back the
 //! results as events. Terminal states are variants, not flags.
 //!
-//! Phases: Pending → PreChecks → Shifting → Progressing ⇄ Paused → Promoting → Promoted;
+//! Phases: Pending → PreChecks → Shifting → Progressing ⇄ Paused → Promoting → (Watching, the
+//! post-promotion window) → Promoted;
 //! any live phase → RollingBack → RolledBack; PreChecks → NotStarted (the canary was not
 //! ready: nothing moved); Failed (no safe state could be reached).
 
@@ -223,6 +224,23 @@ pub struct Paused {
     pub alerted: Vec<String>,
 }
 
+/// The post-promotion window ([`Phase::Watching`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Watch {
+    /// When 100 % was in force: the window runs from here for `post_promotion` (offset from
+    /// the start; wall time, so a controller's downtime counts toward it).
+    pub since: Duration,
+    /// Since when data has been missing, if it is.
+    #[serde(default)]
+    pub no_data_since: Option<Duration>,
+    /// Consecutive ticks with query errors.
+    #[serde(default)]
+    pub error_ticks: u32,
+    /// Time the rollout spent paused before the promotion.
+    #[serde(default)]
+    pub paused_for: Duration,
+}
+
 /// Where a rollout is. Serialized into the rollout's stored record (tagged by `phase`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
@@ -259,6 +277,10 @@ pub enum Phase {
         /// Failed attempts so far.
         attempt: u32,
     },
+    /// 100 % is in force and the `[rollout] post_promotion` window runs: the canary is still
+    /// judged by what needs no concurrent baseline (threshold guards) and a Fail rolls back
+    /// to 0; at the window's end the rollout is promoted.
+    Watching(Watch),
     /// Done: the canary has all traffic.
     Promoted,
     /// Putting 0 % on the canary.
@@ -297,6 +319,7 @@ impl Phase {
             Phase::Progressing(_) => "progressing",
             Phase::Paused(_) => "paused",
             Phase::Promoting { .. } => "promoting",
+            Phase::Watching(_) => "watching",
             Phase::Promoted => "promoted",
             Phase::RollingBack { .. } => "rolling-back",
             Phase::RolledBack { .. } => "rolled-back",
@@ -671,6 +694,11 @@ pub fn judging(phase: &Phase, facts: &WindowFacts, plan: &Rollout) -> Judging {
             format!("paused ({})", pause_text(&z.cause, &|d| secs(d))),
             Health::Unknown,
         ),
+        Phase::Watching(_) => no(
+            "after the promotion: no concurrent baseline (the post-promotion window judges threshold guards only)"
+                .to_string(),
+            Health::Unknown,
+        ),
         Phase::Progressing(p) => {
             let health = baseline_health(p, facts, plan);
             if let Some(found) = facts.in_force
@@ -938,9 +966,23 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 ..
             },
         ) => paused_tick(z, now, &metrics, &facts),
-        (Phase::Promoting { .. }, Event::Applied { weight, .. }) if weight == Weight::FULL => {
-            (Phase::Promoted, vec![Command::Finish])
+        (Phase::Promoting { .. }, Event::Applied { weight, now }) if weight == Weight::FULL => {
+            full_in_force(now, plan)
         }
+        (
+            Phase::Watching(w),
+            Event::Tick {
+                now,
+                metrics,
+                facts,
+                ..
+            },
+        ) => watching_tick(w, now, &metrics, &facts, plan),
+        // An operator ends the window early: the promotion stands.
+        (Phase::Watching(_), Event::PromoteNow { .. }) => (
+            Phase::Promoted,
+            vec![Command::Record(Decision::Promote), Command::Finish],
+        ),
         (
             Phase::Promoting { attempt },
             Event::ApplyFailed {
@@ -1093,8 +1135,21 @@ fn restored(
             }
             (Phase::Paused(z), Vec::new())
         }
+        // The window's start is in the record: it goes on (the downtime counted toward it).
+        Phase::Watching(w) => match found {
+            Some(f) if f != Weight::FULL => {
+                let last = plan.steps.len().saturating_sub(1);
+                external_change(
+                    Progress::new(last, Weight::FULL, now, w.paused_for),
+                    f,
+                    now,
+                    plan,
+                )
+            }
+            _ => (Phase::Watching(w), Vec::new()),
+        },
         Phase::Promoting { .. } => match found {
-            Some(w) if w == Weight::FULL => (Phase::Promoted, vec![Command::Finish]),
+            Some(w) if w == Weight::FULL => full_in_force(now, plan),
             Some(w) if w != applied => {
                 let last = plan.steps.len().saturating_sub(1);
                 external_change(
@@ -1469,6 +1524,137 @@ fn tick(
         return hold(p, waiting.join("; "), notes);
     }
     ready(p, now, plan, notes)
+}
+
+/// 100 % is in force at `now`: the post-promotion window starts, or (without one) the
+/// rollout is promoted.
+fn full_in_force(now: Duration, plan: &Rollout) -> (Phase, Vec<Command>) {
+    if plan.post_promotion.is_zero() {
+        (Phase::Promoted, vec![Command::Finish])
+    } else {
+        (
+            Phase::Watching(Watch {
+                since: now,
+                no_data_since: None,
+                error_ticks: 0,
+                paused_for: Duration::ZERO,
+            }),
+            Vec::new(),
+        )
+    }
+}
+
+/// A tick of the post-promotion window: threshold guards judge the canary at 100 %; a Fail
+/// (or the query-error limit, or `on_no_data = "rollback"`) rolls back to 0; the window's end
+/// promotes.
+fn watching_tick(
+    mut w: Watch,
+    now: Duration,
+    metrics: &[MetricStatus],
+    facts: &WindowFacts,
+    plan: &Rollout,
+) -> (Phase, Vec<Command>) {
+    if let Some(found) = facts.in_force
+        && found != Weight::FULL
+    {
+        let last = plan.steps.len().saturating_sub(1);
+        return external_change(
+            Progress::new(last, Weight::FULL, now, w.paused_for),
+            found,
+            now,
+            plan,
+        );
+    }
+    let counted: Vec<&MetricStatus> = metrics
+        .iter()
+        .filter(|m| !m.dry_run && !m.comparative)
+        .collect();
+    if let Some(m) = counted.iter().find(|m| m.outcome == Some(Outcome::Fail)) {
+        return rollback(
+            Reason::MetricFailed {
+                metric: m.metric.clone(),
+                detail: format!(
+                    "{} (after the promotion, {} into the post-promotion window)",
+                    m.reason,
+                    secs(now.saturating_sub(w.since))
+                ),
+            },
+            true,
+        );
+    }
+    let errors: Vec<&&MetricStatus> = counted.iter().filter(|m| m.outcome.is_none()).collect();
+    if errors.is_empty() {
+        w.error_ticks = 0;
+    } else {
+        w.error_ticks += 1;
+        if plan.error_limit > 0 && w.error_ticks >= plan.error_limit {
+            return rollback(
+                Reason::QueryErrors {
+                    ticks: w.error_ticks,
+                    last: format!("{}: {}", errors[0].metric, errors[0].reason),
+                },
+                true,
+            );
+        }
+    }
+    let no_data: Vec<String> = counted
+        .iter()
+        .filter(|m| matches!(m.outcome, None | Some(Outcome::NoData)))
+        .map(|m| m.metric.clone())
+        .collect();
+    if no_data.is_empty() {
+        w.no_data_since = None;
+    } else {
+        let missing_for = now.saturating_sub(*w.no_data_since.get_or_insert(now));
+        if plan.on_no_data == OnNoData::Rollback && missing_for >= plan.no_data_limit {
+            return rollback(
+                Reason::NoData {
+                    metrics: no_data,
+                    for_s: missing_for.as_secs_f64(),
+                },
+                true,
+            );
+        }
+    }
+    let watched = now.saturating_sub(w.since);
+    if watched >= plan.post_promotion {
+        return (
+            Phase::Promoted,
+            vec![
+                Command::Record(Decision::Hold {
+                    reason: format!(
+                        "post-promotion window of {} ended without a Fail: promoted",
+                        secs(plan.post_promotion)
+                    ),
+                }),
+                Command::Finish,
+            ],
+        );
+    }
+    let mut reason = format!(
+        "post-promotion window {} of {}: 100% on the canary; {}",
+        secs(watched),
+        secs(plan.post_promotion),
+        if counted.is_empty() {
+            "no threshold guard to judge it (comparisons need a concurrent baseline)".to_string()
+        } else {
+            format!(
+                "judged by {} (comparisons are not: no concurrent baseline)",
+                counted
+                    .iter()
+                    .map(|m| m.metric.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    if !no_data.is_empty() {
+        let _ = write!(reason, "; no data for {}", no_data.join(", "));
+    }
+    (
+        Phase::Watching(w),
+        vec![Command::Record(Decision::Hold { reason })],
+    )
 }
 
 /// A tick of a step with `analysis = false`: nothing is judged (the runner discarded the

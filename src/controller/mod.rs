@@ -2,6 +2,7 @@
 //! ([`runner`]) that moves traffic, fetches metrics, judges them and records every decision
 //! ([`record`]) before acting on it.
 
+pub mod dry_run;
 pub mod gates;
 pub mod health;
 pub mod hooks;
@@ -17,7 +18,7 @@ pub(crate) mod tests;
 pub use machine::{Command, Decision, Event, Note, Phase, Reason, WindowFacts, judging, step};
 pub use record::Record;
 pub use runner::{
-    Durable, FinalOutcome, Lever, Observer, OperatorAction, Quiet, Reconciler, RunOptions,
+    DryRun, Durable, FinalOutcome, Lever, Observer, OperatorAction, Quiet, Reconciler, RunOptions,
     RunReport, Wake, run, run_durable,
 };
 pub use store::{FileStore, RolloutState, Store, StoreError};

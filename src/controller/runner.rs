@@ -139,6 +139,17 @@ pub struct RunOptions {
     pub readiness: Option<CanaryProbe>,
     /// The policy file's SHA-256, for the records (a durable run takes it from its record).
     pub policy_sha256: Option<String>,
+    /// A dry run (`coalmine run --dry-run`, see [`super::dry_run`]): the provider is only
+    /// read, never set; the policy given is the shadow one.
+    pub dry_run: Option<DryRun>,
+}
+
+/// What a dry run knows beyond its shadow policy.
+#[derive(Clone, Debug, Default)]
+pub struct DryRun {
+    /// What the real rollout would run or wait for and the dry run does not
+    /// ([`super::dry_run::not_run`]).
+    pub not_run: Vec<String>,
 }
 
 /// What wakes a rollout between reconcile steps ([`Reconciler::reconcile`]).
@@ -240,6 +251,13 @@ pub struct RunReport {
     pub metrics: Vec<MetricRecord>,
     /// Where the decision records went.
     pub decisions: Option<PathBuf>,
+    /// A dry run's verdict: what the rollout would have done and when
+    /// (`would-rollback at 42 s: …`); `None` for a real rollout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would: Option<String>,
+    /// What a dry run did not run or wait for (hooks, gates, approvals).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_run: Vec<String>,
 }
 
 impl FinalOutcome {
@@ -341,6 +359,10 @@ struct Shell<'a, T, M, S> {
     /// Set when the store refused a write or a fence check (this controller no longer owns
     /// the rollout, or cannot prove it does): from then on nothing is acted on.
     deposed: Option<String>,
+    /// A dry run: the provider is never set.
+    dry_run: Option<DryRun>,
+    /// A dry run's verdict, once reached.
+    would: Option<String>,
 }
 
 /// Whether a metric's judge compares the arms (as opposed to bounding the canary alone).
@@ -845,6 +867,9 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
 
     /// Sets `weight` and reads it back, both within `limit` (at most `apply_timeout`).
     async fn apply(&mut self, weight: Weight, limit: Duration) -> Event {
+        if self.dry_run.is_some() {
+            return self.shadow_apply(weight, limit).await;
+        }
         let res = tokio::time::timeout(limit, self.traffic.set_weight(weight)).await;
         let failed = |error: String, transient: bool, now: Duration| Event::ApplyFailed {
             weight,
@@ -910,6 +935,47 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 true,
                 self.now(),
             ),
+        }
+    }
+
+    /// A dry run's [`Self::apply`]: the provider is only read. The weight in force is the
+    /// step's (`Applied`); the promotion and the rollback count as applied without being
+    /// set (the machine ends there, the record says `would-…`); any other weight found is
+    /// someone else's change.
+    async fn shadow_apply(&mut self, weight: Weight, limit: Duration) -> Event {
+        match tokio::time::timeout(limit, self.traffic.current()).await {
+            Ok(Ok(cur)) => {
+                self.weight = cur;
+                let now = self.now();
+                if self.within_resolution(cur, weight)
+                    || weight == Weight::ZERO
+                    || weight == Weight::FULL
+                {
+                    Event::Applied { weight, now }
+                } else {
+                    Event::Preempted {
+                        weight,
+                        found: cur,
+                        now,
+                    }
+                }
+            }
+            Ok(Err(e)) => Event::ApplyFailed {
+                weight,
+                error: format!("reading the weight in force: {e}"),
+                transient: e.is_transient(),
+                now: self.now(),
+            },
+            Err(_) => Event::ApplyFailed {
+                weight,
+                error: format!(
+                    "provider `{}`: reading the weight in force took longer than {}",
+                    self.traffic.name(),
+                    humantime::format_duration(limit)
+                ),
+                transient: true,
+                now: self.now(),
+            },
         }
     }
 
@@ -1331,6 +1397,8 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             notifier: policy.notify.clone().map(Notifier::new),
             readiness: opts.readiness,
             deposed: None,
+            dry_run: opts.dry_run,
+            would: None,
         };
         let mut l = Loop {
             queue: VecDeque::new(),
@@ -1393,6 +1461,17 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 plan,
             );
             shell.transition(&phase, &next, "started", restart);
+            if let Some(d) = &shell.dry_run {
+                let detail = format!(
+                    "dry run: the traffic provider is only read, no weight is set; {}",
+                    if d.not_run.is_empty() {
+                        "no hook or gate to skip".to_string()
+                    } else {
+                        format!("not run: {}", d.not_run.join(", "))
+                    }
+                );
+                shell.transition(&phase, &next, "dry-run", Some(detail));
+            }
             phase = next;
             l.queue.extend(cmds);
         }
@@ -1490,10 +1569,11 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     // Forward moves must end by the deadline, a rollback one apply_timeout
                     // after it (time paused is added, as the deadline's own rule does).
                     let rolling_back = matches!(phase, Phase::RollingBack { .. });
+                    // A rollback may come from the post-promotion window, after the deadline.
                     let end = bounds::plus(
                         bounds::plus(plan.deadline, l.paused_for),
                         if rolling_back {
-                            plan.apply_timeout
+                            bounds::plus(plan.apply_timeout, plan.post_promotion)
                         } else {
                             Duration::ZERO
                         },
@@ -1544,8 +1624,12 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         _ => ("event", None),
                     };
                     let (n, c) = step(phase.clone(), event, plan);
-                    if matches!(n, Phase::Promoted) {
+                    if matches!(n, Phase::Promoted | Phase::Watching(_)) {
                         shell.steps_reached = plan.steps.len();
+                    }
+                    if let Phase::Watching(_) = &n {
+                        l.next_tick = Instant::now() + plan.analysis_interval;
+                        l.window_start = shell.now();
                     }
                     if let Phase::Progressing(p) = &n {
                         shell.steps_reached = shell.steps_reached.max(p.step + 1);
@@ -1554,6 +1638,10 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         l.window_start = shell.now();
                     }
                     let detail = match (&n, detail) {
+                        (Phase::Watching(_), None) => Some(format!(
+                            "100% in force; judging it for post_promotion {} with the threshold guards (comparisons are not judged: no concurrent baseline), rolling back on a Fail",
+                            humantime::format_duration(plan.post_promotion)
+                        )),
                         (Phase::Promoted, None) if !shell.analysed() => Some(
                             "without analysis: a blind cutover, nothing was analysed".to_string(),
                         ),
@@ -1562,10 +1650,29 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         (_, d) => d,
                     };
                     let label = match &n {
+                        Phase::Promoted if shell.dry_run.is_some() => "would-promote",
+                        Phase::RolledBack { .. } if shell.dry_run.is_some() => "would-rollback",
                         Phase::Promoted => "promoted",
                         Phase::RolledBack { .. } => "rolled-back",
                         Phase::Failed { .. } => "failed",
+                        Phase::Progressing(_) if shell.dry_run.is_some() => "weight-in-force",
+                        Phase::Watching(_) => "post-promotion",
                         _ => label,
+                    };
+                    let detail = match label {
+                        "would-promote" | "would-rollback" => {
+                            let why = detail.unwrap_or_else(|| {
+                                format!(
+                                    "the evidence was complete at the weight in force {}",
+                                    shell.weight
+                                )
+                            });
+                            let would =
+                                format!("{label} at {:.0} s: {why}", shell.now().as_secs_f64());
+                            shell.would = Some(would.clone());
+                            Some(format!("{would}; nothing was changed (dry run)"))
+                        }
+                        _ => detail,
                     };
                     shell.transition(&*phase, &n, label, detail);
                     *phase = n;
@@ -1640,7 +1747,10 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             }
             if !matches!(
                 self.phase,
-                Phase::Progressing(_) | Phase::Paused(_) | Phase::Confirming { .. }
+                Phase::Progressing(_)
+                    | Phase::Paused(_)
+                    | Phase::Confirming { .. }
+                    | Phase::Watching(_)
             ) {
                 // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
                 let why = format!("controller stuck in phase {}", self.phase.name());
@@ -1726,6 +1836,12 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 z.progress.requests,
                 z.progress.weight,
                 Some(z.progress.since),
+            ),
+            Phase::Watching(w) => (
+                plan.steps.len().saturating_sub(1),
+                [0.0, 0.0],
+                Weight::FULL,
+                Some(w.since),
             ),
             // settle() leaves no other phase waiting for a tick.
             _ => return,
@@ -1842,6 +1958,13 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         };
         // Written before acting on it.
         shell.record(&r);
+        if let (Phase::Watching(_), Phase::Promoted) = (&*phase, &n) {
+            let detail = format!(
+                "the post-promotion window of {} ended without a Fail: 100% stays on the canary",
+                humantime::format_duration(plan.post_promotion)
+            );
+            shell.transition(&*phase, &n, "promoted", Some(detail));
+        }
         if !analysed.records.is_empty() {
             shell.last = analysed.records;
         }
@@ -1871,6 +1994,8 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 .await;
         }
         match &phase {
+            // A dry run acts on nothing (its shadow policy has no hooks or gates anyway).
+            _ if shell.dry_run.is_some() => {}
             Phase::Promoted => {
                 shell
                     .run_hooks(HookWhen::Promoted, &phase, "promoted")
@@ -1914,9 +2039,14 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 reason: format!("controller stopped in phase {}", other.name()),
             },
         };
+        let exit_code = match (&shell.dry_run, &outcome) {
+            // A dry run that reached a verdict did what it was asked.
+            (Some(_), FinalOutcome::Promoted | FinalOutcome::RolledBack { .. }) => 0,
+            _ => outcome.exit_code(),
+        };
         RunReport {
             rollout: policy.name.clone(),
-            exit_code: outcome.exit_code(),
+            exit_code,
             outcome,
             duration_s: shell.now().as_secs_f64(),
             ticks: shell.ticks,
@@ -1926,6 +2056,8 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             final_weight: shell.weight,
             metrics: shell.last,
             decisions: shell.decisions.clone(),
+            would: shell.would.clone(),
+            not_run: shell.dry_run.map(|d| d.not_run).unwrap_or_default(),
         }
     }
 }

@@ -67,6 +67,18 @@ pub(crate) fn lint(ctx: &mut Ctx, p: &Policy, places: &Places<'_, '_>) {
             ),
         );
     }
+    let guards = p
+        .metrics
+        .iter()
+        .any(|m| !m.dry_run && matches!(m.judge, crate::analysis::JudgeSpec::Threshold(_)));
+    if !p.rollout.post_promotion.is_zero() && !guards {
+        ctx.warn(
+            places.rollout_key("post_promotion"),
+            "post_promotion judges only threshold guards (after the switch there is no \
+             concurrent baseline to compare with), and no metric is one: nothing is judged in \
+             the window; add a `judge = \"threshold\"` metric (e.g. max = 0.1 errors)",
+        );
+    }
     if !p.metrics.is_empty() && p.metrics.iter().all(|m| m.dry_run) {
         ctx.warn(
             places.metrics(),

@@ -102,6 +102,9 @@ pub struct Rollout {
     pub plan: Vec<StepSpec>,
     /// `[[rollout.gate]]`: outside systems asked before traffic moves, told after a rollback.
     pub gates: Vec<gates::Gate>,
+    /// `post_promotion`: how long the canary is still judged at 100 % (threshold guards) and
+    /// rolled back on a Fail before the rollout counts as promoted (zero: not at all).
+    pub post_promotion: Duration,
 }
 
 /// A planned wait at the end of a step (`[[rollout.step]] pause`).
@@ -219,6 +222,7 @@ impl Rollout {
             early_pass: false,
             plan: Vec::new(),
             gates: Vec::new(),
+            post_promotion: Duration::ZERO,
         }
     }
 }

@@ -220,6 +220,11 @@ pub(crate) struct RawRollout {
     /// (confirm-rollout, confirm-step, confirm-promotion), or is told after a rollback.
     #[schemars(with = "Option<Vec<super::gates::RawGate>>")]
     pub gate: Option<Vec<Spanned<super::gates::RawGate>>>,
+    /// After the last step, keep judging the canary at 100 % this long with the judges that
+    /// need no concurrent baseline (threshold guards) and roll back to 0 on a Fail; then
+    /// promoted (0s: promoted as soon as 100 % is in force).
+    #[schemars(with = "Option<Dur>", extend("default" = "0s"))]
+    pub post_promotion: Option<Spanned<Dur>>,
 }
 
 /// `[[rollout.step]]`: one step of the plan.

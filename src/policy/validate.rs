@@ -719,6 +719,16 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         );
     }
     r.warmup = wu;
+    let (pp, _) = bounded(
+        ctx,
+        raw.post_promotion.as_ref(),
+        Duration::ZERO,
+        &Bound {
+            min: Duration::ZERO,
+            ..Bound::positive("post_promotion")
+        },
+    );
+    r.post_promotion = pp;
     rollout_safety(ctx, &raw, &mut r);
     (ctx.diags.len() == before).then_some(r)
 }

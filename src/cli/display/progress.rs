@@ -345,13 +345,25 @@ pub fn summary(r: &RunReport) -> String {
         FinalOutcome::NotStarted { .. } => ("NOT STARTED", Style::Note),
         FinalOutcome::Failed { .. } => ("FAILED", Style::Bad),
     };
-    let verdict = paint(verdict, style, output::color());
-    let _ = writeln!(
-        out,
-        "\ncoalmine: rollout `{}` {verdict} after {:.1}s (step {} of {}, {} ticks); canary weight now {}",
-        r.rollout, r.duration_s, r.steps_reached, r.steps, r.ticks, r.final_weight
-    );
+    if let Some(would) = &r.would {
+        let _ = writeln!(
+            out,
+            "\ncoalmine: rollout `{}` DRY RUN ({} ticks): {would}\nnothing was changed: the canary weight in force is {}",
+            r.rollout, r.ticks, r.final_weight
+        );
+        if !r.not_run.is_empty() {
+            let _ = writeln!(out, "not run (dry run): {}", r.not_run.join(", "));
+        }
+    } else {
+        let verdict = paint(verdict, style, output::color());
+        let _ = writeln!(
+            out,
+            "\ncoalmine: rollout `{}` {verdict} after {:.1}s (step {} of {}, {} ticks); canary weight now {}",
+            r.rollout, r.duration_s, r.steps_reached, r.steps, r.ticks, r.final_weight
+        );
+    }
     match &r.outcome {
+        _ if r.would.is_some() => {}
         FinalOutcome::Promoted if !r.analysed => {
             let _ = writeln!(
                 out,

@@ -15,7 +15,7 @@ use crate::traffic::mock::MockTrafficProvider;
 
 /// An in-memory store whose fence (and writes) can be made to fail, as a deposed leader's.
 #[derive(Default)]
-struct Deposable {
+pub(super) struct Deposable {
     records: Mutex<HashMap<String, RolloutState>>,
     revision: AtomicUsize,
     fence_fails: AtomicBool,
@@ -81,7 +81,7 @@ fn healthy() -> MockSource {
     s
 }
 
-fn durable(store: &Deposable) -> Durable<'_, Deposable> {
+pub(super) fn durable(store: &Deposable) -> Durable<'_, Deposable> {
     Durable {
         store,
         rollout_id: "r1".to_string(),
@@ -100,7 +100,7 @@ fn durable(store: &Deposable) -> Durable<'_, Deposable> {
 const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n";
 
 /// Drives `r` tick by tick until `done(r)` or `max` ticks.
-async fn ticks<T, M, S>(
+pub(super) async fn ticks<T, M, S>(
     r: &mut Reconciler<'_, T, M, S>,
     max: usize,
     done: impl Fn(&Reconciler<'_, T, M, S>) -> bool,

@@ -5,6 +5,7 @@ mod fence;
 mod gates;
 mod hooks;
 mod plans;
+mod post_promotion;
 mod rollouts;
 mod safety;
 mod sources;
@@ -511,6 +512,7 @@ async fn bad_canary_rolls_back_and_the_record_precedes_the_rollback() {
         levers: None,
         readiness: None,
         policy_sha256: None,
+        dry_run: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await
@@ -573,6 +575,7 @@ async fn warmup_discards_the_first_windows_and_records_why() {
         levers: None,
         readiness: None,
         policy_sha256: None,
+        dry_run: None,
     };
     let source = cold_start_source();
     let report = run(
@@ -759,6 +762,7 @@ async fn abort_signal_rolls_back() {
         levers: None,
         readiness: None,
         policy_sha256: None,
+        dry_run: None,
     };
     let report = run(&policy, &traffic, &source, opts, &mut Quiet)
         .await

@@ -236,7 +236,7 @@ async fn a_plan_runs_end_to_end_under_paused_time() {
     );
 }
 
-fn diagnostics(rollout: &str) -> String {
+pub(super) fn diagnostics(rollout: &str) -> String {
     let text = format!(
         "name = \"t\"\n[rollout]\n{rollout}\n[traffic]\ntype = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\
          baseline = \"http://127.0.0.1:1\"\ncanary = \"http://127.0.0.1:2\"\n\

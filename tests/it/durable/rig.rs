@@ -103,16 +103,23 @@ fn read_request(s: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn respond(s: &mut TcpStream, body: &str) {
+fn respond(s: &mut TcpStream, status: u16, body: &str) {
     let _ = write!(
         s,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
 }
 
-/// Serves `answer` on a free loopback port, one thread per connection.
+/// Serves `answer` (200) on a free loopback port, one thread per connection.
 fn serve(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> SocketAddr {
+    serve_status(move |req| (200, answer(req)))
+}
+
+/// Serves `answer` (status, body) on a free loopback port, one thread per connection.
+pub(crate) fn serve_status(
+    answer: impl Fn(&str) -> (u16, String) + Send + Sync + 'static,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
@@ -122,8 +129,8 @@ fn serve(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> SocketAddr 
             let answer = answer.clone();
             std::thread::spawn(move || {
                 if let Some(req) = read_request(&mut s) {
-                    let body = answer(&req);
-                    respond(&mut s, &body);
+                    let (status, body) = answer(&req);
+                    respond(&mut s, status, &body);
                 }
             });
         }
