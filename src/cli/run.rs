@@ -447,14 +447,8 @@ async fn dry_run(policy: &Policy, origin: &str, output: OutputArgs) -> u8 {
                     policy.name
                 );
             }
-            let mut shadow = policy.clone();
-            shadow.rollout = crate::controller::dry_run::shadow_plan(&policy.rollout, w);
-            shadow.hooks = Vec::new();
-            shadow.notify = None;
-            let mut not_run = crate::controller::dry_run::not_run(policy);
-            if policy.notify.is_some() {
-                not_run.push("the notify webhook".to_string());
-            }
+            let shadow = crate::controller::dry_run::shadow_policy(policy, w);
+            let not_run = crate::controller::dry_run::not_run(policy);
             let how = Presentation {
                 origin: origin.to_string(),
                 status_addr: output.status_addr,

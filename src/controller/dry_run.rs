@@ -47,8 +47,19 @@ pub fn shadow_plan(plan: &Rollout, in_force: Weight) -> Rollout {
     shadow
 }
 
+/// The policy a dry run follows at the weight `in_force`: the [`shadow_plan`], no hooks and
+/// no notify webhook (they act on the world; [`not_run`] names them).
+#[must_use]
+pub fn shadow_policy(policy: &Policy, in_force: Weight) -> Policy {
+    let mut shadow = policy.clone();
+    shadow.rollout = shadow_plan(&policy.rollout, in_force);
+    shadow.hooks = Vec::new();
+    shadow.notify = None;
+    shadow
+}
+
 /// What the dry run does not run or wait for, one line each (hooks, gates, approvals,
-/// planned pauses).
+/// planned pauses, the notify webhook).
 #[must_use]
 pub fn not_run(policy: &Policy) -> Vec<String> {
     let mut out: Vec<String> = policy
@@ -70,6 +81,9 @@ pub fn not_run(policy: &Policy) -> Vec<String> {
     }
     if policy.rollout.plan.iter().any(|s| s.pause.is_some()) {
         out.push("the planned pauses ([[rollout.step]] pause)".to_string());
+    }
+    if policy.notify.is_some() {
+        out.push("the notify webhook".to_string());
     }
     out
 }
