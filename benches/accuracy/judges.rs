@@ -31,13 +31,16 @@ pub enum Kind {
     Flagger,
     /// One fixed-horizon look at the end (Fisher + Mann-Whitney).
     Fixed,
-    /// SPRT that knows the true parameters.
+    /// SPRT that knows the true parameters, at the policy's α (the whole 0.05).
     Oracle,
+    /// The same SPRT at the α the policy gives the metric the scenario changes (latency
+    /// 0.01, error rate 0.04): the limit for a test run at that level.
+    OracleMetricAlpha,
 }
 
 impl Kind {
     /// All judges, in table order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Sequential,
         Kind::SequentialObserved,
         Kind::SequentialWarmup,
@@ -46,6 +49,7 @@ impl Kind {
         Kind::Flagger,
         Kind::Fixed,
         Kind::Oracle,
+        Kind::OracleMetricAlpha,
     ];
 
     /// Name in the report.
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Flagger => "flagger",
             Kind::Fixed => "fixed-horizon",
             Kind::Oracle => "oracle-sprt",
+            Kind::OracleMetricAlpha => "oracle-sprt-metric-alpha",
         }
     }
 }

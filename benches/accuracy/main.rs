@@ -37,6 +37,9 @@ struct Setup {
     observed: Vec<(String, JudgeSpec)>,
     slow_thresholds: Vec<(String, JudgeSpec)>,
     alpha: f64,
+    /// The α the policy's split gives the latency metric and the error-rate metric.
+    latency_alpha: f64,
+    error_alpha: f64,
 }
 
 fn setup(share: f64) -> Setup {
@@ -79,7 +82,20 @@ fn setup(share: f64) -> Setup {
             (n.clone(), s)
         })
         .collect();
+    let metric_alpha = |latency: bool| {
+        specs
+            .iter()
+            .find(|(_, s)| match s {
+                JudgeSpec::Latency(_) => latency,
+                JudgeSpec::Events(_) => !latency,
+                _ => false,
+            })
+            .and_then(|(_, s)| s.alpha())
+            .unwrap_or(p.alpha)
+    };
     Setup {
+        latency_alpha: metric_alpha(true),
+        error_alpha: metric_alpha(false),
         plan,
         specs,
         observed,
@@ -141,6 +157,15 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
         Kind::Oracle => {
             let (b, c) = world.latency_truth();
             Box::new(Oracle::new(sc, b, c, s.alpha)?)
+        }
+        Kind::OracleMetricAlpha => {
+            let (b, c) = world.latency_truth();
+            let alpha = if sc.latency.is_some() {
+                s.latency_alpha
+            } else {
+                s.error_alpha
+            };
+            Box::new(Oracle::new(sc, b, c, alpha)?)
         }
     };
     let _ = share;
