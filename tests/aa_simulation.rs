@@ -343,15 +343,20 @@ fn latency_false_rollbacks_stay_under_alpha_on_fine_buckets() {
 #[test]
 fn latency_canaries_faster_somewhere_are_in_the_null() {
     // The null is composite: every canary at most as slow as the baseline in the stochastic
-    // order, not only equal ones. Faster everywhere (×0.8), or faster only above the p90
-    // and piled up just there (a non-monotone bet would punish that pile-up), or faster
-    // only in its fastest half: each rolls back at most α of the time.
+    // order, not only equal ones. Faster everywhere (×0.8), or faster only above the p90 or
+    // the p99 and piled up just there (a non-monotone bet would punish that pile-up), or
+    // faster only in its fastest half: each rolls back at most α of the time.
     let q90 = 0.03 * (0.5 * 1.2816f64).exp();
+    let q99 = 0.03 * (0.5 * 2.3263f64).exp();
     let q50 = 0.03;
-    let cases: [(&str, &dyn Fn(f64) -> f64); 3] = [
+    let cases: [(&str, &dyn Fn(f64) -> f64); 4] = [
         ("×0.8 everywhere", &|x| 0.8 * x),
         ("tail above p90 ×0.7", &move |x| {
             if x > q90 { q90.max(0.7 * x) } else { x }
+        }),
+        // Piled up at the p99, between the tail step bets' thresholds (p98.5, p99, p99.5).
+        ("tail above p99 ×0.7", &move |x| {
+            if x > q99 { q99.max(0.7 * x) } else { x }
         }),
         ("fastest half ×0.7", &move |x| {
             if x < q50 { 0.7 * x } else { x }

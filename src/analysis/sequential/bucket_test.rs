@@ -44,10 +44,13 @@ enum Bet {
 const KAPPAS: [f64; 8] = [0.06, 0.1, 0.16, 0.25, 0.4, 0.63, 1.0, 1.6];
 /// Fractions of the isotonic plug-in's log ratio that are bet.
 const LAMBDAS: [f64; 1] = [0.7];
-/// Baseline quantiles (from earlier windows) above which the step bets raise the odds.
-const STEP_QUANTILES: [f64; 3] = [0.9, 0.97, 0.99];
+/// Baseline quantiles (from earlier windows) above which the step bets raise the odds. A
+/// step bet grows fastest at the threshold where the canary's excess begins (a tail slowed
+/// from the p95 on gains most above the p98–p98.5, not at the p97 or p99), so the grid is
+/// dense in the tail, and reaches the p99.5 and p99.9 for slowdowns further out.
+const STEP_QUANTILES: [f64; 8] = [0.9, 0.95, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999];
 /// Odds ratios of the step bets.
-const STEP_RHOS: [f64; 2] = [2.5, 6.0];
+const STEP_RHOS: [f64; 3] = [2.0, 3.5, 6.0];
 /// Prior masses of the tilts, the step bets and the isotonic plug-ins.
 const TILT_MASS: f64 = 0.6;
 const STEP_MASS: f64 = 0.3;
@@ -390,7 +393,7 @@ impl BucketTest {
             Some(Bet::Step(q, _)) => {
                 return format!(
                     "; all buckets compared, strongest evidence for more canary requests above the baseline's p{}",
-                    STEP_QUANTILES[q] * 100.0
+                    (STEP_QUANTILES[q] * 1000.0).round() / 10.0
                 );
             }
             None => return String::new(),
