@@ -8,7 +8,8 @@ use coalmine::analysis::latency::LatencyJudgeSpec;
 use coalmine::analysis::threshold::ThresholdSpec;
 use coalmine::analysis::{Counts, JudgeSpec, Observation, Segment};
 
-fn histogram(n: usize, median: f64) -> Histogram {
+/// `n` requests of a log-normal latency with this median (σ = 0.5), in the builtin buckets.
+pub(crate) fn histogram(n: usize, median: f64) -> Histogram {
     let bounds = log_bounds();
     let mut counts = vec![0.0; bounds.len()];
     for i in 0..n {

@@ -582,3 +582,101 @@ fn watch_applies_new_policies_and_refuses_a_changed_running_one() {
     let (code, err) = d.terminate();
     assert_eq!(code, 0, "{err}");
 }
+
+/// The value of the instant query `q` on Prometheus at `prom`, once it has one (at most
+/// `limit`); the answer's JSON.
+fn prometheus_value(prom: SocketAddr, q: &str, limit: Duration) -> serde_json::Value {
+    let t0 = Instant::now();
+    let path = format!(
+        "/api/v1/query?query={}",
+        q.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            })
+            .collect::<String>()
+    );
+    let mut last = String::new();
+    while t0.elapsed() < limit {
+        if let Some((200, body)) = http_body(prom, "GET", &path, "", "") {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                return v;
+            }
+            last = body;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("prometheus never answered {q} within {limit:?}: {last}");
+}
+
+#[test]
+fn metrics_are_scraped_by_a_real_prometheus() {
+    let Some(bin) = crate::common::require_tool("prometheus", "prometheus") else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let mut d = Serve::start(store.path(), &[]);
+    let quick = fast("p-quick", 0.01);
+    d.apply(&quick.policy);
+    d.wait("p-quick", 40, "promoted", |v| phase(v) == "promoted");
+    // A real Prometheus scraping the daemon every second.
+    let prom_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        prom_dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: coalmine\n    static_configs:\n      - targets: [\"{}\"]\n",
+            d.addr
+        ),
+    )
+    .unwrap();
+    let prom = SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
+    let log = std::fs::File::create(prom_dir.path().join("prometheus.log")).unwrap();
+    let _p = crate::common::Guard::spawn(
+        Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                prom_dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom}"))
+            .stdout(Stdio::null())
+            .stderr(log),
+    );
+    let limit = Duration::from_secs(30);
+    // The scrape itself succeeded (a malformed exposition would make `up` 0).
+    let up = prometheus_value(prom, "up{job=\"coalmine\"}", limit);
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+    let done = prometheus_value(
+        prom,
+        "coalmine_rollouts_total{job=\"coalmine\",outcome=\"promoted\"}",
+        limit,
+    );
+    assert_eq!(done["data"]["result"][0]["value"][1], "1", "{done}");
+    let leader = prometheus_value(prom, "coalmine_leader{job=\"coalmine\"}", limit);
+    assert_eq!(leader["data"]["result"][0]["value"][1], "1", "{leader}");
+    // The per-rollout series and a histogram come through too.
+    let w = prometheus_value(
+        prom,
+        "coalmine_canary_weight_percent{rollout=\"p-quick\"}",
+        limit,
+    );
+    assert_eq!(w["data"]["result"][0]["value"][1], "100", "{w}");
+    let ticks = prometheus_value(prom, "coalmine_tick_duration_seconds_count", limit);
+    let n: f64 = ticks["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n >= 1.0, "{ticks}");
+    let (code, err) = d.terminate();
+    assert_eq!(code, 0, "{err}");
+}

@@ -60,9 +60,16 @@ const SCORE_RANGE: (f64, f64) = (-2.5, 2.0);
 const SHRINK: f64 = 20.0;
 
 /// Bucket bounds with the canary→baseline bucket maps of every ladder step.
+///
+/// Stored as its bounds and margin only ([`LayoutWire`]) and rebuilt on load: the maps are
+/// a function of the two and, with 163 buckets, were most of a rollout record's size
+/// (rewritten at every tick).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(into = "LayoutWire", try_from = "LayoutWire")]
 struct Layout {
     bounds: Vec<f64>,
+    /// The policy's margin the maps were built for.
+    allowed: f64,
     /// `maps[n][k]`: the baseline bucket a canary request in bucket k is scored as, at
     /// ladder step n.
     maps: Vec<Vec<usize>>,
@@ -101,8 +108,52 @@ impl Layout {
         }
         Layout {
             bounds: bounds.to_vec(),
+            allowed,
             maps,
             resolved,
+        }
+    }
+}
+
+/// A [`Layout`] as stored. Records written before the maps were dropped from the store
+/// carry `maps` and `resolved` and no `allowed`; they load as they were.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LayoutWire {
+    bounds: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allowed: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    maps: Option<Vec<Vec<usize>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resolved: Option<Vec<Vec<Option<Resolved>>>>,
+}
+
+impl From<Layout> for LayoutWire {
+    fn from(l: Layout) -> Self {
+        // A layout loaded from an old record has no margin: it keeps its maps.
+        let legacy = l.allowed.is_nan();
+        LayoutWire {
+            bounds: l.bounds,
+            allowed: (!legacy).then_some(l.allowed),
+            maps: legacy.then_some(l.maps),
+            resolved: legacy.then_some(l.resolved),
+        }
+    }
+}
+
+impl TryFrom<LayoutWire> for Layout {
+    type Error = &'static str;
+
+    fn try_from(w: LayoutWire) -> Result<Self, Self::Error> {
+        match (w.allowed, w.maps, w.resolved) {
+            (Some(allowed), ..) if allowed.is_finite() => Ok(Layout::new(&w.bounds, allowed)),
+            (None, Some(maps), Some(resolved)) => Ok(Layout {
+                bounds: w.bounds,
+                allowed: f64::NAN,
+                maps,
+                resolved,
+            }),
+            _ => Err("a bucket layout without its margin"),
         }
     }
 }
@@ -488,5 +539,76 @@ mod tests {
         for n in 1..LADDER.len() {
             assert!(l.maps[n].iter().zip(&l.maps[n - 1]).all(|(a, b)| a <= b));
         }
+    }
+
+    fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).expect("encode");
+        out
+    }
+
+    fn window(bounds: &[f64], shift: usize, n: f64) -> Histogram {
+        let k = bounds.len();
+        let counts = (0..k)
+            .map(|i| {
+                if (40 + shift..60 + shift).contains(&i) {
+                    n
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Histogram::try_new(bounds.to_vec(), counts).expect("histogram")
+    }
+
+    /// The stored state is the bounds and the margin, not the maps (6 ladder steps × 163
+    /// buckets of indices and resolved margins were most of a rollout record, rewritten at
+    /// every tick); the loaded test goes on exactly as the one that was stored.
+    #[test]
+    fn the_layout_is_stored_as_its_bounds_and_rebuilt_on_load() {
+        let bounds = crate::analysis::histogram::log_bounds();
+        let mut t = BucketTest::new(1.1);
+        for _ in 0..5 {
+            t.update(&window(&bounds, 0, 30.0), &window(&bounds, 3, 3.0), 0.1);
+        }
+        let bytes = cbor(&t);
+        let layout_only = cbor(t.layout.as_ref().expect("layout"));
+        assert!(
+            layout_only.len() < 12 * bounds.len(),
+            "{} bytes",
+            layout_only.len()
+        );
+        let mut back: BucketTest = ciborium::from_reader(bytes.as_slice()).expect("decode");
+        let (l, b) = (t.layout.as_ref().unwrap(), back.layout.as_ref().unwrap());
+        assert_eq!((&l.maps, &l.resolved), (&b.maps, &b.resolved));
+        t.update(&window(&bounds, 0, 30.0), &window(&bounds, 3, 3.0), 0.1);
+        back.update(&window(&bounds, 0, 30.0), &window(&bounds, 3, 3.0), 0.1);
+        assert_eq!(t.log_e().to_bits(), back.log_e().to_bits());
+        assert!(t.log_e() > 0.0, "a slower canary gathers evidence");
+    }
+
+    /// A record written before (the maps stored, no margin) loads with its maps and is
+    /// stored the same way again; a layout with neither is refused, not guessed.
+    #[test]
+    fn a_layout_from_an_older_record_keeps_its_maps() {
+        let bounds = crate::analysis::histogram::log_bounds();
+        let l = Layout::new(&bounds, 2.0);
+        let old = LayoutWire {
+            bounds: l.bounds.clone(),
+            allowed: None,
+            maps: Some(l.maps.clone()),
+            resolved: Some(l.resolved.clone()),
+        };
+        let back: Layout = ciborium::from_reader(cbor(&old).as_slice()).expect("decode");
+        assert_eq!((&back.maps, &back.resolved), (&l.maps, &l.resolved));
+        let again: Layout = ciborium::from_reader(cbor(&back).as_slice()).expect("decode");
+        assert_eq!(again.maps, l.maps);
+        let neither = LayoutWire {
+            bounds: l.bounds.clone(),
+            allowed: None,
+            maps: None,
+            resolved: None,
+        };
+        assert!(ciborium::from_reader::<Layout, _>(cbor(&neither).as_slice()).is_err());
     }
 }

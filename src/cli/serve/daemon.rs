@@ -108,9 +108,17 @@ impl Build for Builtin {
 
 /// Why a request to the daemon was refused, with the HTTP status that says it.
 #[derive(Debug)]
-pub(crate) struct Refusal {
-    pub(crate) status: u16,
-    pub(crate) message: String,
+pub struct Refusal {
+    /// The HTTP status (400 invalid, 409 conflict, 503 not the leader or store down…).
+    pub status: u16,
+    /// What was refused and why.
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
 }
 
 impl Refusal {
@@ -124,11 +132,13 @@ impl Refusal {
 
 /// A rollout the daemon started or resumed.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct Started {
-    pub(crate) rollout: String,
-    pub(crate) rollout_id: String,
+pub struct Started {
+    /// The rollout's name.
+    pub rollout: String,
+    /// This run's id.
+    pub rollout_id: String,
     /// `started`, `resumed` or `restarted`.
-    pub(crate) how: &'static str,
+    pub how: &'static str,
 }
 
 /// Where a rollout of this daemon is.
@@ -160,6 +170,34 @@ pub struct Config {
     pub grace: Duration,
 }
 
+impl Config {
+    /// A daemon whose control API takes bearer `token` (acting as `actor`), with no
+    /// default decision log and a 5 s grace.
+    #[must_use]
+    pub fn new(token: impl Into<Vec<u8>>, actor: impl Into<String>) -> Config {
+        Config {
+            auth: Auth {
+                token: token.into(),
+                actor: actor.into(),
+            },
+            decisions_dir: None,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// When one analysis tick of one rollout ran ([`Daemon::on_tick`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TickTiming {
+    /// How late it started: from when it was due to when its rollout's task woke.
+    pub lateness: Duration,
+    /// How long it took (fetch, judge, decide, persist, act).
+    pub duration: Duration,
+}
+
+/// A function told of every tick ([`Daemon::on_tick`]).
+type TickProbe = Box<dyn Fn(TickTiming) + Send + Sync>;
+
 /// Many rollouts over one store.
 pub struct Daemon<S, B = Builtin> {
     store: Timed<S>,
@@ -173,6 +211,10 @@ pub struct Daemon<S, B = Builtin> {
     rollouts: Mutex<HashMap<String, Entry>>,
     /// The stop signal of the current term (leadership, or the process's life).
     term: Mutex<watch::Sender<bool>>,
+    /// Told of every tick, when set.
+    tick_probe: std::sync::OnceLock<TickProbe>,
+    /// Records found unresumable, by name: the revision last said so.
+    unresumable: Mutex<HashMap<String, u64>>,
 }
 
 /// What a rollout's task is given.
@@ -221,7 +263,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 impl<S: Store + 'static, B: Build> Daemon<S, B> {
     /// A daemon over `store`, building rollouts' parts with `build`, acting while `role`
     /// says [`Role::Leader`].
-    pub(crate) fn new(store: S, build: B, role: watch::Receiver<Role>, cfg: Config) -> Arc<Self> {
+    pub fn new(store: S, build: B, role: watch::Receiver<Role>, cfg: Config) -> Arc<Self> {
         let obs = Arc::new(Obs::default());
         Arc::new(Daemon {
             store: Timed::new(store, obs.clone()),
@@ -233,7 +275,16 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             leader: Mutex::new(None),
             rollouts: Mutex::default(),
             term: Mutex::new(watch::channel(false).0),
+            tick_probe: std::sync::OnceLock::new(),
+            unresumable: Mutex::default(),
         })
+    }
+
+    /// Calls `probe` after every analysis tick of every rollout with its lateness and
+    /// duration (benchmarks, embedders); only the first probe set is kept. It runs on the
+    /// rollout's task: keep it short.
+    pub fn on_tick(&self, probe: impl Fn(TickTiming) + Send + Sync + 'static) {
+        let _ = self.tick_probe.set(Box::new(probe));
     }
 
     /// The control API's address, recorded in each rollout's record for the verbs.
@@ -297,6 +348,16 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             .collect()
     }
 
+    /// The terminal phase's name once `rollout` ended in this daemon (`None` while it
+    /// runs, or when this daemon does not run it).
+    #[must_use]
+    pub fn outcome(&self, rollout: &str) -> Option<&'static str> {
+        match lock(&self.rollouts).get(rollout)?.life {
+            Life::Finished(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Submits a policy's text: validated, then started (a new rollout, or one whose
     /// earlier run finished: from step 1) or resumed (an unfinished record of the same
     /// policy that no controller runs). A rollout running here, or run by another
@@ -304,7 +365,7 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
     /// (never hot-swapped). `again`: a rollout that finished with this very policy content
     /// runs again (`coalmine apply`); without it that is refused (`--watch`, which must not
     /// re-run what a directory still holds after a restart).
-    pub(crate) async fn apply(
+    pub async fn apply(
         self: &Arc<Self>,
         text: &str,
         path: Option<String>,
@@ -794,6 +855,7 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             };
             let tick = wake == Wake::Tick;
             let t0 = Instant::now();
+            let late = t0.saturating_duration_since(r.wake_at());
             // Some(stopping) once the step ended; None when it was dropped.
             let ended = {
                 let step = r.reconcile(wake);
@@ -809,7 +871,15 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
                 }
             };
             if tick {
-                self.obs.ticks.observe(t0.elapsed().as_secs_f64());
+                let took = t0.elapsed();
+                self.obs.ticks.observe(took.as_secs_f64());
+                self.obs.lateness.observe(late.as_secs_f64());
+                if let Some(p) = self.tick_probe.get() {
+                    p(TickTiming {
+                        lateness: late,
+                        duration: took,
+                    });
+                }
             }
             if let Some(why) = r.deposed() {
                 // Not ours any more: no checkpoint, no release (the writes would be
@@ -834,13 +904,24 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
         Ended::Finished(phase)
     }
 
-    /// Takes over every unfinished rollout in the store that no other controller runs.
-    pub(crate) async fn resume_all(self: &Arc<Self>) {
+    /// Takes over every unfinished rollout in the store that no other controller runs;
+    /// the "not resumed" lines it printed (each record revision that cannot be resumed is
+    /// said once, not at every rescan).
+    pub(crate) async fn resume_all(self: &Arc<Self>) -> Vec<String> {
         let records = match self.store.list().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list the store: nothing resumed");
-                return;
+                return Vec::new();
+            }
+        };
+        let mut said = Vec::new();
+        let mut not_resumed = |name: &str, revision: u64, why: &str| {
+            // Once per record revision: a rescan finds the same record again and again.
+            if lock(&self.unresumable).insert(name.to_string(), revision) != Some(revision) {
+                let line = format!("coalmine serve: rollout `{name}` not resumed: {why}");
+                errln!("{line}");
+                said.push(line);
             }
         };
         for s in records.into_iter().filter(|s| !s.finished()) {
@@ -848,14 +929,14 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             let text = match policy_text(&s) {
                 Ok(t) => t,
                 Err(e) => {
-                    errln!("coalmine serve: rollout `{name}` not resumed: {e}");
+                    not_resumed(&name, s.revision, &e);
                     continue;
                 }
             };
             let (policy, sha) = match parse_stored(&s, &text) {
                 Ok(p) => p,
                 Err(e) => {
-                    errln!("coalmine serve: rollout `{name}` not resumed: {e}");
+                    not_resumed(&name, s.revision, &e);
                     continue;
                 }
             };
@@ -865,22 +946,23 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             let path = s.policy.path.clone();
             let r = self.prepare(policy, &text, sha, path, None, false).await;
             match self.settle_reservation(&name, r) {
-                Ok(st) => errln!(
-                    "coalmine serve: rollout `{name}` {} (run {})",
-                    st.how,
-                    st.rollout_id
-                ),
-                Err(e) => errln!(
-                    "coalmine serve: rollout `{name}` not resumed: {}",
-                    e.message
-                ),
+                Ok(st) => {
+                    lock(&self.unresumable).remove(&name);
+                    errln!(
+                        "coalmine serve: rollout `{name}` {} (run {})",
+                        st.how,
+                        st.rollout_id
+                    );
+                }
+                Err(e) => not_resumed(&name, s.revision, &e.message),
             }
         }
+        said
     }
 
     /// Stops every rollout task of this term (each writes its record, traffic stays as
     /// recorded) and waits for them, at most twice the grace; a new term begins.
-    pub(crate) async fn stand_down(&self) {
+    pub async fn stand_down(&self) {
         let old = std::mem::replace(&mut *lock(&self.term), watch::channel(false).0);
         let _ = old.send(true);
         let tasks = self.take_tasks();
@@ -925,7 +1007,7 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
             if role.wait_for(|r| *r == Role::Leader).await.is_err() {
                 return;
             }
-            self.resume_all().await;
+            let _ = self.resume_all().await;
             loop {
                 let again = async {
                     match rescan {
@@ -940,7 +1022,9 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
                 match lost {
                     Some(true) => break,
                     Some(false) => return,
-                    None => self.resume_all().await,
+                    None => {
+                        let _ = self.resume_all().await;
+                    }
                 }
             }
             tracing::warn!(

@@ -28,7 +28,7 @@ pub mod obs;
 #[cfg(test)]
 mod tests;
 
-pub use daemon::{Build, Built, Builtin, Config, Daemon, Role};
+pub use daemon::{Build, Built, Builtin, Config, Daemon, Refusal, Role, Started, TickTiming};
 
 /// What `coalmine serve` does on SIGTERM and SIGINT (also in `--help`).
 pub const ON_SIGNAL: &str = "\
@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// (default: HOST-PID).
     #[arg(long, value_name = "NAME")]
     pub replica: Option<String>,
+    /// With etcd: keep the last N decision records of each rollout in etcd; older ones
+    /// are deleted in the same transaction that writes new ones (0 keeps every one).
+    #[arg(long, value_name = "N", default_value_t = etcd::DEFAULT_RECORDS_KEEP)]
+    pub records_keep: usize,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -328,7 +332,8 @@ async fn serve_etcd(endpoints: Vec<String>, args: &ServeArgs, state: &StateArgs)
             }
         }
     });
-    let store = EtcdStore::new(client, &prefix, leadership.clone());
+    let store =
+        EtcdStore::new(client, &prefix, leadership.clone()).with_records_keep(args.records_keep);
     let on = Replication {
         role,
         leader,

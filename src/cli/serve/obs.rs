@@ -79,6 +79,9 @@ pub(crate) const OUTCOMES: [&str; 4] = ["promoted", "rolled-back", "not-started"
 pub(crate) struct Obs {
     /// Time of each analysis tick (fetch, judge, decide, persist, act).
     pub(crate) ticks: Histogram,
+    /// How late each analysis tick started (due time to wake-up): a rollout's ticks
+    /// keep their interval while this stays small.
+    pub(crate) lateness: Histogram,
     /// Time of each store write.
     pub(crate) writes: Histogram,
     outcomes: Mutex<[u64; OUTCOMES.len()]>,
@@ -89,6 +92,9 @@ impl Default for Obs {
         Obs {
             ticks: Histogram::new(&[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            lateness: Histogram::new(&[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             writes: Histogram::new(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -142,6 +148,11 @@ impl Obs {
             out,
             "coalmine_tick_duration_seconds",
             "Time of one analysis tick of one rollout: fetch, judge, decide, persist, act.",
+        );
+        self.lateness.write(
+            out,
+            "coalmine_tick_lateness_seconds",
+            "How late one analysis tick of one rollout started after it was due.",
         );
         self.writes.write(
             out,

@@ -260,6 +260,9 @@ async fn a_running_name_is_refused_and_a_finished_one_starts_again() {
 async fn a_follower_acts_on_nothing_and_a_lost_leadership_stands_down() {
     let dir = tempfile::tempdir().unwrap();
     let (d, role) = daemon(dir.path());
+    // As `serve` does: the record names this daemon's control API while it runs.
+    let ours: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    d.set_control(ours);
     let lead = tokio::spawn(d.clone().lead(None));
     let slow = policy("held").replace("step_duration = \"1s\"", "step_duration = \"60s\"");
     d.apply(&slow, None, true).await.unwrap();
@@ -290,13 +293,18 @@ async fn a_follower_acts_on_nothing_and_a_lost_leadership_stands_down() {
     );
     let s = store.load("held").await.unwrap().unwrap();
     assert_eq!(s.phase.name(), "progressing");
-    assert!(s.control.is_none());
-    assert_eq!(
-        d.mocks_provider("held").weight(),
-        Weight::try_from_percent(10.0).unwrap()
-    );
+    // Dropped without a write: no checkpoint, no release (which would clear the control
+    // API), however many analysis intervals (100 ms) pass; no provider call either.
+    assert_eq!(s.control.map(|c| c.addr), Some(ours));
+    let calls = d.mocks_provider("held").calls();
+    assert_eq!(calls, vec![Weight::try_from_percent(10.0).unwrap()]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = store.load("held").await.unwrap().unwrap();
+    assert_eq!(later.revision, s.revision, "written by a follower");
+    assert_eq!(d.mocks_provider("held").calls(), calls);
     let refused = d.apply(&policy("other"), None, true).await.unwrap_err();
     assert_eq!(refused.status, 503);
+    assert!(d.board("other").is_none());
     // Leader again: the rollout is resumed from its record.
     role.send(Role::Leader).unwrap();
     for _ in 0..200 {
@@ -372,4 +380,57 @@ impl Daemon<FileStore, Mocks> {
     fn mocks_provider(&self, name: &str) -> MockTrafficProvider {
         self.build_ref().provider(name)
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresumable_record_is_said_once_per_revision() {
+    use crate::controller::store::{FORMAT, Judges, PolicyRef, RolloutState, new_rollout_id};
+    let dir = tempfile::tempdir().unwrap();
+    let (d, _role) = daemon(dir.path());
+    let store = FileStore::new(dir.path());
+    // Unfinished, with neither its policy's text nor a file: it cannot be resumed.
+    let w = Weight::try_from_percent(10.0).unwrap();
+    let mut s =
+        RolloutState {
+            format: FORMAT,
+            rollout: "orphan".into(),
+            rollout_id: new_rollout_id(),
+            version: "0".into(),
+            revision: 0,
+            policy: PolicyRef {
+                path: None,
+                sha256: "0".repeat(64),
+                text: None,
+            },
+            phase: crate::controller::Phase::Progressing(
+                crate::controller::machine::Progress::new(0, w, Duration::ZERO, Duration::ZERO),
+            ),
+            steps: 3,
+            elapsed: Duration::ZERO,
+            saved_at: std::time::SystemTime::now(),
+            started_at: std::time::SystemTime::now(),
+            weight: w,
+            seq: 0,
+            ticks: 0,
+            steps_reached: 1,
+            first_traffic: None,
+            judges: Judges(Vec::new()),
+            decisions: None,
+            control: None,
+            last: None,
+            operator_actions: 0,
+        };
+    s.revision = store.save(&s, 0).await.unwrap();
+    let first = d.resume_all().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("`orphan` not resumed"), "{first:?}");
+    assert!(first[0].contains("holds no policy"), "{first:?}");
+    // The rescans find the same record: nothing said again.
+    assert!(d.resume_all().await.is_empty());
+    assert!(d.resume_all().await.is_empty());
+    // A new revision of it is said once more.
+    store.save(&s, s.revision).await.unwrap();
+    assert_eq!(d.resume_all().await.len(), 1);
+    assert!(d.resume_all().await.is_empty());
+    assert!(d.board("orphan").is_none());
 }

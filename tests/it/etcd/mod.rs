@@ -195,6 +195,63 @@ async fn records_round_trip_and_writes_compare_and_swap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_records_beyond_the_retention_are_deleted_oldest_first() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let (a, every) = joined(&etcd, "a", Duration::from_secs(5), "leader").await;
+    let lines = |from: usize, to: usize| -> Vec<String> {
+        (from..to).map(|i| format!("{{\"n\":{i}}}")).collect()
+    };
+    // A store that keeps everything wrote 4 records in two writes.
+    let every = every.with_records_keep(0);
+    let s = state("kept");
+    let mut rev = every.save_with_records(&s, 0, &lines(0, 2)).await.unwrap();
+    rev = every
+        .save_with_records(&s, rev, &lines(2, 4))
+        .await
+        .unwrap();
+    // One that keeps 5 (a fresh one: it reads the existing keys first) writes 3 more: the
+    // 2 oldest go in the same transaction.
+    let five = EtcdStore::new(etcd.client(), PREFIX, a.clone()).with_records_keep(5);
+    rev = five.save_with_records(&s, rev, &lines(4, 7)).await.unwrap();
+    assert_eq!(five.records("kept").await.unwrap(), lines(2, 7));
+    // One at a time, as ticks are: always the last 5, the newest included.
+    for i in 7..27 {
+        rev = five
+            .save_with_records(&s, rev, &lines(i, i + 1))
+            .await
+            .unwrap();
+        assert_eq!(five.records("kept").await.unwrap(), lines(i - 4, i + 1));
+    }
+    // A write without records leaves them; a conflicting write deletes nothing.
+    rev = five.save(&s, rev).await.unwrap();
+    assert!(matches!(
+        five.save_with_records(&s, rev - 1, &lines(100, 103)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(five.records("kept").await.unwrap(), lines(22, 27));
+    // More in one write than are kept: the last 5 of them.
+    five.save_with_records(&s, rev, &lines(27, 35))
+        .await
+        .unwrap();
+    assert_eq!(five.records("kept").await.unwrap(), lines(30, 35));
+    // What etcd holds under the rollout's records prefix is exactly that (no stray keys).
+    let keys = etcd
+        .client()
+        .keys_prefix(format!("{PREFIX}records/kept/").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 5);
+    // Another rollout's records are its own.
+    five.save_with_records(&state("other"), 0, &lines(0, 1))
+        .await
+        .unwrap();
+    assert_eq!(five.records("other").await.unwrap(), lines(0, 1));
+    assert_eq!(five.records("kept").await.unwrap(), lines(30, 35));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_owner_is_refused_with_the_holders_name() {
     let Some(etcd) = Etcd::start(1).await else {
         return;

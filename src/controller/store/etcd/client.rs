@@ -293,6 +293,8 @@ pub enum Op {
     Put(Vec<u8>, Vec<u8>, i64),
     /// Deletes one key.
     Delete(Vec<u8>),
+    /// Deletes every key from the first up to (not including) the second.
+    DeleteRange(Vec<u8>, Vec<u8>),
 }
 
 pub(crate) fn enc(bytes: &[u8]) -> String {
@@ -340,6 +342,9 @@ impl Op {
                 json!({"request_put": {"key": enc(k), "value": enc(v), "lease": lease.to_string()}})
             }
             Op::Delete(k) => json!({"request_delete_range": {"key": enc(k)}}),
+            Op::DeleteRange(k, end) => {
+                json!({"request_delete_range": {"key": enc(k), "range_end": enc(end)}})
+            }
         }
     }
 }
@@ -666,7 +671,20 @@ impl EtcdClient {
     /// # Errors
     /// When etcd cannot be reached or rejects the request.
     pub async fn get_prefix(&self, prefix: &[u8]) -> Result<Vec<Kv>, EtcdError> {
-        const PAGE: i64 = 64;
+        self.range_prefix(prefix, false).await
+    }
+
+    /// Every key starting with `prefix`, in key order, without the values.
+    ///
+    /// # Errors
+    /// When etcd cannot be reached or rejects the request.
+    pub async fn keys_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, EtcdError> {
+        let kvs = self.range_prefix(prefix, true).await?;
+        Ok(kvs.into_iter().map(|kv| kv.key).collect())
+    }
+
+    async fn range_prefix(&self, prefix: &[u8], keys_only: bool) -> Result<Vec<Kv>, EtcdError> {
+        let page: i64 = if keys_only { 1024 } else { 64 };
         let end = prefix_end(prefix);
         let mut from = prefix.to_vec();
         let mut out = Vec::new();
@@ -678,9 +696,10 @@ impl EtcdClient {
                     &json!({
                         "key": enc(&from),
                         "range_end": enc(&end),
-                        "limit": PAGE.to_string(),
+                        "limit": page.to_string(),
                         // Every page from the same snapshot.
                         "revision": revision.to_string(),
+                        "keys_only": keys_only,
                     }),
                 )
                 .await?;

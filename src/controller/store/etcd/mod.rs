@@ -7,7 +7,9 @@
 //! - `records/NAME/REV-RANK`: the rollout's decision records (one JSON line each), written
 //!   in the same transaction as the rollout's record that follows them
 //!   ([`Store::save_with_records`]), keyed by the revision that write replaced, so any
-//!   replica reads the same log and a record is stored exactly when its state is;
+//!   replica reads the same log and a record is stored exactly when its state is; the
+//!   last [`DEFAULT_RECORDS_KEEP`] (or [`EtcdStore::with_records_keep`]) are kept, older
+//!   ones deleted in that same transaction;
 //! - `leader`: the leader's name and address (JSON), attached to its lease;
 //! - `owners/NAME`: who runs the rollout ([`Store::acquire`]), attached to the owner's
 //!   lease, so it goes when the owner dies.
@@ -35,6 +37,7 @@
 mod client;
 mod leader;
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +53,20 @@ pub const DEFAULT_PREFIX: &str = "/coalmine/";
 /// The default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
+/// How many decision records per rollout the store keeps by default (`--records-keep`).
+pub const DEFAULT_RECORDS_KEEP: usize = 1000;
+
 /// The rollout store on etcd, fenced on a [`Leadership`].
 #[derive(Clone, Debug)]
 pub struct EtcdStore {
     client: Arc<EtcdClient>,
     prefix: String,
     leadership: Arc<Leadership>,
+    /// At most this many decision records per rollout (0: every one).
+    keep: usize,
+    /// The record keys each rollout has in etcd, oldest first, as this store last wrote or
+    /// read them (forgotten after a failed write or a new owner: read again).
+    known: Arc<std::sync::Mutex<HashMap<String, VecDeque<Vec<u8>>>>>,
 }
 
 fn etcd(what: impl Into<String>) -> impl FnOnce(EtcdError) -> StoreError {
@@ -71,7 +82,38 @@ impl EtcdStore {
             client,
             prefix: prefix.to_string(),
             leadership,
+            keep: DEFAULT_RECORDS_KEEP,
+            known: Arc::default(),
         }
+    }
+
+    /// Keeps at most the last `keep` decision records of each rollout (0: every one); the
+    /// older ones are deleted in the same fenced transaction that writes the new ones.
+    #[must_use]
+    pub fn with_records_keep(mut self, keep: usize) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Vec<u8>>>> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The rollout's record keys in etcd, oldest first (read once, then kept up to date).
+    async fn known_records(&self, rollout: &str, prefix: &[u8]) -> Result<usize, StoreError> {
+        if let Some(k) = self.known().get(rollout) {
+            return Ok(k.len());
+        }
+        let keys = self
+            .client
+            .keys_prefix(prefix)
+            .await
+            .map_err(etcd(format!("reading the records of rollout `{rollout}`")))?;
+        let n = keys.len();
+        self.known().insert(rollout.to_string(), keys.into());
+        Ok(n)
     }
 
     /// The leadership the writes are fenced on.
@@ -157,25 +199,70 @@ impl Store for EtcdStore {
         // The records go in the same transaction, under keys ordered by the revision this
         // write replaces (unique: only one write can replace it) and their rank in it.
         let mut puts = vec![Op::Put(key.clone(), bytes.clone(), 0)];
-        for (i, line) in records.iter().enumerate() {
-            let rkey = format!(
-                "{}/{expected:020}-{i:06}",
-                String::from_utf8_lossy(&self.key("records", &state.rollout)?)
-            );
-            puts.push(Op::Put(rkey.into_bytes(), line.clone().into_bytes(), 0));
+        let mut rprefix = self.key("records", &state.rollout)?;
+        rprefix.push(b'/');
+        let mut new: Vec<Vec<u8>> = (0..records.len())
+            .map(|i| {
+                let mut k = rprefix.clone();
+                k.extend_from_slice(format!("{expected:020}-{i:06}").as_bytes());
+                k
+            })
+            .collect();
+        let mut lines = records;
+        // Retention: the oldest records beyond `keep` go in this same transaction (never
+        // the newest: `keep` ≥ 1). Keys order by the revision they replace, so the old ones
+        // are one range; new ones beyond `keep` themselves (more than `keep` in one write)
+        // are not written at all.
+        let mut dropped_known = 0;
+        if self.keep > 0 && !records.is_empty() {
+            let known = self.known_records(&state.rollout, &rprefix).await?;
+            let excess = (known + new.len()).saturating_sub(self.keep);
+            if excess > 0 {
+                dropped_known = excess.min(known);
+                let skip = excess - dropped_known;
+                new.drain(..skip);
+                lines = &records[skip..];
+                let cutoff = if dropped_known < known {
+                    self.known()
+                        .get(&state.rollout)
+                        .and_then(|k| k.get(dropped_known).cloned())
+                } else {
+                    new.first().cloned()
+                };
+                if let Some(cutoff) = cutoff {
+                    puts.push(Op::DeleteRange(rprefix.clone(), cutoff));
+                }
+            }
+        }
+        for (k, line) in new.iter().zip(lines) {
+            puts.push(Op::Put(k.clone(), line.clone().into_bytes(), 0));
         }
         let r = self
             .leadership
             .txn(&[cas], &puts, &[Op::Get(key.clone())])
             .await
-            .map_err(etcd(format!("writing rollout `{}`", state.rollout)))?
-            .map_err(|d| StoreError::Fenced {
-                rollout: state.rollout.clone(),
-                why: d.0,
+            .map_err(|e| {
+                self.known().remove(&state.rollout);
+                etcd(format!("writing rollout `{}`", state.rollout))(e)
+            })?
+            .map_err(|d| {
+                self.known().remove(&state.rollout);
+                StoreError::Fenced {
+                    rollout: state.rollout.clone(),
+                    why: d.0,
+                }
             })?;
         if r.succeeded {
+            if self.keep > 0
+                && !records.is_empty()
+                && let Some(k) = self.known().get_mut(&state.rollout)
+            {
+                k.drain(..dropped_known.min(k.len()));
+                k.extend(new);
+            }
             return Ok(r.revision.unsigned_abs());
         }
+        self.known().remove(&state.rollout);
         // The fence held, the revision did not. Our own write, whose answer was lost and
         // which was then sent again to another member, is found as it is.
         let found = r.ranges.get(1).and_then(|k| k.first());
@@ -249,6 +336,8 @@ impl Store for EtcdStore {
             .await
             .map_err(etcd(format!("taking rollout `{rollout}`")))?;
         if r.succeeded {
+            // A new owner: what the store knew of its records may be another's past.
+            self.known().remove(rollout);
             return Ok(OwnerKey {
                 client: self.client.clone(),
                 key,
