@@ -107,7 +107,9 @@ pub enum Command {
     /// refused): it moves on at the next tick without the rest of its time, requests or
     /// approval, unless a metric fails or evidence is missing. `--full`: 100 % now.
     Promote(control::PromoteArgs),
-    /// Roll a rollout back.
+    /// Roll a rollout back (also `coalmine rollback`: during a blue-green rollout's
+    /// keep_blue, one switch back to blue).
+    #[command(visible_alias = "rollback")]
     Abort(control::LeverArgs),
     /// Pause a rollout: no traffic change until `resume`.
     Pause(control::LeverArgs),

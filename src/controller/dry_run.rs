@@ -42,8 +42,11 @@ pub fn shadow_plan(plan: &Rollout, in_force: Weight) -> Rollout {
     shadow.gates = Vec::new();
     shadow.approval = Approval::None;
     shadow.on_external_change = OnExternalChange::Adopt;
-    // 100 % is never reached: there is nothing to watch after it.
+    // 100 % is never reached: there is nothing to watch after it, and no blue to keep (a
+    // blue-green policy's dry run analyses the split in force as a canary step).
     shadow.post_promotion = Duration::ZERO;
+    shadow.strategy = crate::policy::Strategy::Canary;
+    shadow.keep_blue = Duration::ZERO;
     shadow
 }
 

@@ -5,7 +5,7 @@
 //! results as events. Terminal states are variants, not flags.
 //!
 //! Phases: Pending → PreChecks → Shifting → Progressing ⇄ Paused → Promoting → (Watching, the
-//! post-promotion window) → Promoted;
+//! post-promotion window) → (KeepingBlue, blue-green's keep_blue) → Promoted;
 //! any live phase → RollingBack → RolledBack; PreChecks → NotStarted (the canary was not
 //! ready: nothing moved); Failed (no safe state could be reached).
 
@@ -18,6 +18,12 @@ use super::health::{self, ErrorCounts, Health};
 use crate::analysis::Outcome;
 use crate::model::Weight;
 use crate::policy::{Advance, Approval, OnExternalChange, OnNoData, PlannedPause, Rollout};
+
+/// What a blue-green rollout says about the preview share: no provider offers one (the
+/// [`crate::traffic::TrafficProvider`] trait sets weights only), so green takes no traffic
+/// before the switch.
+pub const NO_PREVIEW_SHARE: &str =
+    "no preview share: green is checked by the pre-rollout hooks only";
 
 /// Why a rollout is rolled back (or failed, or never started).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -241,6 +247,17 @@ pub struct Watch {
     pub paused_for: Duration,
 }
 
+/// Blue-green's `keep_blue` time ([`Phase::KeepingBlue`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeepBlue {
+    /// When it began (offset from the start; wall time, so a controller's downtime counts
+    /// toward it): it ends `keep_blue` later.
+    pub since: Duration,
+    /// Time the rollout spent paused before the switch.
+    #[serde(default)]
+    pub paused_for: Duration,
+}
+
 /// Where a rollout is. Serialized into the rollout's stored record (tagged by `phase`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
@@ -281,6 +298,11 @@ pub enum Phase {
     /// judged by what needs no concurrent baseline (threshold guards) and a Fail rolls back
     /// to 0; at the window's end the rollout is promoted.
     Watching(Watch),
+    /// Blue-green: green has all traffic and the post-promotion window is over; blue stays
+    /// deployed for `keep_blue` so that a rollback (`coalmine rollback`) is one switch back.
+    /// Nothing is judged; a weight changed outside coalmine is not overridden. At its end
+    /// the rollout is promoted and the `blue-retired` gates are told.
+    KeepingBlue(KeepBlue),
     /// Done: the canary has all traffic.
     Promoted,
     /// Putting 0 % on the canary.
@@ -320,6 +342,7 @@ impl Phase {
             Phase::Paused(_) => "paused",
             Phase::Promoting { .. } => "promoting",
             Phase::Watching(_) => "watching",
+            Phase::KeepingBlue(_) => "keeping-blue",
             Phase::Promoted => "promoted",
             Phase::RollingBack { .. } => "rolling-back",
             Phase::RolledBack { .. } => "rolled-back",
@@ -699,6 +722,10 @@ pub fn judging(phase: &Phase, facts: &WindowFacts, plan: &Rollout) -> Judging {
                 .to_string(),
             Health::Unknown,
         ),
+        Phase::KeepingBlue(_) => no(
+            "keeping blue after the post-promotion window: nothing is judged".to_string(),
+            Health::Unknown,
+        ),
         Phase::Progressing(p) => {
             let health = baseline_health(p, facts, plan);
             if let Some(found) = facts.in_force
@@ -978,8 +1005,17 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 ..
             },
         ) => watching_tick(w, now, &metrics, &facts, plan),
-        // An operator ends the window early: the promotion stands.
-        (Phase::Watching(_), Event::PromoteNow { .. }) => (
+        // An operator ends the window early: the promotion stands (blue-green keeps blue).
+        (Phase::Watching(w), Event::PromoteNow { now }) => {
+            let (phase, mut cmds) = window_over(now, w.paused_for, plan);
+            cmds.insert(0, Command::Record(Decision::Promote));
+            (phase, cmds)
+        }
+        (Phase::KeepingBlue(k), Event::Tick { now, facts, .. }) => {
+            keeping_blue_tick(k, now, &facts, plan)
+        }
+        // An operator retires blue now.
+        (Phase::KeepingBlue(_), Event::PromoteNow { .. }) => (
             Phase::Promoted,
             vec![Command::Record(Decision::Promote), Command::Finish],
         ),
@@ -1147,6 +1183,19 @@ fn restored(
                 )
             }
             _ => (Phase::Watching(w), Vec::new()),
+        },
+        // keep_blue's start is in the record: it goes on, with no second switch.
+        Phase::KeepingBlue(k) => match found {
+            Some(f) if f != Weight::FULL => {
+                let last = plan.steps.len().saturating_sub(1);
+                external_change(
+                    Progress::new(last, Weight::FULL, now, k.paused_for),
+                    f,
+                    now,
+                    plan,
+                )
+            }
+            _ => (Phase::KeepingBlue(k), Vec::new()),
         },
         Phase::Promoting { .. } => match found {
             Some(w) if w == Weight::FULL => full_in_force(now, plan),
@@ -1530,7 +1579,7 @@ fn tick(
 /// rollout is promoted.
 fn full_in_force(now: Duration, plan: &Rollout) -> (Phase, Vec<Command>) {
     if plan.post_promotion.is_zero() {
-        (Phase::Promoted, vec![Command::Finish])
+        window_over(now, Duration::ZERO, plan)
     } else {
         (
             Phase::Watching(Watch {
@@ -1618,18 +1667,22 @@ fn watching_tick(
     }
     let watched = now.saturating_sub(w.since);
     if watched >= plan.post_promotion {
-        return (
-            Phase::Promoted,
-            vec![
-                Command::Record(Decision::Hold {
-                    reason: format!(
-                        "post-promotion window of {} ended without a Fail: promoted",
-                        secs(plan.post_promotion)
-                    ),
-                }),
-                Command::Finish,
-            ],
+        let (phase, mut cmds) = window_over(now, w.paused_for, plan);
+        let then = if matches!(phase, Phase::KeepingBlue(_)) {
+            format!("keeping blue for {}", secs(plan.keep_blue))
+        } else {
+            "promoted".to_string()
+        };
+        cmds.insert(
+            0,
+            Command::Record(Decision::Hold {
+                reason: format!(
+                    "post-promotion window of {} ended without a Fail: {then}",
+                    secs(plan.post_promotion)
+                ),
+            }),
         );
+        return (phase, cmds);
     }
     let mut reason = format!(
         "post-promotion window {} of {}: 100% on the canary; {}",
@@ -1654,6 +1707,68 @@ fn watching_tick(
     (
         Phase::Watching(w),
         vec![Command::Record(Decision::Hold { reason })],
+    )
+}
+
+/// 100 % is in force and nothing is judged any more (the post-promotion window ended, or
+/// there is none): blue-green keeps blue for `keep_blue`, anything else is promoted.
+fn window_over(now: Duration, paused_for: Duration, plan: &Rollout) -> (Phase, Vec<Command>) {
+    if plan.blue_green() && !plan.keep_blue.is_zero() {
+        (
+            Phase::KeepingBlue(KeepBlue {
+                since: now,
+                paused_for,
+            }),
+            Vec::new(),
+        )
+    } else {
+        (Phase::Promoted, vec![Command::Finish])
+    }
+}
+
+/// A tick of blue-green's `keep_blue`: nothing is judged; a weight changed outside coalmine
+/// is not overridden; its end promotes (the runner then tells the `blue-retired` gates).
+fn keeping_blue_tick(
+    k: KeepBlue,
+    now: Duration,
+    facts: &WindowFacts,
+    plan: &Rollout,
+) -> (Phase, Vec<Command>) {
+    if let Some(found) = facts.in_force
+        && found != Weight::FULL
+    {
+        let last = plan.steps.len().saturating_sub(1);
+        return external_change(
+            Progress::new(last, Weight::FULL, now, k.paused_for),
+            found,
+            now,
+            plan,
+        );
+    }
+    let kept = now.saturating_sub(k.since);
+    if kept >= plan.keep_blue {
+        return (
+            Phase::Promoted,
+            vec![
+                Command::Record(Decision::Hold {
+                    reason: format!(
+                        "keep_blue of {} ended: blue retired, green stays at 100%",
+                        secs(plan.keep_blue)
+                    ),
+                }),
+                Command::Finish,
+            ],
+        );
+    }
+    (
+        Phase::KeepingBlue(k),
+        vec![Command::Record(Decision::Hold {
+            reason: format!(
+                "keeping blue {} of {}: 100% on green, nothing is judged; `coalmine rollback` switches back to blue",
+                secs(kept),
+                secs(plan.keep_blue)
+            ),
+        })],
     )
 }
 

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use super::health::{ErrorCounts, Health};
 use super::hooks::{Notifier, run_hook};
 use super::machine::{
-    Command, Decision, Event, Judging, MetricStatus, Phase, Reason, WindowFacts, judging, step,
+    Command, Decision, Event, Judging, MetricStatus, NO_PREVIEW_SHARE, Phase, Reason, WindowFacts,
+    judging, step,
 };
 use super::readiness::CanaryProbe;
 use super::record::{
@@ -35,7 +36,7 @@ use crate::analysis::{JudgeSpec, MetricJudge, Observation, Outcome, Segment, Sta
 use crate::metrics::{Fetched, MetricsError, MetricsSource, Window};
 use crate::model::Weight;
 use crate::policy::hooks::HookWhen;
-use crate::policy::{BuiltinSignal, DataSpec, MetricConfig, Policy, bounds};
+use crate::policy::{BuiltinSignal, DataSpec, MetricConfig, Policy, Rollout, bounds};
 use crate::traffic::TrafficProvider;
 
 /// Receives every record as it is written (progress display, tests).
@@ -504,7 +505,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
 
     /// Asks `gates` in order (up to the first no), each yes recorded (`gate-passed`);
     /// returns the first no and what it said. `target` is the step they guard (`None`: a
-    /// rollback gate).
+    /// rollback or blue-retired gate, told and never waited for).
     async fn ask_gates(
         &mut self,
         gates: Vec<crate::policy::gates::Gate>,
@@ -515,6 +516,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
         for gate in gates {
             let weight = match target {
                 Some(i) => plan.steps.get(i).copied().unwrap_or(Weight::FULL),
+                None if gate.kind == crate::policy::gates::GateKind::BlueRetired => Weight::FULL,
                 None => Weight::ZERO,
             };
             let reason = match phase {
@@ -557,7 +559,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 ),
                 Err(e) => {
                     if target.is_none() {
-                        // A rollback gate is told, never waited for.
+                        // A rollback or blue-retired gate is told, never waited for.
                         self.transition(
                             phase,
                             phase,
@@ -1461,6 +1463,12 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 plan,
             );
             shell.transition(&phase, &next, "started", restart);
+            if plan.blue_green() && shell.dry_run.is_none() {
+                let detail = format!(
+                    "blue-green: green is checked at 0% before one switch to 100%; {NO_PREVIEW_SHARE}"
+                );
+                shell.transition(&phase, &next, "blue-green", Some(detail));
+            }
             if let Some(d) = &shell.dry_run {
                 let detail = format!(
                     "dry run: the traffic provider is only read, no weight is set; {}",
@@ -1569,11 +1577,15 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     // Forward moves must end by the deadline, a rollback one apply_timeout
                     // after it (time paused is added, as the deadline's own rule does).
                     let rolling_back = matches!(phase, Phase::RollingBack { .. });
-                    // A rollback may come from the post-promotion window, after the deadline.
+                    // A rollback may come from the post-promotion window or keep_blue, after
+                    // the deadline.
                     let end = bounds::plus(
                         bounds::plus(plan.deadline, l.paused_for),
                         if rolling_back {
-                            bounds::plus(plan.apply_timeout, plan.post_promotion)
+                            bounds::plus(
+                                plan.apply_timeout,
+                                bounds::plus(plan.post_promotion, plan.keep_blue),
+                            )
                         } else {
                             Duration::ZERO
                         },
@@ -1624,10 +1636,13 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         _ => ("event", None),
                     };
                     let (n, c) = step(phase.clone(), event, plan);
-                    if matches!(n, Phase::Promoted | Phase::Watching(_)) {
+                    if matches!(
+                        n,
+                        Phase::Promoted | Phase::Watching(_) | Phase::KeepingBlue(_)
+                    ) {
                         shell.steps_reached = plan.steps.len();
                     }
-                    if let Phase::Watching(_) = &n {
+                    if let Phase::Watching(_) | Phase::KeepingBlue(_) = &n {
                         l.next_tick = Instant::now() + plan.analysis_interval;
                         l.window_start = shell.now();
                     }
@@ -1642,6 +1657,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                             "100% in force; judging it for post_promotion {} with the threshold guards (comparisons are not judged: no concurrent baseline), rolling back on a Fail",
                             humantime::format_duration(plan.post_promotion)
                         )),
+                        (Phase::KeepingBlue(_), None) => Some(keeping_blue_text(plan)),
                         (Phase::Promoted, None) if !shell.analysed() => Some(
                             "without analysis: a blind cutover, nothing was analysed".to_string(),
                         ),
@@ -1657,6 +1673,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                         Phase::Failed { .. } => "failed",
                         Phase::Progressing(_) if shell.dry_run.is_some() => "weight-in-force",
                         Phase::Watching(_) => "post-promotion",
+                        Phase::KeepingBlue(_) => "keeping-blue",
                         _ => label,
                     };
                     let detail = match label {
@@ -1751,6 +1768,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     | Phase::Paused(_)
                     | Phase::Confirming { .. }
                     | Phase::Watching(_)
+                    | Phase::KeepingBlue(_)
             ) {
                 // Nothing to wait for (a rejected event left the phase unchanged): stop safely.
                 let why = format!("controller stuck in phase {}", self.phase.name());
@@ -1827,6 +1845,32 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             *phase = n;
             l.queue.extend(c);
             l.next_tick = Instant::now() + plan.analysis_interval;
+            return;
+        }
+        if let Phase::KeepingBlue(_) = &*phase {
+            // Nothing is judged: only the weight in force is read (never overridden).
+            let in_force = shell.in_force(Weight::FULL).await;
+            let event = Event::Tick {
+                now: shell.now(),
+                metrics: Vec::new(),
+                requests: None,
+                facts: WindowFacts {
+                    in_force,
+                    ..WindowFacts::default()
+                },
+            };
+            let (n, c) = step(phase.clone(), event, plan);
+            if let Phase::Promoted = &n {
+                let detail = format!(
+                    "keep_blue of {} ended: blue is retired (the blue-retired gates are told), green keeps 100%",
+                    humantime::format_duration(plan.keep_blue)
+                );
+                shell.transition(&*phase, &n, "promoted", Some(detail));
+            }
+            *phase = n;
+            l.queue.extend(c);
+            l.next_tick = Instant::now() + plan.analysis_interval;
+            l.window_start = shell.now();
             return;
         }
         let (step_before, step_requests_before, applied, step_since) = match &*phase {
@@ -1958,12 +2002,23 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
         };
         // Written before acting on it.
         shell.record(&r);
-        if let (Phase::Watching(_), Phase::Promoted) = (&*phase, &n) {
-            let detail = format!(
-                "the post-promotion window of {} ended without a Fail: 100% stays on the canary",
-                humantime::format_duration(plan.post_promotion)
-            );
-            shell.transition(&*phase, &n, "promoted", Some(detail));
+        match (&*phase, &n) {
+            (Phase::Watching(_), Phase::Promoted) => {
+                let detail = format!(
+                    "the post-promotion window of {} ended without a Fail: 100% stays on the canary",
+                    humantime::format_duration(plan.post_promotion)
+                );
+                shell.transition(&*phase, &n, "promoted", Some(detail));
+            }
+            (Phase::Watching(_), Phase::KeepingBlue(_)) => {
+                let detail = format!(
+                    "the post-promotion window of {} ended without a Fail; {}",
+                    humantime::format_duration(plan.post_promotion),
+                    keeping_blue_text(plan)
+                );
+                shell.transition(&*phase, &n, "keeping-blue", Some(detail));
+            }
+            _ => {}
         }
         if !analysed.records.is_empty() {
             shell.last = analysed.records;
@@ -2000,6 +2055,15 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 shell
                     .run_hooks(HookWhen::Promoted, &phase, "promoted")
                     .await;
+                if plan.blue_green() {
+                    let told: Vec<_> = plan
+                        .gates
+                        .iter()
+                        .filter(|g| g.kind == crate::policy::gates::GateKind::BlueRetired)
+                        .cloned()
+                        .collect();
+                    shell.ask_gates(told, None, &phase).await;
+                }
             }
             Phase::RolledBack { .. } => {
                 shell
@@ -2060,6 +2124,14 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             not_run: shell.dry_run.map(|d| d.not_run).unwrap_or_default(),
         }
     }
+}
+
+/// What keep_blue means, for the records.
+fn keeping_blue_text(plan: &Rollout) -> String {
+    format!(
+        "100% on green; blue stays deployed for keep_blue {} (nothing is judged; `coalmine rollback` switches back to blue meanwhile), then the blue-retired gates are told",
+        humantime::format_duration(plan.keep_blue)
+    )
 }
 
 async fn run_inner<T: TrafficProvider, M: MetricsSource, S: Store>(

@@ -1,6 +1,7 @@
 //! Confirmation gates (`[[rollout.gate]]` and `[[rollout.step.gate]]`): an outside system
-//! asked, by a signed webhook or a command, before traffic moves; and `rollback` gates told
-//! after the canary's weight is back at 0.
+//! asked, by a signed webhook or a command, before traffic moves; `rollback` gates told
+//! after the canary's weight is back at 0, and `blue-retired` gates told when a blue-green
+//! rollout stops keeping blue.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub enum GateKind {
     ConfirmPromotion,
     /// After a rollback put the canary's weight back at 0 (told, never waited for).
     Rollback,
+    /// Blue-green: at the end of `keep_blue`, when blue (the baseline) is no longer kept for
+    /// a rollback and may be scaled down (told, never waited for).
+    BlueRetired,
 }
 
 impl GateKind {
@@ -37,6 +41,7 @@ impl GateKind {
             GateKind::ConfirmStep => "confirm-step",
             GateKind::ConfirmPromotion => "confirm-promotion",
             GateKind::Rollback => "rollback",
+            GateKind::BlueRetired => "blue-retired",
         }
     }
 }
@@ -82,8 +87,9 @@ pub(crate) struct RawGate {
     #[schemars(with = "String")]
     name: Spanned<String>,
     /// In [[rollout.gate]]: "confirm-rollout" (before any traffic moves), "confirm-step"
-    /// (before each weight increase below 100), "confirm-promotion" (before 100) or
-    /// "rollback" (told after the weight is back at 0). Not in a step's own gates.
+    /// (before each weight increase below 100), "confirm-promotion" (before 100),
+    /// "rollback" (told after the weight is back at 0) or "blue-retired" (blue-green: told
+    /// at the end of keep_blue). Not in a step's own gates.
     #[serde(rename = "type")]
     #[schemars(with = "Option<GateKind>")]
     kind: Option<Spanned<GateKind>>,
@@ -114,6 +120,13 @@ pub(crate) struct RawGate {
     /// Variables of coalmine's environment passed to the command; never a token variable.
     #[schemars(with = "Option<Vec<String>>", extend("default" = []))]
     env: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+impl RawGate {
+    /// Its `type`, when written.
+    pub(crate) fn kind(&self) -> Option<&Spanned<GateKind>> {
+        self.kind.as_ref()
+    }
 }
 
 /// Checks gates; `step_gate` for a step's own (no `type`: `implied` is their kind).
@@ -148,7 +161,7 @@ pub(crate) fn parse_gates(
                 ctx.error(
                     item.span().start..item.span().start,
                     format!(
-                        "gate `{name}` needs type = \"confirm-rollout\", \"confirm-step\", \"confirm-promotion\" or \"rollback\""
+                        "gate `{name}` needs type = \"confirm-rollout\", \"confirm-step\", \"confirm-promotion\", \"rollback\" or \"blue-retired\""
                     ),
                 );
                 continue;

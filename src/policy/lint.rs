@@ -48,7 +48,14 @@ impl Places<'_, '_> {
 
 /// Checks a valid policy for settings that defeat its purpose.
 pub(crate) fn lint(ctx: &mut Ctx, p: &Policy, places: &Places<'_, '_>) {
-    if p.rollout.blind() {
+    if p.rollout.blue_green() && p.rollout.post_promotion.is_zero() {
+        ctx.warn(
+            places.rollout_key("strategy"),
+            "blue-green without post_promotion: nothing is analysed after the switch (green is \
+             checked only by the pre-rollout hooks and gates before it); add post_promotion = \
+             \"30m\" and a threshold guard",
+        );
+    } else if p.rollout.blind() && !p.rollout.blue_green() {
         let key = if p.rollout.plan.is_empty() {
             "steps"
         } else {

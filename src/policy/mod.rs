@@ -29,7 +29,7 @@ pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use providers::WEIGHT_PLACEHOLDERS;
-pub use raw::{Advance, Approval, OnExternalChange, OnNoData};
+pub use raw::{Advance, Approval, OnExternalChange, OnNoData, Strategy};
 pub use template::Template;
 pub use validate::{MAX_POLICY_BYTES, parse, parse_bytes, parse_with_warnings};
 
@@ -105,6 +105,11 @@ pub struct Rollout {
     /// `post_promotion`: how long the canary is still judged at 100 % (threshold guards) and
     /// rolled back on a Fail before the rollout counts as promoted (zero: not at all).
     pub post_promotion: Duration,
+    /// `strategy`: steps compared with the baseline, or blue-green (one switch 0 → 100).
+    pub strategy: Strategy,
+    /// `keep_blue` (blue-green): how long blue stays deployed after the post-promotion
+    /// window, for a fast rollback; then the `blue-retired` gates are told.
+    pub keep_blue: Duration,
 }
 
 /// A planned wait at the end of a step (`[[rollout.step]] pause`).
@@ -173,7 +178,7 @@ impl Rollout {
             GateKind::ConfirmRollout => i == 0,
             GateKind::ConfirmStep => i > 0 && !promotes,
             GateKind::ConfirmPromotion => promotes,
-            GateKind::Rollback => false,
+            GateKind::Rollback | GateKind::BlueRetired => false,
         };
         let own = self
             .plan
@@ -185,6 +190,12 @@ impl Rollout {
             .filter(|g| wanted(g.kind))
             .chain(own)
             .collect()
+    }
+
+    /// Whether the strategy is blue-green.
+    #[must_use]
+    pub fn blue_green(&self) -> bool {
+        self.strategy == Strategy::BlueGreen
     }
 
     /// Whether nothing is judged before the canary gets all traffic: every step below
@@ -223,6 +234,8 @@ impl Rollout {
             plan: Vec::new(),
             gates: Vec::new(),
             post_promotion: Duration::ZERO,
+            strategy: Strategy::Canary,
+            keep_blue: Duration::ZERO,
         }
     }
 }

@@ -142,6 +142,19 @@ pub enum OnExternalChange {
     Adopt,
 }
 
+/// How the canary gets its traffic (`[rollout] strategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Traffic moves to the canary in steps, each compared with the baseline.
+    #[default]
+    Canary,
+    /// Green (the canary) is checked while it takes no production traffic (the pre-rollout
+    /// hooks and gates), then gets all of it in one switch; blue (the baseline) stays
+    /// deployed for `keep_blue` so a rollback is one switch back.
+    BlueGreen,
+}
+
 /// `[rollout]`: the steps of the rollout and its timing.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +238,16 @@ pub(crate) struct RawRollout {
     /// promoted (0s: promoted as soon as 100 % is in force).
     #[schemars(with = "Option<Dur>", extend("default" = "0s"))]
     pub post_promotion: Option<Spanned<Dur>>,
+    /// "canary" (steps, each compared with the baseline) or "blue-green" (green is checked
+    /// at 0 % by the pre-rollout hooks and gates, then one switch 0 → 100, the
+    /// post_promotion window, and keep_blue; no steps).
+    #[schemars(with = "Option<Strategy>", extend("default" = "canary"))]
+    pub strategy: Option<Spanned<Strategy>>,
+    /// With strategy = "blue-green": how long blue stays deployed after the
+    /// post-promotion window for a fast rollback (`coalmine rollback` switches back
+    /// meanwhile); the `blue-retired` gates are told at its end (0s: at once).
+    #[schemars(with = "Option<Dur>", extend("default" = "0s"))]
+    pub keep_blue: Option<Spanned<Dur>>,
 }
 
 /// `[[rollout.step]]`: one step of the plan.

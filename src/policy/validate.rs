@@ -11,11 +11,12 @@ use toml::de::{DeTable, DeValue};
 
 use super::bounds::{self, Bound};
 use super::diag::{Ctx, Diagnostics, split, table_value, take};
+use super::gates::GateKind;
 use super::providers;
 use super::raw::{
     Advance, METRIC_COMMON_KEYS, OnNoData, RawBuiltin, RawEffectSize, RawHaproxyStats,
     RawMannWhitney, RawMetricCommon, RawOutliers, RawPrometheus, RawProxy, RawRollout, RawRoot,
-    RawScoring, RawSequential, RawThreshold,
+    RawScoring, RawSequential, RawThreshold, Strategy,
 };
 use super::template::Template;
 use super::{
@@ -525,6 +526,10 @@ fn plan_budget(r: &Rollout, ai: Duration, warmup: Duration) -> (Duration, Durati
     (total, budget.max(bounds::plus(warmup, ai)))
 }
 
+/// The default deadline of a blue-green rollout: time for its checks and gates at 0 % and
+/// the switch (the post-promotion window and keep_blue come after it).
+const BLUE_GREEN_DEADLINE: Duration = Duration::from_secs(600);
+
 fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Rollout> {
     let default_steps = || {
         [5.0, 25.0, 100.0]
@@ -540,7 +545,26 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     let before = ctx.diags.len();
     let mut steps = Vec::new();
     let mut plan = Vec::new();
+    let strategy = raw
+        .strategy
+        .as_ref()
+        .map_or(Strategy::Canary, |s| *s.get_ref());
+    let blue_green = strategy == Strategy::BlueGreen;
+    if blue_green {
+        let at = raw
+            .steps
+            .as_ref()
+            .map(Spanned::span)
+            .or_else(|| raw.step.as_ref().and_then(|t| t.first()).map(Spanned::span));
+        if let Some(at) = at {
+            ctx.error(
+                at,
+                "blue-green switches 0 → 100 once; steps make no sense (remove steps / [[rollout.step]], or use strategy = \"canary\")",
+            );
+        }
+    }
     match (&raw.steps, &raw.step) {
+        _ if blue_green => steps = vec![Weight::FULL],
         (Some(s), Some(_)) => ctx.error(
             s.span(),
             "give steps = [...] or [[rollout.step]] tables, not both",
@@ -611,7 +635,11 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
             ..Bound::positive("warmup")
         },
     );
-    let (min_total, budget) = if r.plan.is_empty() {
+    let (min_total, budget) = if blue_green {
+        // Nothing is analysed before the switch: the deadline covers the checks and the
+        // gates at 0 % and the switch itself (the window and keep_blue come after it).
+        (Duration::ZERO, Duration::ZERO)
+    } else if r.plan.is_empty() {
         (
             bounds::times(sd, analysed),
             time_budget(sd, ai, wu, analysed),
@@ -619,7 +647,11 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
     } else {
         plan_budget(&r, ai, wu)
     };
-    let default_deadline = bounds::times(budget, 3).max(Duration::from_secs(60));
+    let default_deadline = if blue_green {
+        BLUE_GREEN_DEADLINE
+    } else {
+        bounds::times(budget, 3).max(Duration::from_secs(60))
+    };
     let (dl, dl_span) = bounded(
         ctx,
         raw.deadline.as_ref(),
@@ -729,8 +761,45 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         },
     );
     r.post_promotion = pp;
+    r.strategy = strategy;
+    r.keep_blue = keep_blue(ctx, &raw, blue_green);
     rollout_safety(ctx, &raw, &mut r);
     (ctx.diags.len() == before).then_some(r)
+}
+
+/// `keep_blue`, and the blue-green-only settings (`keep_blue`, `blue-retired` gates) in a
+/// policy without `strategy = "blue-green"`.
+fn keep_blue(ctx: &mut Ctx, raw: &RawRollout, blue_green: bool) -> Duration {
+    let (kb, kb_span) = bounded(
+        ctx,
+        raw.keep_blue.as_ref(),
+        Duration::ZERO,
+        &Bound {
+            min: Duration::ZERO,
+            ..Bound::positive("keep_blue")
+        },
+    );
+    if blue_green {
+        return kb;
+    }
+    // "0s" (its default) is harmless anywhere; a time to keep blue is not.
+    if raw.keep_blue.is_some() && !kb.is_zero() {
+        ctx.error(
+            kb_span,
+            "keep_blue needs strategy = \"blue-green\" (it is how long blue stays deployed after the switch)",
+        );
+    }
+    for g in raw.gate.as_deref().unwrap_or_default() {
+        if let Some(k) = g.get_ref().kind()
+            && *k.get_ref() == GateKind::BlueRetired
+        {
+            ctx.error(
+                k.span(),
+                "a blue-retired gate needs strategy = \"blue-green\" (it is told when blue stops being kept for a rollback)",
+            );
+        }
+    }
+    Duration::ZERO
 }
 
 /// `baseline_max_error_rate`, `on_external_change` and `early_pass`.

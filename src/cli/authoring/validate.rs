@@ -180,17 +180,24 @@ pub(crate) async fn main(args: ValidateArgs) -> u8 {
 /// The `path: ok: ...` line and the policy's warnings.
 fn print_ok(path: &Path, policy: &Policy) {
     let metrics: Vec<&str> = policy.metrics.iter().map(|m| m.name.as_str()).collect();
+    let steps = if policy.rollout.blue_green() {
+        "blue-green (one switch 0 → 100%)".to_string()
+    } else {
+        format!(
+            "steps {}",
+            policy
+                .rollout
+                .steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )
+    };
     outln!(
-        "{}: ok: rollout `{}`, steps {}, traffic {}, metrics {} ({})",
+        "{}: ok: rollout `{}`, {steps}, traffic {}, metrics {} ({})",
         escape_controls(&path.display().to_string()),
         escape_controls(&policy.name),
-        policy
-            .rollout
-            .steps
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" → "),
         policy.traffic.kind(),
         policy.source.kind(),
         escape_controls(&metrics.join(", "))

@@ -1,6 +1,7 @@
 //! Controller tests: table tests of the pure machine, and the runner under paused time with
 //! mock providers and sources.
 
+mod blue_green;
 mod fence;
 mod gates;
 mod hooks;

@@ -6,9 +6,10 @@
 //! Rewiring keeps each policy's steps, judges, judge options, scoring and `advance`, and
 //! changes only what ties it to another environment: `[traffic]` becomes the built-in proxy
 //! (the demo points it at its services), `[metrics]` the builtin source (counts → `builtin =
-//! "errors"`, histograms → `"latency"`), hooks and notifications are dropped (nothing leaves
-//! this machine), and the timing is compressed (4 s steps of 500 ms windows, 8 s for the
-//! Kayenta-style scorecard, whose Mann-Whitney test needs points). One exception, stated
+//! "errors"`, histograms → `"latency"`), hooks, gates and notifications are dropped (nothing
+//! leaves this machine), and the timing is compressed (4 s steps of 500 ms windows, 8 s for the
+//! Kayenta-style scorecard, whose Mann-Whitney test needs points; a blue-green window of 4 s
+//! and keep_blue of 1 s). One exception, stated
 //! where it is made: `advance = "pass"` on a *sequential* error metric needs thousands of error events
 //! to pass a 1 % step, which the demo's traffic cannot give in bounded time.
 
@@ -90,6 +91,15 @@ fn rewire(src: &str) -> String {
     r.insert("analysis_interval".into(), s("500ms"));
     r.insert("deadline".into(), s("40s"));
     r.remove("approval");
+    // Gates ask outside systems (nothing leaves this machine); a blue-green window and
+    // keep_blue are compressed as the steps are.
+    r.remove("gate");
+    if r.contains_key("post_promotion") {
+        r.insert("post_promotion".into(), s("4s"));
+    }
+    if r.contains_key("keep_blue") {
+        r.insert("keep_blue".into(), s("1s"));
+    }
     if r.contains_key("warmup") {
         r.insert("warmup".into(), s("500ms"));
     }
@@ -169,7 +179,7 @@ fn every_shipped_policy_promotes_a_healthy_canary_and_rolls_back_errors() {
             jobs.push((name.clone(), scenario, path.clone()));
         }
     }
-    assert!(jobs.len() >= 22, "{} policies", jobs.len() / 2);
+    assert!(jobs.len() >= 24, "{} policies", jobs.len() / 2);
     let all: Vec<&(String, &'static str, PathBuf)> = jobs.iter().collect();
     // A healthy canary is rolled back with probability below the policy's alpha (up to 5 %
     // here), a bad one may slip through a short step: a job that misses is run once more,
