@@ -195,14 +195,27 @@ impl RecordLog {
         // The last line of defence: no secret known to the process reaches the log.
         let mut line = crate::redact::text(&line).into_owned().into_bytes();
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()
+        let file = &mut self.file;
+        off_the_workers(|| file.write_all(&line).and_then(|()| file.sync_data()))
     }
 
     /// The file's path.
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Runs blocking file I/O (a write and its fsync) so it does not hold an async worker: on
+/// a multi-threaded runtime (`coalmine serve`, many rollouts on two workers) the worker's
+/// other tasks move to another thread while this one waits for the disk; elsewhere (one
+/// rollout, the tests' current-thread runtimes) it runs as it is.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
