@@ -350,6 +350,9 @@ struct Shell<'a, T, M, S> {
     judges: Vec<MetricJudge>,
     last: Vec<MetricRecord>,
     ticks: u64,
+    /// A window after the switch to 100 % was judged (post_promotion): a promotion after
+    /// it was analysed even when no step below 100 % was.
+    watched: bool,
     steps_reached: usize,
     log_failed: Option<String>,
     /// Records made since the last save, for a store that keeps them
@@ -426,7 +429,7 @@ pub fn baseline_errors(
 impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
     /// Whether any window was judged (see [`RunReport::analysed`]).
     fn analysed(&self) -> bool {
-        self.ticks > 0 && !self.policy.rollout.blind()
+        self.ticks > 0 && (!self.policy.rollout.blind() || self.watched)
     }
 
     fn now(&self) -> Duration {
@@ -1393,6 +1396,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
             judges,
             last: Vec::new(),
             ticks: resume.as_ref().map_or(0, |r| r.ticks),
+            watched: false,
             steps_reached: resume.as_ref().map_or(0, |r| r.steps_reached),
             log_failed: None,
             pending: Vec::new(),
@@ -1881,12 +1885,15 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                 z.progress.weight,
                 Some(z.progress.since),
             ),
-            Phase::Watching(w) => (
-                plan.steps.len().saturating_sub(1),
-                [0.0, 0.0],
-                Weight::FULL,
-                Some(w.since),
-            ),
+            Phase::Watching(w) => {
+                shell.watched = true;
+                (
+                    plan.steps.len().saturating_sub(1),
+                    [0.0, 0.0],
+                    Weight::FULL,
+                    Some(w.since),
+                )
+            }
             // settle() leaves no other phase waiting for a tick.
             _ => return,
         };

@@ -295,6 +295,8 @@ async fn a_healthy_green_is_promoted_after_the_window_and_keep_blue_then_blue_is
     );
     // Only the window's ticks analyse (keep_blue judges nothing).
     assert_eq!(report.ticks, 30);
+    // The window's ticks judged green at 100 %: not a blind cutover.
+    assert!(report.analysed, "{report:?}");
     let told = std::fs::read_to_string(&told).unwrap();
     let lines: Vec<&str> = told.lines().collect();
     assert_eq!(lines.len(), 1, "told once: {told}");
