@@ -1603,16 +1603,8 @@ fn watching_tick(
     facts: &WindowFacts,
     plan: &Rollout,
 ) -> (Phase, Vec<Command>) {
-    if let Some(found) = facts.in_force
-        && found != Weight::FULL
-    {
-        let last = plan.steps.len().saturating_sub(1);
-        return external_change(
-            Progress::new(last, Weight::FULL, now, w.paused_for),
-            found,
-            now,
-            plan,
-        );
+    if let Some(changed) = changed_at_full(facts, w.paused_for, now, plan) {
+        return changed;
     }
     let counted: Vec<&MetricStatus> = metrics
         .iter()
@@ -1726,6 +1718,24 @@ fn window_over(now: Duration, paused_for: Duration, plan: &Rollout) -> (Phase, V
     }
 }
 
+/// After the switch to 100 % (the post-promotion window, keep_blue): a weight in force
+/// other than 100 % was set outside coalmine; it is not overridden.
+fn changed_at_full(
+    facts: &WindowFacts,
+    paused_for: Duration,
+    now: Duration,
+    plan: &Rollout,
+) -> Option<(Phase, Vec<Command>)> {
+    let found = facts.in_force.filter(|f| *f != Weight::FULL)?;
+    let last = plan.steps.len().saturating_sub(1);
+    Some(external_change(
+        Progress::new(last, Weight::FULL, now, paused_for),
+        found,
+        now,
+        plan,
+    ))
+}
+
 /// A tick of blue-green's `keep_blue`: nothing is judged; a weight changed outside coalmine
 /// is not overridden; its end promotes (the runner then tells the `blue-retired` gates).
 fn keeping_blue_tick(
@@ -1734,16 +1744,8 @@ fn keeping_blue_tick(
     facts: &WindowFacts,
     plan: &Rollout,
 ) -> (Phase, Vec<Command>) {
-    if let Some(found) = facts.in_force
-        && found != Weight::FULL
-    {
-        let last = plan.steps.len().saturating_sub(1);
-        return external_change(
-            Progress::new(last, Weight::FULL, now, k.paused_for),
-            found,
-            now,
-            plan,
-        );
+    if let Some(changed) = changed_at_full(facts, k.paused_for, now, plan) {
+        return changed;
     }
     let kept = now.saturating_sub(k.since);
     if kept >= plan.keep_blue {
