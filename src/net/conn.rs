@@ -125,6 +125,11 @@ impl ConnInfo {
         self.base + Duration::from_millis(ms)
     }
 
+    /// Requests completed on this connection.
+    pub(super) fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
     pub(super) fn is_idle(&self) -> bool {
         self.busy.load(Ordering::Acquire) == 0
     }

@@ -48,6 +48,13 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a kept-alive connection may wait for its next request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At shutdown, how long an idle connection waits for a request its client may already
+/// have sent (a kept-alive client reuses its connection at any moment, a new one sends its
+/// request right after connecting): closing at once would reset the connection and lose
+/// that request. A request that arrives is answered with `Connection: close`.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
+/// How often a lingering connection looks whether its request arrived.
+const LINGER_POLL: Duration = Duration::from_millis(5);
 
 /// Per-server limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,9 +171,11 @@ fn full_response() -> String {
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets requests in flight
-/// finish for up to `limits.drain`. `handler` answers each request; the extensions of a
-/// request with an `Upgrade` header carry its [`ConnActivity`]. Upgrades (101) are
-/// supported.
+/// finish for up to `limits.drain`: connections still in the listen queue are taken in, and
+/// an idle connection waits [`SHUTDOWN_LINGER`] for a request its client may already have
+/// sent, so that what was sent before the stop is answered, not reset. `handler` answers
+/// each request; the extensions of a request with an `Upgrade` header carry its
+/// [`ConnActivity`]. Upgrades (101) are supported.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     limits: ServeLimits,
@@ -180,27 +189,7 @@ pub async fn serve<H: Handler>(
     let live = Arc::new(());
     let mut backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut shutdown => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff = Duration::from_millis(10);
-                stream
-            }
-            Err(e) => {
-                bump(&stats.accept_errors);
-                if is_local_exhaustion(&e) && budget.shed_one() {
-                    bump(&stats.shed_idle);
-                }
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis(), "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let spawn = |stream: TcpStream| {
         bump(&stats.accepted);
         let conn = match budget.admit() {
             Admission::Admitted(c) => c,
@@ -211,7 +200,7 @@ pub async fn serve<H: Handler>(
             Admission::Full => {
                 bump(&stats.rejected_at_cap);
                 tokio::spawn(refuse(stream));
-                continue;
+                return;
             }
         };
         let _ = stream.set_nodelay(true);
@@ -228,8 +217,43 @@ pub async fn serve<H: Handler>(
             task.await;
             drop(live);
         });
+    };
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                spawn(stream);
+            }
+            Err(e) => {
+                bump(&stats.accept_errors);
+                if is_local_exhaustion(&e) && budget.shed_one() {
+                    bump(&stats.shed_idle);
+                }
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis(), "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
     }
     let _ = stop_tx.send(true);
+    // Connections the kernel completed before the stop but nobody accepted yet would be
+    // reset when the listener closes, their requests lost: take them in (each serves the
+    // request its client sent, then closes).
+    // Asked of the socket itself: the runtime may not have seen them yet.
+    if let Ok(listener) = listener.into_std() {
+        while let Ok((stream, _)) = listener.accept() {
+            if let Ok(stream) = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                spawn(stream);
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + limits.drain;
     while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -255,15 +279,24 @@ async fn connection<H: Handler>(
 ) {
     let io = TokioIo::new(Watched::new(stream, conn.clone()));
     let per_request = conn.clone();
+    let stopping = stop.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let busy = per_request.busy();
         if req.headers().contains_key(hyper::header::UPGRADE) {
             // Only an upgrade outlives its response (saves an allocation per request).
             req.extensions_mut().insert(per_request.clone());
         }
+        // Asked while the server stops: the client must not send another on this connection.
+        let closing = *stopping.borrow();
         let fut = handler.call(req);
         async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            if closing {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, Infallible>(resp.map(|b| Guarded::new(b, busy)))
         }
     });
@@ -274,19 +307,41 @@ async fn connection<H: Handler>(
     }
     let served = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(served);
-    if *stop.borrow() {
-        return;
-    }
     let mut draining = false;
+    // Stopping while idle: until when a request its client may already have sent is
+    // waited for.
+    let mut linger = stop.borrow().then(|| {
+        (
+            tokio::time::Instant::now() + SHUTDOWN_LINGER,
+            conn.info().served(),
+        )
+    });
     loop {
+        if linger
+            .is_some_and(|(_, before)| !conn.info().is_idle() || conn.info().served() != before)
+        {
+            // The request arrived: answer it (or the next) with `Connection: close`, then
+            // close.
+            linger = None;
+            draining = true;
+            served.as_mut().graceful_shutdown();
+        }
         let deadline = conn
             .info()
             .deadline(limits.header_read_timeout, limits.idle_timeout);
         // While busy, look again after the shorter timeout.
-        let wake = deadline.map_or_else(
+        let mut wake = deadline.map_or_else(
             || tokio::time::Instant::now() + limits.header_read_timeout.min(limits.idle_timeout),
             |(at, _)| at,
         );
+        if let Some((until, _)) = linger {
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            wake = wake
+                .min(until)
+                .min(tokio::time::Instant::now() + LINGER_POLL);
+        }
         tokio::select! {
             _ = served.as_mut() => return,
             () = conn.info().shed.notified() => {
@@ -294,17 +349,23 @@ async fn connection<H: Handler>(
                     return;
                 }
                 // A request started just as it was picked: finish it, then close.
+                linger = None;
                 draining = true;
                 served.as_mut().graceful_shutdown();
             }
-            _ = stop.changed(), if !draining => {
-                // Shutting down: idle connections (a request head half-sent included) go
-                // now, busy ones finish their request first.
+            _ = stop.changed(), if !draining && linger.is_none() => {
+                // Shutting down: busy connections finish their request first; idle ones
+                // (a request head half-sent included) wait a moment for a request already
+                // on its way, then go.
                 if conn.info().is_idle() {
-                    return;
+                    linger = Some((
+                        tokio::time::Instant::now() + SHUTDOWN_LINGER,
+                        conn.info().served(),
+                    ));
+                } else {
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
                 }
-                draining = true;
-                served.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep_until(wake) => {
                 let now = tokio::time::Instant::now();
@@ -327,3 +388,6 @@ async fn connection<H: Handler>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

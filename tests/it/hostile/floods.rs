@@ -140,10 +140,10 @@ async fn well_behaved(proxy: SocketAddr, rps: u64, stop: Arc<AtomicBool>, seen: 
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         n += 1;
-        let client = if n.is_multiple_of(2) {
-            kept.clone()
+        let (client, kind) = if n.is_multiple_of(2) {
+            (kept.clone(), "kept-alive")
         } else {
-            fresh.clone()
+            (fresh.clone(), "new connection")
         };
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
@@ -178,7 +178,7 @@ async fn well_behaved(proxy: SocketAddr, rps: u64, stop: Arc<AtomicBool>, seen: 
                 other => seen.failed.lock().unwrap().push((
                     sent,
                     SystemTime::now(),
-                    format!("{other:?}"),
+                    format!("{kind}: {other:?}"),
                 )),
             }
         }));
@@ -321,12 +321,23 @@ async fn idle_floods_under_ulimit_1024_fail_no_request_and_blame_no_arm() {
     // A request sent just before the final record whose connection attempt reached the
     // proxy only after it closed (a loaded machine delays the connect) was refused, not
     // dropped: it never reached the proxy.
-    let during: Vec<&String> = failed
+    let during: Vec<String> = failed
         .iter()
         .filter(|(sent, at, what)| {
             *sent < ended_at && !(what.contains("ConnectionRefused") && *at >= ended_at)
         })
-        .map(|(_, _, what)| what)
+        .map(|(sent, at, what)| {
+            let before = |t: &SystemTime| {
+                ended_at
+                    .duration_since(*t)
+                    .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
+            };
+            format!(
+                "{what} (sent {:.3} s and failed {:.3} s before the final record)",
+                before(sent),
+                before(at)
+            )
+        })
         .collect();
     let polls_during: Vec<_> = polls
         .iter()
