@@ -169,7 +169,9 @@ pub struct PromoteArgs {
     /// Which rollout.
     #[command(flatten)]
     pub target: RolloutArg,
-    /// Promote to 100 % now, skipping the remaining steps and their analysis.
+    /// Promote to 100 % now, skipping the remaining steps and their analysis; after the
+    /// switch to 100 % it ends the post-promotion window (the promotion stands) or, in
+    /// blue-green's keep_blue, retires blue now.
     #[arg(long)]
     pub full: bool,
     /// The step to release (default: the step the rollout is at now, as `status` shows).
@@ -484,10 +486,16 @@ pub(crate) async fn promote(state: &StateArgs, args: &PromoteArgs) -> u8 {
     };
     let name = &args.target.rollout;
     let step = match args.step {
-        Some(s) => s,
+        Some(s) => Some(s),
         None => match get_status(&base, name).await {
             Ok(v) => match v["step"].as_u64() {
-                Some(s) => s as usize,
+                Some(s) => Some(s as usize),
+                // After the switch to 100 %: `--full` ends the window or keep_blue.
+                None if args.full
+                    && matches!(v["phase"].as_str(), Some("watching" | "keeping-blue")) =>
+                {
+                    None
+                }
                 None => {
                     errln!(
                         "error: rollout `{}` is not at a step (phase {})",

@@ -10,7 +10,7 @@
 //! | `GET /health/ready` | 200 while the rollout is in progress, 503 once it has ended |
 //! | `GET /status` | the phase, weight, step, last decision and every metric's state (JSON) |
 //! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
-//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (its approval gate, the rest of its time and requests; it moves on at the next tick unless a metric fails or evidence is missing); 409 when the rollout is not at step N; `full` promotes to 100 % now |
+//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (its approval gate, the rest of its time and requests; it moves on at the next tick unless a metric fails or evidence is missing); 409 when the rollout is not at step N; `full` promotes to 100 % now; after the switch to 100 % (phase `watching` or `keeping-blue`) `{"full": true}` with no step ends the post-promotion window or keep_blue; a lever the rollout cannot take where it is (a promote while a gate holds it) is recorded as refused |
 //! | `POST /approve` | the same as `/promote` |
 //! | `POST /pause` | pauses a progressing rollout: no traffic change until resumed |
 //! | `POST /resume` | resumes a paused rollout (puts the step's weight back if another is in force) |
@@ -343,6 +343,15 @@ impl StatusBoard {
             reply(StatusCode::ACCEPTED, json, answer.to_string())
         };
         match path {
+            // After the switch to 100 % (the post-promotion window, keep_blue) there is no
+            // step to name: `full` ends that phase now.
+            "/promote" if body.full && matches!(phase, "watching" | "keeping-blue") => send(
+                OperatorAction::Promote {
+                    step: body.step.unwrap_or(0),
+                    full: true,
+                },
+                r#"{"promoting":true}"#,
+            ),
             "/promote" | "/approve" => {
                 let Some(named) = body.step else {
                     let body = serde_json::json!({

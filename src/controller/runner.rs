@@ -782,7 +782,16 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
         } else {
             format!(": {reason}")
         };
+        let after_switch = matches!(phase, Phase::Watching(_) | Phase::KeepingBlue(_));
         let (event, detail) = match action {
+            OperatorAction::Promote { full: true, .. } if after_switch => (
+                Event::PromoteNow { now },
+                if let Phase::Watching(_) = phase {
+                    format!("post-promotion window ended now, the promotion stands{why}")
+                } else {
+                    format!("blue retired now, keep_blue ended{why}")
+                },
+            ),
             OperatorAction::Promote { step, full } if current != Some(*step) => {
                 let detail = format!(
                     "refused: promote names step {step}, the rollout is {}",
@@ -830,6 +839,21 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 format!("abort{why}"),
             ),
         };
+        // A lever the rollout cannot take where it is (a promote while traffic is being
+        // shifted, say) is recorded as refused, never as done.
+        let ignored = !matches!(event, Event::Abort { .. }) && {
+            let (next, cmds) = step(phase.clone(), event.clone(), &self.policy.rollout);
+            next == *phase && cmds.is_empty()
+        };
+        let detail = if ignored {
+            format!(
+                "refused: {} has no effect while the rollout is {}; nothing was done",
+                action.name(),
+                phase.name()
+            )
+        } else {
+            detail
+        };
         self.note(
             RecordKind::Operator,
             phase,
@@ -838,7 +862,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             Some(detail),
             Some(actor),
         );
-        Some(event)
+        (!ignored).then_some(event)
     }
 
     /// Feeds an abort to the machine, records it, and returns the commands.

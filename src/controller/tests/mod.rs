@@ -5,6 +5,7 @@ mod blue_green;
 mod fence;
 mod gates;
 mod hooks;
+mod levers;
 mod plans;
 mod post_promotion;
 mod rollouts;

@@ -436,3 +436,41 @@ fn promote_releases_only_the_current_step_and_full_promotes_at_once() {
         .collect();
     assert_eq!(ops, ["promote", "promote-full"]);
 }
+
+/// `coalmine promote --full` after a blue-green switch: in the post-promotion window it
+/// ends the window (the promotion stands), in keep_blue it retires blue. Before, both were
+/// refused: the CLI found no step to name ("not at a step").
+#[test]
+fn promote_full_ends_the_post_promotion_window_and_keep_blue() {
+    let rig = Rig::new(
+        NAME,
+        &Opts {
+            plan: Some(""),
+            rollout: "strategy = \"blue-green\"\npost_promotion = \"60s\"\nkeep_blue = \"60s\"",
+            tail: "\n[[metric]]\nname = \"ceiling\"\nevents = 'errors_total{arm=\"{{arm}}\"}'\n\
+                   trials = 'requests_total{arm=\"{{arm}}\"}'\njudge = \"threshold\"\nmax = 0.1\n"
+                .to_string(),
+            ..Opts::default()
+        },
+    );
+    let mut child = rig.start();
+    rig.wait_stored(NAME, &mut child, "watching", |v| {
+        v["phase"]["phase"] == "watching"
+    });
+    let (code, _, err) = out(&rig.verb(&["promote", NAME, "--full", "--reason", "looks fine"]));
+    assert_eq!(code, 0, "{err}");
+    rig.wait_stored(NAME, &mut child, "keeping blue", |v| {
+        v["phase"]["phase"] == "keeping-blue"
+    });
+    let (code, _, err) = out(&rig.verb(&["promote", NAME, "--full", "--reason", "retire"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, summary, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(summary["outcome"], "promoted", "{summary}");
+    assert_eq!(rig.calls(), ["100"], "one switch, never back");
+    let ops = rig.records_of("operator");
+    let details: Vec<&str> = ops.iter().map(|r| r["detail"].as_str().unwrap()).collect();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(details[0].contains("window ended"), "{details:?}");
+    assert!(details[1].contains("blue retired"), "{details:?}");
+}
