@@ -45,7 +45,7 @@ use coalmine::cli::serve::{Build, Built, Config, Daemon, Role};
 use coalmine::controller::store::etcd::{
     EtcdClient, EtcdConfig, EtcdStore, LeaderOptions, Leadership,
 };
-use coalmine::controller::store::{FileStore, RolloutState, Store, StoreError};
+use coalmine::controller::store::{FileStore, Store, Timed};
 use coalmine::metrics::{Fetched, MetricsError, MetricsSource, Window};
 use coalmine::policy::{MetricConfig, Policy};
 use coalmine::traffic::mock::MockTrafficProvider;
@@ -203,60 +203,10 @@ impl Build for Fakes {
     }
 }
 
-/// The store under measurement, every write timed exactly (seconds).
-struct Exact<S> {
-    inner: S,
-    writes: Arc<Mutex<Vec<f64>>>,
-}
-
-impl<S: Store> Exact<S> {
-    async fn timed<T>(
-        &self,
-        f: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let t = Instant::now();
-        let r = f.await;
-        self.writes.lock().unwrap().push(t.elapsed().as_secs_f64());
-        r
-    }
-}
-
-impl<S: Store> Store for Exact<S> {
-    type Guard = S::Guard;
-
-    async fn load(&self, rollout: &str) -> Result<Option<RolloutState>, StoreError> {
-        self.inner.load(rollout).await
-    }
-    async fn save(&self, state: &RolloutState, expected: u64) -> Result<u64, StoreError> {
-        self.timed(self.inner.save(state, expected)).await
-    }
-    async fn save_with_records(
-        &self,
-        state: &RolloutState,
-        expected: u64,
-        records: &[String],
-    ) -> Result<u64, StoreError> {
-        self.timed(self.inner.save_with_records(state, expected, records))
-            .await
-    }
-    fn keeps_records(&self) -> bool {
-        self.inner.keeps_records()
-    }
-    async fn records(&self, rollout: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.records(rollout).await
-    }
-    async fn list(&self) -> Result<Vec<RolloutState>, StoreError> {
-        self.inner.list().await
-    }
-    async fn acquire(&self, rollout: &str) -> Result<Self::Guard, StoreError> {
-        self.inner.acquire(rollout).await
-    }
-    async fn ready(&self) -> Result<(), StoreError> {
-        self.inner.ready().await
-    }
-    async fn fence(&self, rollout: &str) -> Result<Option<Duration>, StoreError> {
-        self.inner.fence(rollout).await
-    }
+/// Where the store under measurement puts each write's exact time (seconds).
+fn exact(writes: &Arc<Mutex<Vec<f64>>>) -> impl Fn(Duration) + Send + Sync + 'static {
+    let writes = writes.clone();
+    move |d| writes.lock().unwrap().push(d.as_secs_f64())
 }
 
 /// This process's user + system CPU seconds (`/proc/self/stat`, 100 ticks a second).
@@ -411,10 +361,7 @@ fn child(which: &str, plan: Plan) {
         let writes: Arc<Mutex<Vec<f64>>> = Arc::default();
         if which == "file" {
             let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a directory");
-            let store = Exact {
-                inner: FileStore::new(dir.path()),
-                writes: writes.clone(),
-            };
+            let store = Timed::new(FileStore::new(dir.path()), exact(&writes));
             let role = watch::channel(Role::Leader).1;
             let mut v = measure(
                 store,
@@ -453,10 +400,10 @@ fn child(which: &str, plan: Plan) {
                 leadership.is_leader(),
                 "the benchmark never became etcd's leader"
             );
-            let store = Exact {
-                inner: EtcdStore::new(client, prefix, leadership.clone()),
-                writes: writes.clone(),
-            };
+            let store = Timed::new(
+                EtcdStore::new(client, prefix, leadership.clone()),
+                exact(&writes),
+            );
             let role = watch::channel(Role::Leader).1;
             let compactor = tokio::spawn(compact_every(url.to_string(), Duration::from_secs(5)));
             let v = measure(store, role, None, plan, writes).await;

@@ -26,6 +26,9 @@ use crate::analysis::MetricJudge;
 use crate::model::Weight;
 
 pub mod etcd;
+mod timed;
+
+pub use timed::Timed;
 
 /// Version of the stored record's layout; a record of a newer layout is refused.
 pub const FORMAT: u32 = 1;

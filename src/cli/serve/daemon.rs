@@ -24,11 +24,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::obs::{Obs, Timed};
+use super::obs::Obs;
 use crate::cli::status::{Auth, StatusBoard};
 use crate::controller::readiness::CanaryProbe;
 use crate::controller::store::{
-    ControlRef, PolicyRef, RolloutState, Store, StoreError, new_rollout_id, policy_sha256,
+    ControlRef, PolicyRef, RolloutState, Store, StoreError, Timed, new_rollout_id, policy_sha256,
 };
 use crate::controller::{Durable, Lever, Phase, Reason, Reconciler, RunOptions, Wake};
 use crate::metrics::{self, MetricsSource};
@@ -266,7 +266,10 @@ impl<S: Store + 'static, B: Build> Daemon<S, B> {
     pub fn new(store: S, build: B, role: watch::Receiver<Role>, cfg: Config) -> Arc<Self> {
         let obs = Arc::new(Obs::default());
         Arc::new(Daemon {
-            store: Timed::new(store, obs.clone()),
+            store: Timed::new(store, {
+                let obs = obs.clone();
+                move |d| obs.writes.observe(d.as_secs_f64())
+            }),
             build,
             cfg,
             obs,

@@ -1,13 +1,9 @@
 //! The daemon's own measurements for `/metrics`: rollouts finished by outcome, the time of
-//! each analysis tick, and the store's write latency (through [`Timed`], a [`Store`] that
-//! times every write of the store it wraps).
+//! each analysis tick, and the store's write latency (through
+//! [`crate::controller::store::Timed`], fed into [`Obs::writes`]).
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-
-use tokio::time::Instant;
-
-use crate::controller::store::{RolloutState, Store, StoreError};
+use std::sync::Mutex;
 
 /// A Prometheus histogram with fixed bucket bounds (seconds).
 #[derive(Debug)]
@@ -159,71 +155,6 @@ impl Obs {
             "coalmine_store_write_duration_seconds",
             "Time of one write of a rollout record to the store (durable when it returns).",
         );
-    }
-}
-
-/// A store whose every write is timed into [`Obs::writes`].
-#[derive(Debug)]
-pub struct Timed<S> {
-    inner: S,
-    obs: Arc<Obs>,
-}
-
-impl<S> Timed<S> {
-    pub(crate) fn new(inner: S, obs: Arc<Obs>) -> Self {
-        Timed { inner, obs }
-    }
-}
-
-impl<S: Store> Store for Timed<S> {
-    type Guard = S::Guard;
-
-    async fn load(&self, rollout: &str) -> Result<Option<RolloutState>, StoreError> {
-        self.inner.load(rollout).await
-    }
-
-    async fn save(&self, state: &RolloutState, expected: u64) -> Result<u64, StoreError> {
-        let t = Instant::now();
-        let r = self.inner.save(state, expected).await;
-        self.obs.writes.observe(t.elapsed().as_secs_f64());
-        r
-    }
-
-    async fn save_with_records(
-        &self,
-        state: &RolloutState,
-        expected: u64,
-        records: &[String],
-    ) -> Result<u64, StoreError> {
-        let t = Instant::now();
-        let r = self.inner.save_with_records(state, expected, records).await;
-        self.obs.writes.observe(t.elapsed().as_secs_f64());
-        r
-    }
-
-    fn keeps_records(&self) -> bool {
-        self.inner.keeps_records()
-    }
-
-    async fn records(&self, rollout: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.records(rollout).await
-    }
-
-    async fn list(&self) -> Result<Vec<RolloutState>, StoreError> {
-        self.inner.list().await
-    }
-
-    async fn acquire(&self, rollout: &str) -> Result<Self::Guard, StoreError> {
-        self.inner.acquire(rollout).await
-    }
-
-    async fn ready(&self) -> Result<(), StoreError> {
-        self.inner.ready().await
-    }
-    // Forwarded, never defaulted: a wrapper that answered `Ok(None)` would switch the
-    // inner store's fence off.
-    async fn fence(&self, rollout: &str) -> Result<Option<std::time::Duration>, StoreError> {
-        self.inner.fence(rollout).await
     }
 }
 
