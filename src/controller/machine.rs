@@ -228,6 +228,11 @@ pub struct Paused {
     pub in_force: Weight,
     /// The metrics failing while paused that the operator has been told about.
     pub alerted: Vec<String>,
+    /// Paused during blue-green's keep_blue: where it was. The switch and the post-promotion
+    /// window are over (and recorded), so a resume goes on with keep_blue, not through them
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_blue: Option<KeepBlue>,
 }
 
 /// The post-promotion window ([`Phase::Watching`]).
@@ -970,6 +975,7 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                     since: now,
                     in_force,
                     alerted: Vec::new(),
+                    keep_blue: None,
                 }),
                 vec![Command::Notify(Note::Paused(cause))],
             )
@@ -1188,12 +1194,13 @@ fn restored(
         Phase::KeepingBlue(k) => match found {
             Some(f) if f != Weight::FULL => {
                 let last = plan.steps.len().saturating_sub(1);
-                external_change(
+                let changed = external_change(
                     Progress::new(last, Weight::FULL, now, k.paused_for),
                     f,
                     now,
                     plan,
-                )
+                );
+                paused_in_keep_blue(changed, k)
             }
             _ => (Phase::KeepingBlue(k), Vec::new()),
         },
@@ -1287,6 +1294,7 @@ fn external_change(
                     since: now,
                     in_force: found,
                     alerted: Vec::new(),
+                    keep_blue: None,
                 }),
                 vec![
                     Command::Record(Decision::Pause { reason }),
@@ -1320,8 +1328,26 @@ fn external_change(
 }
 
 fn resume(z: Paused, now: Duration) -> (Phase, Vec<Command>) {
-    let mut p = z.progress;
     let paused = now.saturating_sub(z.since);
+    if let Some(k) = z.keep_blue {
+        // Paused during keep_blue: it goes on where it was (the pause does not count toward
+        // it); green gets 100 % back if the outside weight is still in force.
+        let k = KeepBlue {
+            since: k.since + paused,
+            paused_for: k.paused_for + paused,
+        };
+        let mut cmds = vec![Command::Notify(Note::Resumed {
+            weight: Weight::FULL,
+        })];
+        if z.in_force != Weight::FULL {
+            cmds.push(Command::Apply {
+                weight: Weight::FULL,
+                delay: Duration::ZERO,
+            });
+        }
+        return (Phase::KeepingBlue(k), cmds);
+    }
+    let mut p = z.progress;
     p.paused_for += paused;
     p.excluded += paused;
     p.last_tick = now;
@@ -1736,6 +1762,18 @@ fn changed_at_full(
     ))
 }
 
+/// A pause (a weight changed outside coalmine) during keep_blue remembers keep_blue, for
+/// the resume.
+fn paused_in_keep_blue((phase, cmds): (Phase, Vec<Command>), k: KeepBlue) -> (Phase, Vec<Command>) {
+    match phase {
+        Phase::Paused(mut z) => {
+            z.keep_blue = Some(k);
+            (Phase::Paused(z), cmds)
+        }
+        other => (other, cmds),
+    }
+}
+
 /// A tick of blue-green's `keep_blue`: nothing is judged; a weight changed outside coalmine
 /// is not overridden; its end promotes (the runner then tells the `blue-retired` gates).
 fn keeping_blue_tick(
@@ -1745,7 +1783,7 @@ fn keeping_blue_tick(
     plan: &Rollout,
 ) -> (Phase, Vec<Command>) {
     if let Some(changed) = changed_at_full(facts, k.paused_for, now, plan) {
-        return changed;
+        return paused_in_keep_blue(changed, k);
     }
     let kept = now.saturating_sub(k.since);
     if kept >= plan.keep_blue {

@@ -641,3 +641,149 @@ fn validate_warns_when_nothing_is_analysed_after_the_switch() {
         "{said}"
     );
 }
+
+/// Drives a blue-green rollout into keep_blue, 5 ticks in, then puts `outside` in force from
+/// outside coalmine: the rollout pauses. Returns the reconciler, paused, and keep_blue's
+/// state at the pause.
+async fn paused_in_keep_blue<'a>(
+    policy: &'a Policy,
+    traffic: &'a MockTrafficProvider,
+    src: &'a MockSource,
+    store: &'a Deposable,
+    log: &std::path::Path,
+    q: &'a mut Quiet,
+    outside: Weight,
+) -> (
+    Reconciler<'a, MockTrafficProvider, MockSource, Deposable>,
+    KeepBlue,
+) {
+    let opts = RunOptions {
+        decisions: Some(log.to_path_buf()),
+        ..RunOptions::default()
+    };
+    let mut r = Reconciler::start(policy, traffic, src, Some(durable(store)), opts, q)
+        .await
+        .unwrap();
+    ticks(&mut r, 100, |r| matches!(r.phase(), Phase::KeepingBlue(_))).await;
+    let Phase::KeepingBlue(k) = r.phase().clone() else {
+        panic!("{:?}", r.phase())
+    };
+    ticks(&mut r, 5, |_| false).await;
+    traffic.force(outside);
+    ticks(&mut r, 5, |r| matches!(r.phase(), Phase::Paused(_))).await;
+    assert!(matches!(r.phase(), Phase::Paused(_)), "{:?}", r.phase());
+    (r, k)
+}
+
+/// Resumes the paused `r`: it goes on in keep_blue, to the promotion.
+async fn resumed_to_the_end(
+    mut r: Reconciler<'_, MockTrafficProvider, MockSource, Deposable>,
+) -> crate::controller::runner::RunReport {
+    r.reconcile(Wake::Lever(Lever::Resume)).await;
+    ticks(&mut r, 3, |_| false).await;
+    assert!(
+        matches!(r.phase(), Phase::KeepingBlue(_)),
+        "resumed in keep_blue: {:?}",
+        r.phase()
+    );
+    ticks(&mut r, 200, |_| false).await;
+    assert!(r.finished(), "{:?}", r.phase());
+    let report = r.finish().await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted, "{report:?}");
+    report
+}
+
+/// How many records of `event` the log holds.
+fn count(log: &std::path::Path, event: &str) -> usize {
+    events(&records(log)).iter().filter(|e| *e == event).count()
+}
+
+/// Issue 13: a rollout paused during keep_blue (a weight changed outside coalmine) and
+/// resumed goes on with keep_blue: the switch and the post-promotion window already happened
+/// and are recorded. Before the fix the resume switched again and ran a whole new window.
+#[tokio::test(start_paused = true)]
+async fn a_pause_during_keep_blue_resumes_keep_blue_not_the_window() {
+    // The operator put 100 % back before resuming (nothing to apply), or resumed with the
+    // outside weight still in force (coalmine puts 100 % back, once).
+    for (restored_by_hand, calls) in [
+        (true, vec![Weight::FULL]),
+        (false, vec![Weight::FULL, Weight::FULL]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("d.jsonl");
+        let policy = blue_green("");
+        let store = Deposable::default();
+        let traffic = MockTrafficProvider::new();
+        let src = green(0.01);
+        let mut q = Quiet;
+        let half = Weight::try_from_percent(50.0).unwrap();
+        let (mut r, k) =
+            paused_in_keep_blue(&policy, &traffic, &src, &store, &log, &mut q, half).await;
+        let windows = count(&log, "post-promotion");
+        assert_eq!(windows, 1);
+        // Paused for two minutes.
+        tokio::time::sleep(s(120)).await;
+        if restored_by_hand {
+            traffic.force(Weight::FULL);
+            // A paused tick reads it back.
+            ticks(&mut r, 1, |_| false).await;
+        }
+        let report = resumed_to_the_end(r).await;
+        assert_eq!(traffic.calls(), calls, "by hand: {restored_by_hand}");
+        assert_eq!(count(&log, "post-promotion"), 1, "no second window");
+        // keep_blue's 10 minutes, the pause (2 minutes and a tick or two) not counted.
+        let end = (k.since + s(600) + s(120)).as_secs_f64();
+        assert!(
+            report.duration_s >= end && report.duration_s < end + 30.0,
+            "{} vs {end}",
+            report.duration_s
+        );
+    }
+}
+
+/// The same pause across a restart: the paused record is reloaded, and the resume goes on
+/// with keep_blue.
+#[tokio::test(start_paused = true)]
+async fn a_restart_while_paused_in_keep_blue_resumes_keep_blue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.jsonl");
+    let policy = blue_green("");
+    let store = Deposable::default();
+    let traffic = MockTrafficProvider::new();
+    let src = green(0.01);
+    let mut q = Quiet;
+    let half = Weight::try_from_percent(50.0).unwrap();
+    let (r, k) = paused_in_keep_blue(&policy, &traffic, &src, &store, &log, &mut q, half).await;
+    drop(r);
+    let mut stored = store.load("t").await.unwrap().expect("a record");
+    assert!(
+        matches!(stored.phase, Phase::Paused(_)),
+        "{:?}",
+        stored.phase
+    );
+    // Down for a minute (downtime is wall-clock time, which paused time does not move), and
+    // 100 % put back by hand meanwhile.
+    stored.saved_at -= s(60);
+    traffic.force(Weight::FULL);
+    let mut d = durable(&store);
+    d.revision = stored.revision;
+    d.resume = Some(stored);
+    let mut q = Quiet;
+    let opts = RunOptions {
+        decisions: Some(log.clone()),
+        ..RunOptions::default()
+    };
+    let r = Reconciler::start(&policy, &traffic, &src, Some(d), opts, &mut q)
+        .await
+        .unwrap();
+    assert!(matches!(r.phase(), Phase::Paused(_)), "{:?}", r.phase());
+    let report = resumed_to_the_end(r).await;
+    assert_eq!(traffic.calls(), vec![Weight::FULL], "no second switch");
+    assert_eq!(count(&log, "post-promotion"), 1, "no second window");
+    let end = (k.since + s(600) + s(60)).as_secs_f64();
+    assert!(
+        report.duration_s >= end && report.duration_s < end + 15.0,
+        "{} vs {end}",
+        report.duration_s
+    );
+}
