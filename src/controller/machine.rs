@@ -273,11 +273,16 @@ pub enum Phase {
     PreChecks,
     /// Asking the gates before the first step (`confirm-rollout`, the first step's own);
     /// no traffic has moved. A refusal holds and asks again at each tick until the deadline.
+    /// When the first step is the promotion (`steps = [100]`, blue-green) and `[rollout]
+    /// approval` asks for one, it first waits for the operator's approval (`approval`).
     Confirming {
         /// The step the gates guard (0).
         step: usize,
         /// Refusals so far.
         refusals: u32,
+        /// Waiting for an operator to approve the promotion; the gates are asked after.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        approval: bool,
     },
     /// Waiting for a step's weight to be applied.
     Shifting {
@@ -828,23 +833,47 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
             },
             vec![Command::Finish],
         ),
-        (Phase::Confirming { step, refusals }, Event::Tick { now, .. }) => {
+        (
+            Phase::Confirming {
+                step,
+                refusals,
+                approval,
+            },
+            Event::Tick { now, .. },
+        ) => {
             if now >= plan.deadline {
+                let waiting = if approval {
+                    "an operator's approval of the promotion".to_string()
+                } else {
+                    format!("the gates before step {} ({refusals} refusal(s))", step + 1)
+                };
                 (
                     Phase::NotStarted {
                         reason: Reason::Deadline {
                             after_s: plan.deadline.as_secs_f64(),
-                            waiting: format!(
-                                "the gates before step {} ({refusals} refusal(s))",
-                                step + 1
-                            ),
+                            waiting,
                         },
                     },
                     vec![Command::Finish],
                 )
+            } else if approval {
+                (
+                    Phase::Confirming {
+                        step,
+                        refusals,
+                        approval,
+                    },
+                    vec![Command::Record(Decision::Hold {
+                        reason: "ready; waiting for an operator to approve the promotion; no traffic has moved".to_string(),
+                    })],
+                )
             } else {
                 (
-                    Phase::Confirming { step, refusals },
+                    Phase::Confirming {
+                        step,
+                        refusals,
+                        approval,
+                    },
                     vec![
                         Command::Record(Decision::Hold {
                             reason: format!(
@@ -857,12 +886,26 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 )
             }
         }
-        (Phase::Confirming { step, refusals }, Event::GatesDone { refused, .. }) => match refused {
+        // The promotion approved (`POST /approve`, or `coalmine promote --step 1`): the gates,
+        // then the switch.
+        (
+            Phase::Confirming { approval: true, .. },
+            Event::Approve { .. } | Event::Release { .. },
+        ) => confirm_then_shift(plan),
+        (
+            Phase::Confirming {
+                step,
+                refusals,
+                approval: false,
+            },
+            Event::GatesDone { refused, .. },
+        ) => match refused {
             None => shift_to(step, plan, Duration::ZERO),
             Some((gate, detail)) => (
                 Phase::Confirming {
                     step,
                     refusals: refusals + 1,
+                    approval: false,
                 },
                 vec![Command::Notify(Note::GateRefused { gate, detail })],
             ),
@@ -1132,10 +1175,20 @@ fn restored(
         // Nothing has moved yet: the checks run again.
         Phase::Pending | Phase::PreChecks => (Phase::PreChecks, vec![Command::RunPreChecks]),
         // Nothing has moved yet: the gates are asked again.
-        Phase::Confirming { step, refusals } => (
-            Phase::Confirming { step, refusals },
+        Phase::Confirming {
+            step,
+            refusals,
+            approval: false,
+        } => (
+            Phase::Confirming {
+                step,
+                refusals,
+                approval: false,
+            },
             vec![Command::RunGates { step }],
         ),
+        // Still waiting for the approval: nothing to ask yet.
+        waiting @ Phase::Confirming { approval: true, .. } => (waiting, Vec::new()),
         Phase::Shifting {
             step,
             target,
@@ -1931,6 +1984,28 @@ fn advance(
 
 /// After the checks: the gates before the first step, if any, else its weight.
 fn begin(plan: &Rollout) -> (Phase, Vec<Command>) {
+    // The first step is the promotion (a cutover, blue-green): an approval asked for the
+    // promotion (or every step) is asked before it, as when leaving an analysed step.
+    let promotes = plan.steps.first().is_none_or(|w| *w >= Weight::FULL);
+    if promotes && plan.approval != Approval::None {
+        return (
+            Phase::Confirming {
+                step: 0,
+                refusals: 0,
+                approval: true,
+            },
+            vec![Command::Record(Decision::Hold {
+                reason:
+                    "ready; waiting for an operator to approve the promotion; no traffic has moved"
+                        .to_string(),
+            })],
+        );
+    }
+    confirm_then_shift(plan)
+}
+
+/// The gates before the first step, if any, then its weight.
+fn confirm_then_shift(plan: &Rollout) -> (Phase, Vec<Command>) {
     if plan.gates_before(0).is_empty() {
         shift_to(0, plan, Duration::ZERO)
     } else {
@@ -1938,6 +2013,7 @@ fn begin(plan: &Rollout) -> (Phase, Vec<Command>) {
             Phase::Confirming {
                 step: 0,
                 refusals: 0,
+                approval: false,
             },
             vec![Command::RunGates { step: 0 }],
         )

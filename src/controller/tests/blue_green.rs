@@ -787,3 +787,102 @@ async fn a_restart_while_paused_in_keep_blue_resumes_keep_blue() {
         report.duration_s
     );
 }
+
+/// Issue 13: `approval = "promotion"` holds before the switch to 100 % when the first step
+/// is the promotion: a canary policy with `steps = [100]`, and blue-green (after the
+/// pre-rollout checks, before the 0 → 100 switch). Before the fix the machine asked only
+/// when leaving an analysed step, so both switched at once.
+#[test]
+fn an_approval_holds_a_cutover_before_the_switch() {
+    for strategy in [Strategy::Canary, Strategy::BlueGreen] {
+        let mut r = plan();
+        r.strategy = strategy;
+        r.deadline = s(600);
+        r.approval = policy::Approval::Promotion;
+        let checked = Event::PreChecksDone {
+            failed: None,
+            now: s(1),
+        };
+        let (phase, cmds) = step(Phase::PreChecks, checked, &r);
+        let applies = |cmds: &[Command]| {
+            cmds.iter()
+                .filter(|c| matches!(c, Command::Apply { .. }))
+                .count()
+        };
+        assert!(
+            matches!(phase, Phase::Confirming { step: 0, .. }),
+            "{strategy:?}: {phase:?}"
+        );
+        assert_eq!(applies(&cmds), 0, "{strategy:?}: {cmds:?}");
+        // Ticks go by: it holds, nothing moves.
+        let (held, cmds) = step(phase.clone(), at_full(100), &r);
+        assert!(matches!(held, Phase::Confirming { .. }), "{held:?}");
+        assert_eq!(applies(&cmds), 0, "{strategy:?}: {cmds:?}");
+        // The approval (or `coalmine promote --step 1`) switches, once.
+        for lever in [
+            Event::Approve { now: s(120) },
+            Event::Release { now: s(120) },
+        ] {
+            let (next, cmds) = step(held.clone(), lever, &r);
+            assert_eq!(next, Phase::Promoting { attempt: 0 }, "{strategy:?}");
+            assert_eq!(
+                cmds,
+                vec![Command::Apply {
+                    weight: Weight::FULL,
+                    delay: Duration::ZERO
+                }]
+            );
+        }
+        // Nobody approves: not started at the deadline, nothing moved.
+        let (late, cmds) = step(held, at_full(600), &r);
+        assert!(
+            matches!(late, Phase::NotStarted { .. }),
+            "{strategy:?}: {late:?}"
+        );
+        assert_eq!(applies(&cmds), 0);
+        // Without an approval the switch is at once, as before.
+        r.approval = policy::Approval::None;
+        let (phase, _) = step(
+            Phase::PreChecks,
+            Event::PreChecksDone {
+                failed: None,
+                now: s(1),
+            },
+            &r,
+        );
+        assert_eq!(phase, Phase::Promoting { attempt: 0 }, "{strategy:?}");
+    }
+}
+
+/// The same through the runner: a blue-green rollout with `approval = "promotion"` moves no
+/// traffic until approved, then switches once and goes through the window and keep_blue.
+#[tokio::test(start_paused = true)]
+async fn a_blue_green_rollout_waits_for_the_approval_before_the_switch() {
+    let policy = blue_green("approval = \"promotion\"\ndeadline = \"1h\"\n");
+    let store = Deposable::default();
+    let traffic = MockTrafficProvider::new();
+    let src = green(0.01);
+    let mut q = Quiet;
+    let mut r = Reconciler::start(
+        &policy,
+        &traffic,
+        &src,
+        Some(durable(&store)),
+        RunOptions::default(),
+        &mut q,
+    )
+    .await
+    .unwrap();
+    ticks(&mut r, 30, |_| false).await;
+    assert!(traffic.calls().is_empty(), "{:?}", traffic.calls());
+    assert!(!r.finished(), "{:?}", r.phase());
+    r.reconcile(Wake::Lever(Lever::Approve)).await;
+    ticks(&mut r, 200, |_| false).await;
+    assert!(r.finished(), "{:?}", r.phase());
+    let report = r.finish().await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted, "{report:?}");
+    assert_eq!(traffic.calls(), vec![Weight::FULL]);
+    // 30 ticks (about 290 s) of waiting, then the 5-minute window and 10 minutes of
+    // keep_blue.
+    assert!(report.duration_s >= 250.0 + 900.0, "{}", report.duration_s);
+}
