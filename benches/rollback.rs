@@ -1,13 +1,16 @@
 //! Rollback actuation per traffic provider: the time from a Fail verdict to canary weight
-//! 0 being in force (a benchmark, not a test: it prints a table and asserts nothing).
+//! 0 being in force (a benchmark, not a test: it prints two tables and asserts nothing).
 //!
 //! After a Fail verdict the controller's pure step function returns `Apply(0)` (well under
 //! a millisecond) and the shell calls `set_weight(0)` then reads back `current()`: that
-//! pair is the **apply** column. For HAProxy and nginx the **observed** column is when the
-//! proxy itself stops sending requests to the canary: from the start of `set_weight(0)`
-//! until the first of 8 consecutive fresh-connection requests answered by the baseline
-//! (with the canary at 25 % before, a round-robin split cannot give 8 baseline answers in a
-//! row). The built-in proxy swaps its routing table in memory, so apply is in force.
+//! pair is the **apply** column. For the proxies (the built-in one, HAProxy, nginx) the
+//! **observed** column is when the proxy itself stops sending requests to the canary: from
+//! the start of `set_weight(0)` until the first of 8 consecutive fresh-connection requests
+//! answered by the baseline (with the canary at 25 % before, a round-robin split cannot give
+//! 8 baseline answers in a row; at 100 % before, every answer came from the canary).
+//!
+//! Two tables: a canary rolled back from 25 %, and blue-green's switch back from 100 %
+//! (green, the canary, had all the traffic: issue 13).
 //!
 //! Run with `cargo bench --bench rollback` (HAProxy and nginx are skipped when missing).
 
@@ -78,18 +81,28 @@ async fn observed_zero(target: SocketAddr, start: Instant) -> Duration {
     }
 }
 
-/// Rounds of: 25 % (settled), then the timed rollback to 0 %.
+/// The canary's weights a rollback starts from: a canary step, blue-green's 100 %.
+const FROM: [f64; 2] = [25.0, 100.0];
+
+/// Rounds of: `from` % (settled), then the timed rollback to 0 %.
 async fn measure<P: TrafficProvider>(
     p: &P,
+    from: f64,
     frontend: Option<SocketAddr>,
     settle: impl AsyncFn(),
 ) -> (Vec<f64>, Vec<f64>) {
     let (mut apply, mut observed) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        p.set_weight(Weight::try_from_percent(25.0).unwrap())
+        p.set_weight(Weight::try_from_percent(from).unwrap())
             .await
             .unwrap();
         settle().await;
+        if from == 100.0
+            && let Some(f) = frontend
+        {
+            // Green had all the traffic before the switch back.
+            assert_eq!(canary_answered(f).await, Some(true), "100 % in force");
+        }
         let t0 = Instant::now();
         p.set_weight(Weight::ZERO).await.unwrap();
         assert_eq!(p.current().await.unwrap(), Weight::ZERO);
@@ -101,17 +114,59 @@ async fn measure<P: TrafficProvider>(
     (apply, observed)
 }
 
-fn row(name: &str, (apply, observed): (Vec<f64>, Vec<f64>)) {
-    println!("| {name:<8} | {} | {} |", summary(apply), summary(observed));
+/// The rows of the two tables (from 25 %, from 100 %).
+#[derive(Default)]
+struct Tables([Vec<String>; 2]);
+
+impl Tables {
+    /// Measures `p` from each weight of [`FROM`] and adds its rows.
+    async fn add<P: TrafficProvider>(
+        &mut self,
+        name: &str,
+        p: &P,
+        frontend: Option<SocketAddr>,
+        settle: impl AsyncFn(),
+    ) {
+        for (i, from) in FROM.into_iter().enumerate() {
+            let (apply, observed) = measure(p, from, frontend, &settle).await;
+            self.0[i].push(format!(
+                "| {name:<8} | {} | {} |",
+                summary(apply),
+                summary(observed)
+            ));
+        }
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        for t in &mut self.0 {
+            t.push(format!("| {name:<8} | skipped: {why} |"));
+        }
+    }
+
+    fn print(&self) {
+        for (from, rows) in FROM.iter().zip(&self.0) {
+            println!();
+            println!(
+                "rollback actuation from {from} %, {ROUNDS} rounds each, milliseconds (median, p90, max)"
+            );
+            println!(
+                "| provider | apply: median      p90      max | observed: median   p90      max |"
+            );
+            println!(
+                "|----------|--------------------------------|-----------------------------------|"
+            );
+            for r in rows {
+                println!("{r}");
+            }
+        }
+    }
 }
 
 async fn no_settle() {}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    println!("rollback actuation, {ROUNDS} rounds each, milliseconds (median, p90, max)");
-    println!("| provider | apply: median      p90      max | observed: median   p90      max |");
-    println!("|----------|--------------------------------|-----------------------------------|");
+    let mut tables = Tables::default();
     let backends = Backends::start(0.0).await;
 
     let proxy = ProxyHandle::start(
@@ -127,20 +182,23 @@ async fn main() {
     )
     .await
     .unwrap();
-    row("proxy", measure(&proxy.provider(), None, no_settle).await);
+    tables
+        .add("proxy", &proxy.provider(), Some(proxy.addr()), no_settle)
+        .await;
 
     if let Some(bin) = find_tool("haproxy") {
         let h = Haproxy::start(&bin, &backends).await;
         let p = HaproxyProvider::new(&h.unix_config(Duration::from_secs(5)));
-        row("haproxy", measure(&p, Some(h.frontend), no_settle).await);
+        tables.add("haproxy", &p, Some(h.frontend), no_settle).await;
     } else {
-        println!("| haproxy  | skipped: haproxy not found |");
+        tables.skip("haproxy", "haproxy not found");
     }
 
     if let Some(bin) = find_tool("nginx") {
         let n = Nginx::start(&bin, &backends).await;
         let p = NginxProvider::new(&n.config(&backends, None, Duration::from_secs(10)));
-        // Before each timed rollback, let the 25 % reload finish (old worker gone).
+        // Before each timed rollback, let the reload to 25 % or 100 % finish (old worker
+        // gone).
         let settle = async || {
             let before = n.workers();
             for _ in 0..500 {
@@ -151,9 +209,9 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        row("nginx", measure(&p, Some(n.frontend), settle).await);
+        tables.add("nginx", &p, Some(n.frontend), settle).await;
     } else {
-        println!("| nginx    | skipped: nginx not found |");
+        tables.skip("nginx", "nginx not found");
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -175,7 +233,7 @@ async fn main() {
         transient_exit_codes: vec![75],
         env: Vec::new(),
     });
-    row("exec", measure(&p, None, no_settle).await);
+    tables.add("exec", &p, None, no_settle).await;
 
     let flags = FlagService::start().await;
     let url = format!("http://{}/flag", flags.addr);
@@ -196,8 +254,9 @@ async fn main() {
         }),
     })
     .unwrap();
-    row("http", measure(&p, None, no_settle).await);
+    tables.add("http", &p, None, no_settle).await;
     proxy.shutdown().await;
+    tables.print();
 }
 
 fn upstream(addr: SocketAddr) -> Upstream {

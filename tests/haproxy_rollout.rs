@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use coalmine::demo::load::Load;
-use common::{Backends, Haproxy, canary_answers, require_tool};
+use common::{Backends, Haproxy, applied, canary_answers, require_tool};
 
 fn policy(h: &Haproxy, decisions: &std::path::Path) -> String {
     format!(
@@ -127,19 +127,6 @@ async fn rollout_with(
 
 async fn rollout(h: &Haproxy) -> (i32, serde_json::Value, Vec<serde_json::Value>) {
     rollout_with(h, policy).await
-}
-
-fn applied(records: &[serde_json::Value]) -> Vec<f64> {
-    records
-        .iter()
-        .filter(|r| {
-            matches!(
-                r["event"].as_str(),
-                Some("weight-applied" | "post-promotion" | "rolled-back" | "promoted")
-            )
-        })
-        .filter_map(|r| r["weight"].as_f64())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

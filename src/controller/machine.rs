@@ -228,6 +228,11 @@ pub struct Paused {
     pub in_force: Weight,
     /// The metrics failing while paused that the operator has been told about.
     pub alerted: Vec<String>,
+    /// Paused during blue-green's keep_blue: where it was. The switch and the post-promotion
+    /// window are over (and recorded), so a resume goes on with keep_blue, not through them
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_blue: Option<KeepBlue>,
 }
 
 /// The post-promotion window ([`Phase::Watching`]).
@@ -268,11 +273,16 @@ pub enum Phase {
     PreChecks,
     /// Asking the gates before the first step (`confirm-rollout`, the first step's own);
     /// no traffic has moved. A refusal holds and asks again at each tick until the deadline.
+    /// When the first step is the promotion (`steps = [100]`, blue-green) and `[rollout]
+    /// approval` asks for one, it first waits for the operator's approval (`approval`).
     Confirming {
         /// The step the gates guard (0).
         step: usize,
         /// Refusals so far.
         refusals: u32,
+        /// Waiting for an operator to approve the promotion; the gates are asked after.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        approval: bool,
     },
     /// Waiting for a step's weight to be applied.
     Shifting {
@@ -823,23 +833,47 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
             },
             vec![Command::Finish],
         ),
-        (Phase::Confirming { step, refusals }, Event::Tick { now, .. }) => {
+        (
+            Phase::Confirming {
+                step,
+                refusals,
+                approval,
+            },
+            Event::Tick { now, .. },
+        ) => {
             if now >= plan.deadline {
+                let waiting = if approval {
+                    "an operator's approval of the promotion".to_string()
+                } else {
+                    format!("the gates before step {} ({refusals} refusal(s))", step + 1)
+                };
                 (
                     Phase::NotStarted {
                         reason: Reason::Deadline {
                             after_s: plan.deadline.as_secs_f64(),
-                            waiting: format!(
-                                "the gates before step {} ({refusals} refusal(s))",
-                                step + 1
-                            ),
+                            waiting,
                         },
                     },
                     vec![Command::Finish],
                 )
+            } else if approval {
+                (
+                    Phase::Confirming {
+                        step,
+                        refusals,
+                        approval,
+                    },
+                    vec![Command::Record(Decision::Hold {
+                        reason: "ready; waiting for an operator to approve the promotion; no traffic has moved".to_string(),
+                    })],
+                )
             } else {
                 (
-                    Phase::Confirming { step, refusals },
+                    Phase::Confirming {
+                        step,
+                        refusals,
+                        approval,
+                    },
                     vec![
                         Command::Record(Decision::Hold {
                             reason: format!(
@@ -852,12 +886,26 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                 )
             }
         }
-        (Phase::Confirming { step, refusals }, Event::GatesDone { refused, .. }) => match refused {
+        // The promotion approved (`POST /approve`, or `coalmine promote --step 1`): the gates,
+        // then the switch.
+        (
+            Phase::Confirming { approval: true, .. },
+            Event::Approve { .. } | Event::Release { .. },
+        ) => confirm_then_shift(plan),
+        (
+            Phase::Confirming {
+                step,
+                refusals,
+                approval: false,
+            },
+            Event::GatesDone { refused, .. },
+        ) => match refused {
             None => shift_to(step, plan, Duration::ZERO),
             Some((gate, detail)) => (
                 Phase::Confirming {
                     step,
                     refusals: refusals + 1,
+                    approval: false,
                 },
                 vec![Command::Notify(Note::GateRefused { gate, detail })],
             ),
@@ -970,6 +1018,7 @@ pub fn step(phase: Phase, event: Event, plan: &Rollout) -> (Phase, Vec<Command>)
                     since: now,
                     in_force,
                     alerted: Vec::new(),
+                    keep_blue: None,
                 }),
                 vec![Command::Notify(Note::Paused(cause))],
             )
@@ -1126,10 +1175,20 @@ fn restored(
         // Nothing has moved yet: the checks run again.
         Phase::Pending | Phase::PreChecks => (Phase::PreChecks, vec![Command::RunPreChecks]),
         // Nothing has moved yet: the gates are asked again.
-        Phase::Confirming { step, refusals } => (
-            Phase::Confirming { step, refusals },
+        Phase::Confirming {
+            step,
+            refusals,
+            approval: false,
+        } => (
+            Phase::Confirming {
+                step,
+                refusals,
+                approval: false,
+            },
             vec![Command::RunGates { step }],
         ),
+        // Still waiting for the approval: nothing to ask yet.
+        waiting @ Phase::Confirming { approval: true, .. } => (waiting, Vec::new()),
         Phase::Shifting {
             step,
             target,
@@ -1188,12 +1247,13 @@ fn restored(
         Phase::KeepingBlue(k) => match found {
             Some(f) if f != Weight::FULL => {
                 let last = plan.steps.len().saturating_sub(1);
-                external_change(
+                let changed = external_change(
                     Progress::new(last, Weight::FULL, now, k.paused_for),
                     f,
                     now,
                     plan,
-                )
+                );
+                paused_in_keep_blue(changed, k)
             }
             _ => (Phase::KeepingBlue(k), Vec::new()),
         },
@@ -1287,6 +1347,7 @@ fn external_change(
                     since: now,
                     in_force: found,
                     alerted: Vec::new(),
+                    keep_blue: None,
                 }),
                 vec![
                     Command::Record(Decision::Pause { reason }),
@@ -1320,8 +1381,26 @@ fn external_change(
 }
 
 fn resume(z: Paused, now: Duration) -> (Phase, Vec<Command>) {
-    let mut p = z.progress;
     let paused = now.saturating_sub(z.since);
+    if let Some(k) = z.keep_blue {
+        // Paused during keep_blue: it goes on where it was (the pause does not count toward
+        // it); green gets 100 % back if the outside weight is still in force.
+        let k = KeepBlue {
+            since: k.since + paused,
+            paused_for: k.paused_for + paused,
+        };
+        let mut cmds = vec![Command::Notify(Note::Resumed {
+            weight: Weight::FULL,
+        })];
+        if z.in_force != Weight::FULL {
+            cmds.push(Command::Apply {
+                weight: Weight::FULL,
+                delay: Duration::ZERO,
+            });
+        }
+        return (Phase::KeepingBlue(k), cmds);
+    }
+    let mut p = z.progress;
     p.paused_for += paused;
     p.excluded += paused;
     p.last_tick = now;
@@ -1736,6 +1815,18 @@ fn changed_at_full(
     ))
 }
 
+/// A pause (a weight changed outside coalmine) during keep_blue remembers keep_blue, for
+/// the resume.
+fn paused_in_keep_blue((phase, cmds): (Phase, Vec<Command>), k: KeepBlue) -> (Phase, Vec<Command>) {
+    match phase {
+        Phase::Paused(mut z) => {
+            z.keep_blue = Some(k);
+            (Phase::Paused(z), cmds)
+        }
+        other => (other, cmds),
+    }
+}
+
 /// A tick of blue-green's `keep_blue`: nothing is judged; a weight changed outside coalmine
 /// is not overridden; its end promotes (the runner then tells the `blue-retired` gates).
 fn keeping_blue_tick(
@@ -1745,7 +1836,7 @@ fn keeping_blue_tick(
     plan: &Rollout,
 ) -> (Phase, Vec<Command>) {
     if let Some(changed) = changed_at_full(facts, k.paused_for, now, plan) {
-        return changed;
+        return paused_in_keep_blue(changed, k);
     }
     let kept = now.saturating_sub(k.since);
     if kept >= plan.keep_blue {
@@ -1893,6 +1984,28 @@ fn advance(
 
 /// After the checks: the gates before the first step, if any, else its weight.
 fn begin(plan: &Rollout) -> (Phase, Vec<Command>) {
+    // The first step is the promotion (a cutover, blue-green): an approval asked for the
+    // promotion (or every step) is asked before it, as when leaving an analysed step.
+    let promotes = plan.steps.first().is_none_or(|w| *w >= Weight::FULL);
+    if promotes && plan.approval != Approval::None {
+        return (
+            Phase::Confirming {
+                step: 0,
+                refusals: 0,
+                approval: true,
+            },
+            vec![Command::Record(Decision::Hold {
+                reason:
+                    "ready; waiting for an operator to approve the promotion; no traffic has moved"
+                        .to_string(),
+            })],
+        );
+    }
+    confirm_then_shift(plan)
+}
+
+/// The gates before the first step, if any, then its weight.
+fn confirm_then_shift(plan: &Rollout) -> (Phase, Vec<Command>) {
     if plan.gates_before(0).is_empty() {
         shift_to(0, plan, Duration::ZERO)
     } else {
@@ -1900,6 +2013,7 @@ fn begin(plan: &Rollout) -> (Phase, Vec<Command>) {
             Phase::Confirming {
                 step: 0,
                 refusals: 0,
+                approval: false,
             },
             vec![Command::RunGates { step: 0 }],
         )

@@ -442,3 +442,18 @@ impl Drop for FlagService {
         self.task.abort();
     }
 }
+
+/// The weights a rollout set, in order, from its decision records (the transitions that set
+/// one: `weight-applied`, `post-promotion`, `rolled-back`, `promoted`).
+pub fn applied(records: &[serde_json::Value]) -> Vec<f64> {
+    records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r["event"].as_str(),
+                Some("weight-applied" | "post-promotion" | "rolled-back" | "promoted")
+            )
+        })
+        .filter_map(|r| r["weight"].as_f64())
+        .collect()
+}

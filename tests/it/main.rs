@@ -1,5 +1,6 @@
 //! Integration tests: one binary (house style), one module per area.
 
+mod blue_green;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;

@@ -641,3 +641,248 @@ fn validate_warns_when_nothing_is_analysed_after_the_switch() {
         "{said}"
     );
 }
+
+/// Drives a blue-green rollout into keep_blue, 5 ticks in, then puts `outside` in force from
+/// outside coalmine: the rollout pauses. Returns the reconciler, paused, and keep_blue's
+/// state at the pause.
+async fn paused_in_keep_blue<'a>(
+    policy: &'a Policy,
+    traffic: &'a MockTrafficProvider,
+    src: &'a MockSource,
+    store: &'a Deposable,
+    log: &std::path::Path,
+    q: &'a mut Quiet,
+    outside: Weight,
+) -> (
+    Reconciler<'a, MockTrafficProvider, MockSource, Deposable>,
+    KeepBlue,
+) {
+    let opts = RunOptions {
+        decisions: Some(log.to_path_buf()),
+        ..RunOptions::default()
+    };
+    let mut r = Reconciler::start(policy, traffic, src, Some(durable(store)), opts, q)
+        .await
+        .unwrap();
+    ticks(&mut r, 100, |r| matches!(r.phase(), Phase::KeepingBlue(_))).await;
+    let Phase::KeepingBlue(k) = r.phase().clone() else {
+        panic!("{:?}", r.phase())
+    };
+    ticks(&mut r, 5, |_| false).await;
+    traffic.force(outside);
+    ticks(&mut r, 5, |r| matches!(r.phase(), Phase::Paused(_))).await;
+    assert!(matches!(r.phase(), Phase::Paused(_)), "{:?}", r.phase());
+    (r, k)
+}
+
+/// Resumes the paused `r`: it goes on in keep_blue, to the promotion.
+async fn resumed_to_the_end(
+    mut r: Reconciler<'_, MockTrafficProvider, MockSource, Deposable>,
+) -> crate::controller::runner::RunReport {
+    r.reconcile(Wake::Lever(Lever::Resume)).await;
+    ticks(&mut r, 3, |_| false).await;
+    assert!(
+        matches!(r.phase(), Phase::KeepingBlue(_)),
+        "resumed in keep_blue: {:?}",
+        r.phase()
+    );
+    ticks(&mut r, 200, |_| false).await;
+    assert!(r.finished(), "{:?}", r.phase());
+    let report = r.finish().await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted, "{report:?}");
+    report
+}
+
+/// How many records of `event` the log holds.
+fn count(log: &std::path::Path, event: &str) -> usize {
+    events(&records(log)).iter().filter(|e| *e == event).count()
+}
+
+/// Issue 13: a rollout paused during keep_blue (a weight changed outside coalmine) and
+/// resumed goes on with keep_blue: the switch and the post-promotion window already happened
+/// and are recorded. Before the fix the resume switched again and ran a whole new window.
+#[tokio::test(start_paused = true)]
+async fn a_pause_during_keep_blue_resumes_keep_blue_not_the_window() {
+    // The operator put 100 % back before resuming (nothing to apply), or resumed with the
+    // outside weight still in force (coalmine puts 100 % back, once).
+    for (restored_by_hand, calls) in [
+        (true, vec![Weight::FULL]),
+        (false, vec![Weight::FULL, Weight::FULL]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("d.jsonl");
+        let policy = blue_green("");
+        let store = Deposable::default();
+        let traffic = MockTrafficProvider::new();
+        let src = green(0.01);
+        let mut q = Quiet;
+        let half = Weight::try_from_percent(50.0).unwrap();
+        let (mut r, k) =
+            paused_in_keep_blue(&policy, &traffic, &src, &store, &log, &mut q, half).await;
+        let windows = count(&log, "post-promotion");
+        assert_eq!(windows, 1);
+        // Paused for two minutes.
+        tokio::time::sleep(s(120)).await;
+        if restored_by_hand {
+            traffic.force(Weight::FULL);
+            // A paused tick reads it back.
+            ticks(&mut r, 1, |_| false).await;
+        }
+        let report = resumed_to_the_end(r).await;
+        assert_eq!(traffic.calls(), calls, "by hand: {restored_by_hand}");
+        assert_eq!(count(&log, "post-promotion"), 1, "no second window");
+        // keep_blue's 10 minutes, the pause (2 minutes and a tick or two) not counted.
+        let end = (k.since + s(600) + s(120)).as_secs_f64();
+        assert!(
+            report.duration_s >= end && report.duration_s < end + 30.0,
+            "{} vs {end}",
+            report.duration_s
+        );
+    }
+}
+
+/// The same pause across a restart: the paused record is reloaded, and the resume goes on
+/// with keep_blue.
+#[tokio::test(start_paused = true)]
+async fn a_restart_while_paused_in_keep_blue_resumes_keep_blue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.jsonl");
+    let policy = blue_green("");
+    let store = Deposable::default();
+    let traffic = MockTrafficProvider::new();
+    let src = green(0.01);
+    let mut q = Quiet;
+    let half = Weight::try_from_percent(50.0).unwrap();
+    let (r, k) = paused_in_keep_blue(&policy, &traffic, &src, &store, &log, &mut q, half).await;
+    drop(r);
+    let mut stored = store.load("t").await.unwrap().expect("a record");
+    assert!(
+        matches!(stored.phase, Phase::Paused(_)),
+        "{:?}",
+        stored.phase
+    );
+    // Down for a minute (downtime is wall-clock time, which paused time does not move), and
+    // 100 % put back by hand meanwhile.
+    stored.saved_at -= s(60);
+    traffic.force(Weight::FULL);
+    let mut d = durable(&store);
+    d.revision = stored.revision;
+    d.resume = Some(stored);
+    let mut q = Quiet;
+    let opts = RunOptions {
+        decisions: Some(log.clone()),
+        ..RunOptions::default()
+    };
+    let r = Reconciler::start(&policy, &traffic, &src, Some(d), opts, &mut q)
+        .await
+        .unwrap();
+    assert!(matches!(r.phase(), Phase::Paused(_)), "{:?}", r.phase());
+    let report = resumed_to_the_end(r).await;
+    assert_eq!(traffic.calls(), vec![Weight::FULL], "no second switch");
+    assert_eq!(count(&log, "post-promotion"), 1, "no second window");
+    let end = (k.since + s(600) + s(60)).as_secs_f64();
+    assert!(
+        report.duration_s >= end && report.duration_s < end + 15.0,
+        "{} vs {end}",
+        report.duration_s
+    );
+}
+
+/// Issue 13: `approval = "promotion"` holds before the switch to 100 % when the first step
+/// is the promotion: a canary policy with `steps = [100]`, and blue-green (after the
+/// pre-rollout checks, before the 0 → 100 switch). Before the fix the machine asked only
+/// when leaving an analysed step, so both switched at once.
+#[test]
+fn an_approval_holds_a_cutover_before_the_switch() {
+    for strategy in [Strategy::Canary, Strategy::BlueGreen] {
+        let mut r = plan();
+        r.strategy = strategy;
+        r.deadline = s(600);
+        r.approval = policy::Approval::Promotion;
+        let checked = Event::PreChecksDone {
+            failed: None,
+            now: s(1),
+        };
+        let (phase, cmds) = step(Phase::PreChecks, checked, &r);
+        let applies = |cmds: &[Command]| {
+            cmds.iter()
+                .filter(|c| matches!(c, Command::Apply { .. }))
+                .count()
+        };
+        assert!(
+            matches!(phase, Phase::Confirming { step: 0, .. }),
+            "{strategy:?}: {phase:?}"
+        );
+        assert_eq!(applies(&cmds), 0, "{strategy:?}: {cmds:?}");
+        // Ticks go by: it holds, nothing moves.
+        let (held, cmds) = step(phase.clone(), at_full(100), &r);
+        assert!(matches!(held, Phase::Confirming { .. }), "{held:?}");
+        assert_eq!(applies(&cmds), 0, "{strategy:?}: {cmds:?}");
+        // The approval (or `coalmine promote --step 1`) switches, once.
+        for lever in [
+            Event::Approve { now: s(120) },
+            Event::Release { now: s(120) },
+        ] {
+            let (next, cmds) = step(held.clone(), lever, &r);
+            assert_eq!(next, Phase::Promoting { attempt: 0 }, "{strategy:?}");
+            assert_eq!(
+                cmds,
+                vec![Command::Apply {
+                    weight: Weight::FULL,
+                    delay: Duration::ZERO
+                }]
+            );
+        }
+        // Nobody approves: not started at the deadline, nothing moved.
+        let (late, cmds) = step(held, at_full(600), &r);
+        assert!(
+            matches!(late, Phase::NotStarted { .. }),
+            "{strategy:?}: {late:?}"
+        );
+        assert_eq!(applies(&cmds), 0);
+        // Without an approval the switch is at once, as before.
+        r.approval = policy::Approval::None;
+        let (phase, _) = step(
+            Phase::PreChecks,
+            Event::PreChecksDone {
+                failed: None,
+                now: s(1),
+            },
+            &r,
+        );
+        assert_eq!(phase, Phase::Promoting { attempt: 0 }, "{strategy:?}");
+    }
+}
+
+/// The same through the runner: a blue-green rollout with `approval = "promotion"` moves no
+/// traffic until approved, then switches once and goes through the window and keep_blue.
+#[tokio::test(start_paused = true)]
+async fn a_blue_green_rollout_waits_for_the_approval_before_the_switch() {
+    let policy = blue_green("approval = \"promotion\"\ndeadline = \"1h\"\n");
+    let store = Deposable::default();
+    let traffic = MockTrafficProvider::new();
+    let src = green(0.01);
+    let mut q = Quiet;
+    let mut r = Reconciler::start(
+        &policy,
+        &traffic,
+        &src,
+        Some(durable(&store)),
+        RunOptions::default(),
+        &mut q,
+    )
+    .await
+    .unwrap();
+    ticks(&mut r, 30, |_| false).await;
+    assert!(traffic.calls().is_empty(), "{:?}", traffic.calls());
+    assert!(!r.finished(), "{:?}", r.phase());
+    r.reconcile(Wake::Lever(Lever::Approve)).await;
+    ticks(&mut r, 200, |_| false).await;
+    assert!(r.finished(), "{:?}", r.phase());
+    let report = r.finish().await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted, "{report:?}");
+    assert_eq!(traffic.calls(), vec![Weight::FULL]);
+    // 30 ticks (about 290 s) of waiting, then the 5-minute window and 10 minutes of
+    // keep_blue.
+    assert!(report.duration_s >= 250.0 + 900.0, "{}", report.duration_s);
+}

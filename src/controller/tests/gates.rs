@@ -69,7 +69,8 @@ fn confirm_rollout_holds_before_any_traffic_until_yes_or_the_deadline() {
         p,
         Phase::Confirming {
             step: 0,
-            refusals: 0
+            refusals: 0,
+            approval: false,
         }
     );
     assert_eq!(c, vec![Command::RunGates { step: 0 }]);
@@ -83,7 +84,8 @@ fn confirm_rollout_holds_before_any_traffic_until_yes_or_the_deadline() {
         p,
         Phase::Confirming {
             step: 0,
-            refusals: 1
+            refusals: 1,
+            approval: false,
         }
     );
     assert!(
@@ -441,6 +443,7 @@ fn a_restored_rollout_asks_its_gates_again() {
         Phase::Confirming {
             step: 0,
             refusals: 2,
+            approval: false,
         },
         restored,
         &r,
@@ -449,7 +452,8 @@ fn a_restored_rollout_asks_its_gates_again() {
         p,
         Phase::Confirming {
             step: 0,
-            refusals: 2
+            refusals: 2,
+            approval: false,
         }
     );
     assert_eq!(c, vec![Command::RunGates { step: 0 }]);
