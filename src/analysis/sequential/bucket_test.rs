@@ -61,6 +61,103 @@ const ISO_MASS: f64 = 0.1;
 const SCORE_RANGE: (f64, f64) = (-2.5, 2.0);
 /// Pseudo-requests that shrink the isotonic estimate towards "no difference".
 const SHRINK: f64 = 20.0;
+/// Window 1 has no earlier baseline to score on; it bets with a data-free prior mixture of
+/// tilts on log-normal scores `(ln x − ln median)/PRIOR_SIGMA`, over a geometric grid of
+/// medians from `PRIOR_MEDIANS.0` seconds in steps of `e^{PRIOR_MEDIANS.1}`
+/// (`PRIOR_MEDIANS.2` of them: 1 ms to 8 s), each at the strengths [`PRIOR_KAPPAS`].
+const PRIOR_MEDIANS: (f64, f64, usize) = (1e-3, 0.5, 19);
+const PRIOR_SIGMA: f64 = 0.5;
+const PRIOR_KAPPAS: [f64; 2] = [0.5, 1.0];
+/// The window-1 mixture's mass on not betting: its factor is never below this, so a wrong
+/// prior (or no slowdown) costs at most ln(1/0.9) ≈ 0.1 of evidence. A ×1.5 body shift
+/// still gains ≈ 1.9 nats in the benchmark's first window (half of it at mass ½, which
+/// costs the ln 2 in every other case).
+const PRIOR_ABSTAIN: f64 = 0.9;
+
+/// ln of the window's factor per ladder step under the bet logit θ_b = logit w + `eta[b]`
+/// (baseline counts `bc`, the canary's by the baseline bucket it scores as, per step, in
+/// `mapped`; only buckets `lo..=hi` hold requests). Marks in `jumps` the thresholds where
+/// the bet rises; `ln_theta` is scratch space.
+fn window_log_factors(
+    eta: &[f64],
+    bc: &[f64],
+    mapped: &[Vec<f64>],
+    (lo, hi): (usize, usize),
+    w: f64,
+    jumps: &mut [bool],
+    ln_theta: &mut [f64],
+) -> Vec<f64> {
+    let logit_w = (w / (1.0 - w)).ln();
+    let (ln_w, ln_1w) = (w.ln(), (1.0 - w).ln());
+    for i in 0..eta.len().saturating_sub(1) {
+        if eta[i + 1] > eta[i] + 1e-12 {
+            jumps[i] = true;
+        }
+    }
+    let mut base = 0.0;
+    for j in lo..=hi {
+        let x = logit_w + eta[j];
+        ln_theta[j] = ln_sigmoid(x) - ln_w;
+        if bc[j] > 0.0 {
+            base += bc[j] * (ln_sigmoid(-x) - ln_1w);
+        }
+    }
+    mapped
+        .iter()
+        .map(|m| {
+            let canary: f64 = (lo..=hi).map(|j| m[j] * ln_theta[j]).sum();
+            base + canary
+        })
+        .collect()
+}
+
+/// ln of window 1's factor, per ladder step (statistics.md §2.5, "Window 1"): the
+/// [`PRIOR_ABSTAIN`]-weighted average of no bet and the prior tilts, every one of them fixed
+/// before any data (from the bounds and the share alone), so the factor has expectation at
+/// most 1 under the null like any other window's. Marks in `jumps` the thresholds bet on.
+fn first_window_log_factor(
+    bounds: &[f64],
+    bc: &[f64],
+    mapped: &[Vec<f64>],
+    (lo, hi): (usize, usize),
+    w: f64,
+    jumps: &mut [bool],
+) -> Vec<f64> {
+    // A bucket's value: its upper bound; the +∞ bucket twice the last finite bound.
+    let mut last = 0.0;
+    let ln_u: Vec<f64> = bounds
+        .iter()
+        .map(|t| {
+            if t.is_finite() {
+                last = t.ln();
+                last
+            } else {
+                last + std::f64::consts::LN_2
+            }
+        })
+        .collect();
+    let (start, step, count) = PRIOR_MEDIANS;
+    let ln_each = ((1.0 - PRIOR_ABSTAIN) / (count * PRIOR_KAPPAS.len()) as f64).ln();
+    let mut terms: Vec<Vec<f64>> = vec![vec![PRIOR_ABSTAIN.ln()]; mapped.len()];
+    let mut ln_theta = vec![0.0; bc.len()];
+    for j in 0..count {
+        let mu = start.ln() + step * j as f64;
+        for k in PRIOR_KAPPAS {
+            let eta: Vec<f64> = ln_u
+                .iter()
+                .map(|x| {
+                    let z = ((x - mu) / PRIOR_SIGMA).clamp(SCORE_RANGE.0, SCORE_RANGE.1);
+                    k * z - k * k / 2.0
+                })
+                .collect();
+            let f = window_log_factors(&eta, bc, mapped, (lo, hi), w, jumps, &mut ln_theta);
+            for (t, f) in terms.iter_mut().zip(f) {
+                t.push(ln_each + f);
+            }
+        }
+    }
+    terms.iter().map(|t| log_sum_exp(t)).collect()
+}
 
 /// Bucket bounds with the canary→baseline bucket maps of every ladder step.
 ///
@@ -273,6 +370,16 @@ impl BucketTest {
         let mapped_above: Vec<Vec<f64>> = mapped.iter().map(|v| above(v)).collect();
         let steps = self.step_thresholds();
         let mut jumps = vec![false; nb];
+        if scores.is_none() {
+            // No earlier baseline: the data-free prior bets instead (the components below
+            // need one and skip this window).
+            let f = first_window_log_factor(&layout.bounds, bc, &mapped, (lo, hi), w, &mut jumps);
+            for (wealth, f) in self.wealth.iter_mut().zip(f) {
+                for x in wealth {
+                    *x += f;
+                }
+            }
+        }
         let mut ln_theta = vec![0.0; nb];
         for (idx, bet) in self.bets.iter().enumerate() {
             if let Bet::Step(q, rho) = *bet {
@@ -293,22 +400,9 @@ impl BucketTest {
                 (Bet::Iso(l), _, Some(r)) => r.iter().map(|r| l * r).collect(),
                 _ => continue,
             };
-            for i in 0..eta.len().saturating_sub(1) {
-                if eta[i + 1] > eta[i] + 1e-12 {
-                    jumps[i] = true;
-                }
-            }
-            let mut base = 0.0;
-            for j in lo..=hi {
-                let x = logit_w + eta[j];
-                ln_theta[j] = ln_sigmoid(x) - ln_w;
-                if bc[j] > 0.0 {
-                    base += bc[j] * (ln_sigmoid(-x) - ln_1w);
-                }
-            }
-            for (n, m) in mapped.iter().enumerate() {
-                let canary: f64 = (lo..=hi).map(|j| m[j] * ln_theta[j]).sum();
-                self.wealth[n][idx] += base + canary;
+            let f = window_log_factors(&eta, bc, &mapped, (lo, hi), w, &mut jumps, &mut ln_theta);
+            for (wealth, f) in self.wealth.iter_mut().zip(f) {
+                wealth[idx] += f;
             }
         }
         // The margin judged at, over the thresholds actually bet on.
@@ -542,6 +636,66 @@ mod tests {
         for n in 1..LADDER.len() {
             assert!(l.maps[n].iter().zip(&l.maps[n - 1]).all(|(a, b)| a <= b));
         }
+    }
+
+    /// Window 1 bets with the data-free prior (it bet nothing before), and that bet is a
+    /// fair one: over a window holding one request, the expected factor is exactly 1 when
+    /// the canary is the baseline, at most 1 when it is faster or at the allowed slowdown,
+    /// and above 1 when it is slower than allowed.
+    #[test]
+    fn window_one_bets_with_a_fair_fixed_prior() {
+        let mut bounds: Vec<f64> = (0..14).map(|i| 0.005 * 2f64.powi(i)).collect();
+        bounds.push(f64::INFINITY);
+        let k = bounds.len();
+        let one = |i: usize| {
+            let mut c = vec![0.0; k];
+            c[i] = 1.0;
+            Histogram::try_new(bounds.clone(), c).expect("histogram")
+        };
+        let empty = Histogram::try_new(bounds.clone(), vec![0.0; k]).expect("histogram");
+        let base: Vec<f64> = (0..k)
+            .map(|i| (1.0 + (i as f64 - 5.0).abs()).recip())
+            .collect();
+        let shifted = |p: &[f64], by: isize| {
+            let mut q = vec![0.0; k];
+            for (i, x) in p.iter().enumerate() {
+                q[i.saturating_add_signed(by).min(k - 1)] += x;
+            }
+            let t: f64 = q.iter().sum();
+            q.iter().map(|x| x / t).collect::<Vec<_>>()
+        };
+        let base = shifted(&base, 0);
+        let expected = |allowed: f64, canary: &[f64], w: f64| -> f64 {
+            (0..k)
+                .map(|i| {
+                    let mut as_base = BucketTest::new(allowed);
+                    as_base.update(&one(i), &empty, w);
+                    let mut as_canary = BucketTest::new(allowed);
+                    as_canary.update(&empty, &one(i), w);
+                    (1.0 - w) * base[i] * as_base.log_e().exp()
+                        + w * canary[i] * as_canary.log_e().exp()
+                })
+                .sum()
+        };
+        for w in [0.05, 0.25] {
+            let same = expected(1.0, &base, w);
+            assert!((same - 1.0).abs() < 1e-9, "A/A at {w}: {same}");
+            let faster = expected(1.0, &shifted(&base, -1), w);
+            assert!(faster <= 1.0 + 1e-12, "faster at {w}: {faster}");
+            // ×2 buckets: one bucket up is exactly ×2, allowed at 2, a regression at 1.
+            let at_allowed = expected(2.0, &shifted(&base, 1), w);
+            assert!(
+                at_allowed <= 1.0 + 1e-12,
+                "at ×2 allowed at {w}: {at_allowed}"
+            );
+            let slower = expected(1.0, &shifted(&base, 1), w);
+            assert!(slower > 1.0 + 1e-6, "slower at {w}: {slower}");
+        }
+        // A ×1.5 body shift in one window of 25 canary requests is already evidence.
+        let bounds = crate::analysis::histogram::log_bounds();
+        let mut t = BucketTest::new(1.0);
+        t.update(&window(&bounds, 0, 25.0), &window(&bounds, 5, 1.25), 0.05);
+        assert!(t.log_e() > 0.1, "{}", t.log_e());
     }
 
     fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
