@@ -5,17 +5,16 @@
 
 use std::time::Duration;
 
-use super::fence::{Deposable, durable, ticks};
-use super::s;
+use super::fence::ticks;
+use super::{Controller, Fixture, s};
 use crate::analysis::Outcome;
 use crate::controller::machine::{
     Command, Decision, Event, KeepBlue, MetricStatus, NO_PREVIEW_SHARE, Phase, Reason, Watch,
     WindowFacts, step,
 };
 use crate::controller::runner::{
-    FinalOutcome, Lever, OperatorAction, Quiet, Reconciler, RunOptions, Wake, run,
+    FinalOutcome, Lever, OperatorAction, Quiet, RunOptions, Wake, run,
 };
-use crate::controller::store::Store;
 use crate::metrics::mock::{Answer, MockSource};
 use crate::model::Weight;
 use crate::policy::{self, Policy, Rollout, Strategy};
@@ -264,17 +263,9 @@ async fn a_healthy_green_is_promoted_after_the_window_and_keep_blue_then_blue_is
          command = [\"sh\", \"-c\", \"echo \\\"$COALMINE_GATE_BODY\\\" >> {}\"]\n",
         told.display()
     ));
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let src = green(0.01);
-    let mut q = Quiet;
-    let opts = RunOptions {
-        decisions: Some(log.clone()),
-        ..RunOptions::default()
-    };
-    let mut r = Reconciler::start(&policy, &traffic, &src, Some(durable(&store)), opts, &mut q)
-        .await
-        .unwrap();
+    let f = Fixture::new(policy, green(0.01)).logged(&log);
+    let traffic = &f.traffic;
+    let mut r = f.start(None).await;
     ticks(&mut r, 200, |_| false).await;
     assert!(r.finished(), "{:?}", r.phase());
     assert!(
@@ -358,44 +349,20 @@ async fn a_bad_green_is_switched_back_once_inside_the_window() {
 #[tokio::test(start_paused = true)]
 async fn a_restart_in_the_middle_of_keep_blue_resumes_it_without_a_second_switch() {
     let policy = blue_green("");
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let src = green(0.01);
-    let mut q = Quiet;
-    let mut r = Reconciler::start(
-        &policy,
-        &traffic,
-        &src,
-        Some(durable(&store)),
-        RunOptions::default(),
-        &mut q,
-    )
-    .await
-    .unwrap();
+    let f = Fixture::new(policy, green(0.01));
+    let traffic = &f.traffic;
+    let mut r = f.start(None).await;
     ticks(&mut r, 100, |r| matches!(r.phase(), Phase::KeepingBlue(_))).await;
     let Phase::KeepingBlue(k) = r.phase().clone() else {
         panic!("{:?}", r.phase())
     };
     ticks(&mut r, 20, |_| false).await;
     drop(r);
-    let stored = store.load("t").await.unwrap().expect("a record");
+    let stored = f.stored().await;
     assert_eq!(stored.phase, Phase::KeepingBlue(k.clone()));
     // Nobody watches for a minute.
     tokio::time::sleep(s(60)).await;
-    let mut d = durable(&store);
-    d.revision = stored.revision;
-    d.resume = Some(stored);
-    let mut q = Quiet;
-    let mut r = Reconciler::start(
-        &policy,
-        &traffic,
-        &src,
-        Some(d),
-        RunOptions::default(),
-        &mut q,
-    )
-    .await
-    .unwrap();
+    let mut r = f.start(Some(stored)).await;
     assert_eq!(
         r.phase(),
         &Phase::KeepingBlue(k.clone()),
@@ -420,17 +387,9 @@ async fn a_rollback_during_keep_blue_switches_back_to_blue() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("d.jsonl");
     let policy = blue_green("");
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let src = green(0.01);
-    let mut q = Quiet;
-    let opts = RunOptions {
-        decisions: Some(log.clone()),
-        ..RunOptions::default()
-    };
-    let mut r = Reconciler::start(&policy, &traffic, &src, Some(durable(&store)), opts, &mut q)
-        .await
-        .unwrap();
+    let f = Fixture::new(policy, green(0.01)).logged(&log);
+    let traffic = &f.traffic;
+    let mut r = f.start(None).await;
     ticks(&mut r, 100, |r| matches!(r.phase(), Phase::KeepingBlue(_))).await;
     ticks(&mut r, 5, |_| false).await;
     assert!(
@@ -645,40 +604,21 @@ fn validate_warns_when_nothing_is_analysed_after_the_switch() {
 /// Drives a blue-green rollout into keep_blue, 5 ticks in, then puts `outside` in force from
 /// outside coalmine: the rollout pauses. Returns the reconciler, paused, and keep_blue's
 /// state at the pause.
-async fn paused_in_keep_blue<'a>(
-    policy: &'a Policy,
-    traffic: &'a MockTrafficProvider,
-    src: &'a MockSource,
-    store: &'a Deposable,
-    log: &std::path::Path,
-    q: &'a mut Quiet,
-    outside: Weight,
-) -> (
-    Reconciler<'a, MockTrafficProvider, MockSource, Deposable>,
-    KeepBlue,
-) {
-    let opts = RunOptions {
-        decisions: Some(log.to_path_buf()),
-        ..RunOptions::default()
-    };
-    let mut r = Reconciler::start(policy, traffic, src, Some(durable(store)), opts, q)
-        .await
-        .unwrap();
+async fn paused_in_keep_blue(f: &Fixture, outside: Weight) -> (Controller<'_>, KeepBlue) {
+    let mut r = f.start(None).await;
     ticks(&mut r, 100, |r| matches!(r.phase(), Phase::KeepingBlue(_))).await;
     let Phase::KeepingBlue(k) = r.phase().clone() else {
         panic!("{:?}", r.phase())
     };
     ticks(&mut r, 5, |_| false).await;
-    traffic.force(outside);
+    f.traffic.force(outside);
     ticks(&mut r, 5, |r| matches!(r.phase(), Phase::Paused(_))).await;
     assert!(matches!(r.phase(), Phase::Paused(_)), "{:?}", r.phase());
     (r, k)
 }
 
 /// Resumes the paused `r`: it goes on in keep_blue, to the promotion.
-async fn resumed_to_the_end(
-    mut r: Reconciler<'_, MockTrafficProvider, MockSource, Deposable>,
-) -> crate::controller::runner::RunReport {
+async fn resumed_to_the_end(mut r: Controller<'_>) -> crate::controller::runner::RunReport {
     r.reconcile(Wake::Lever(Lever::Resume)).await;
     ticks(&mut r, 3, |_| false).await;
     assert!(
@@ -711,14 +651,10 @@ async fn a_pause_during_keep_blue_resumes_keep_blue_not_the_window() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("d.jsonl");
-        let policy = blue_green("");
-        let store = Deposable::default();
-        let traffic = MockTrafficProvider::new();
-        let src = green(0.01);
-        let mut q = Quiet;
+        let f = Fixture::new(blue_green(""), green(0.01)).logged(&log);
+        let traffic = &f.traffic;
         let half = Weight::try_from_percent(50.0).unwrap();
-        let (mut r, k) =
-            paused_in_keep_blue(&policy, &traffic, &src, &store, &log, &mut q, half).await;
+        let (mut r, k) = paused_in_keep_blue(&f, half).await;
         let windows = count(&log, "post-promotion");
         assert_eq!(windows, 1);
         // Paused for two minutes.
@@ -747,15 +683,12 @@ async fn a_pause_during_keep_blue_resumes_keep_blue_not_the_window() {
 async fn a_restart_while_paused_in_keep_blue_resumes_keep_blue() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("d.jsonl");
-    let policy = blue_green("");
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let src = green(0.01);
-    let mut q = Quiet;
+    let f = Fixture::new(blue_green(""), green(0.01)).logged(&log);
+    let traffic = &f.traffic;
     let half = Weight::try_from_percent(50.0).unwrap();
-    let (r, k) = paused_in_keep_blue(&policy, &traffic, &src, &store, &log, &mut q, half).await;
+    let (r, k) = paused_in_keep_blue(&f, half).await;
     drop(r);
-    let mut stored = store.load("t").await.unwrap().expect("a record");
+    let mut stored = f.stored().await;
     assert!(
         matches!(stored.phase, Phase::Paused(_)),
         "{:?}",
@@ -765,17 +698,7 @@ async fn a_restart_while_paused_in_keep_blue_resumes_keep_blue() {
     // 100 % put back by hand meanwhile.
     stored.saved_at -= s(60);
     traffic.force(Weight::FULL);
-    let mut d = durable(&store);
-    d.revision = stored.revision;
-    d.resume = Some(stored);
-    let mut q = Quiet;
-    let opts = RunOptions {
-        decisions: Some(log.clone()),
-        ..RunOptions::default()
-    };
-    let r = Reconciler::start(&policy, &traffic, &src, Some(d), opts, &mut q)
-        .await
-        .unwrap();
+    let r = f.start(Some(stored)).await;
     assert!(matches!(r.phase(), Phase::Paused(_)), "{:?}", r.phase());
     let report = resumed_to_the_end(r).await;
     assert_eq!(traffic.calls(), vec![Weight::FULL], "no second switch");
@@ -859,20 +782,9 @@ fn an_approval_holds_a_cutover_before_the_switch() {
 #[tokio::test(start_paused = true)]
 async fn a_blue_green_rollout_waits_for_the_approval_before_the_switch() {
     let policy = blue_green("approval = \"promotion\"\ndeadline = \"1h\"\n");
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let src = green(0.01);
-    let mut q = Quiet;
-    let mut r = Reconciler::start(
-        &policy,
-        &traffic,
-        &src,
-        Some(durable(&store)),
-        RunOptions::default(),
-        &mut q,
-    )
-    .await
-    .unwrap();
+    let f = Fixture::new(policy, green(0.01));
+    let traffic = &f.traffic;
+    let mut r = f.start(None).await;
     ticks(&mut r, 30, |_| false).await;
     assert!(traffic.calls().is_empty(), "{:?}", traffic.calls());
     assert!(!r.finished(), "{:?}", r.phase());

@@ -924,3 +924,70 @@ fn promote_now_goes_to_full_at_once() {
         vec![Command::Record(Decision::Promote), apply(Weight::FULL)]
     );
 }
+
+/// The set-up the durable runner tests share (blue-green, the post-promotion window): a
+/// policy, a mock provider and source, an in-memory store, and the decision log if any.
+struct Fixture {
+    policy: policy::Policy,
+    traffic: MockTrafficProvider,
+    src: MockSource,
+    store: fence::Deposable,
+    log: Option<std::path::PathBuf>,
+}
+
+/// A controller on a [`Fixture`].
+type Controller<'a> =
+    super::runner::Reconciler<'a, MockTrafficProvider, MockSource, fence::Deposable>;
+
+impl Fixture {
+    fn new(policy: policy::Policy, src: MockSource) -> Self {
+        Fixture {
+            policy,
+            traffic: MockTrafficProvider::new(),
+            src,
+            store: fence::Deposable::default(),
+            log: None,
+        }
+    }
+
+    /// Decision records go to `log`.
+    fn logged(mut self, log: &std::path::Path) -> Self {
+        self.log = Some(log.to_path_buf());
+        self
+    }
+
+    /// The record the store holds.
+    async fn stored(&self) -> super::store::RolloutState {
+        use super::store::Store as _;
+        self.store
+            .load(&self.policy.name)
+            .await
+            .unwrap()
+            .expect("a record")
+    }
+
+    /// Starts a controller: a new rollout, or one resumed from `resume` (a restart).
+    async fn start(&self, resume: Option<super::store::RolloutState>) -> Controller<'_> {
+        let mut d = fence::durable(&self.store);
+        if let Some(stored) = resume {
+            d.revision = stored.revision;
+            d.resume = Some(stored);
+        }
+        let opts = RunOptions {
+            decisions: self.log.clone(),
+            ..RunOptions::default()
+        };
+        // `Quiet` holds nothing: leaking one costs nothing.
+        let quiet: &'static mut Quiet = Box::leak(Box::new(Quiet));
+        super::runner::Reconciler::start(
+            &self.policy,
+            &self.traffic,
+            &self.src,
+            Some(d),
+            opts,
+            quiet,
+        )
+        .await
+        .unwrap()
+    }
+}

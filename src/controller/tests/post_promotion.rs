@@ -3,14 +3,13 @@
 //! rolls back to 0 inside the window, its end promotes, and a restart in the middle of it
 //! resumes the window from its recorded start.
 
-use super::fence::{Deposable, durable, ticks};
-use super::{TIMING, policy_with, s};
+use super::fence::ticks;
+use super::{Fixture, TIMING, policy_with, s};
 use crate::analysis::Outcome;
 use crate::controller::machine::{
     Command, Decision, Event, MetricStatus, Phase, Reason, Watch, WindowFacts, step,
 };
-use crate::controller::runner::{FinalOutcome, Quiet, Reconciler, RunOptions, run};
-use crate::controller::store::Store;
+use crate::controller::runner::{FinalOutcome, Quiet, RunOptions, run};
 use crate::metrics::mock::{Answer, MockSource};
 use crate::model::Weight;
 use crate::policy::Rollout;
@@ -265,21 +264,9 @@ async fn a_healthy_canary_is_promoted_at_the_end_of_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn a_restart_in_the_middle_of_the_window_resumes_it() {
-    let policy = watched("5m");
-    let store = Deposable::default();
-    let traffic = MockTrafficProvider::new();
-    let src = source(0.01);
-    let mut q = Quiet;
-    let mut r = Reconciler::start(
-        &policy,
-        &traffic,
-        &src,
-        Some(durable(&store)),
-        RunOptions::default(),
-        &mut q,
-    )
-    .await
-    .unwrap();
+    let f = Fixture::new(watched("5m"), source(0.01));
+    let traffic = &f.traffic;
+    let mut r = f.start(None).await;
     // Into the window, then the controller dies (its record was written before each act).
     ticks(&mut r, 100, |r| matches!(r.phase(), Phase::Watching(_))).await;
     let Phase::Watching(w) = r.phase().clone() else {
@@ -287,22 +274,9 @@ async fn a_restart_in_the_middle_of_the_window_resumes_it() {
     };
     ticks(&mut r, 10, |_| false).await;
     drop(r);
-    let stored = store.load("t").await.unwrap().expect("a record");
+    let stored = f.stored().await;
     assert_eq!(stored.phase, Phase::Watching(w.clone()));
-    let mut d = durable(&store);
-    d.revision = stored.revision;
-    d.resume = Some(stored);
-    let mut q = Quiet;
-    let mut r = Reconciler::start(
-        &policy,
-        &traffic,
-        &src,
-        Some(d),
-        RunOptions::default(),
-        &mut q,
-    )
-    .await
-    .unwrap();
+    let mut r = f.start(Some(stored)).await;
     assert_eq!(
         r.phase(),
         &Phase::Watching(w.clone()),
