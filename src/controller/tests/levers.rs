@@ -2,16 +2,12 @@
 //! is recorded as refused (a promote while a gate held it was recorded as done, and dropped), and `promote --full` ends
 //! the post-promotion window and keep_blue (it was refused: there is no step to name).
 
-use super::fence::{Deposable, durable, ticks};
-use super::{TIMING, healthy_source, policy_with};
+use super::fence::ticks;
+use super::{Fixture, TIMING, healthy_source, policy_with};
 use crate::controller::machine::Phase;
-use crate::controller::runner::{
-    FinalOutcome, Lever, OperatorAction, Quiet, Reconciler, RunOptions, Wake,
-};
-use crate::metrics::mock::MockSource;
+use crate::controller::runner::{FinalOutcome, Lever, OperatorAction, Wake};
 use crate::model::Weight;
 use crate::policy::Policy;
-use crate::traffic::mock::MockTrafficProvider;
 
 const ERRORS: &str = "[[metric]]\nname = \"errors\"\nbuiltin = \"errors\"\n\
     [[metric]]\nname = \"ceiling\"\nbuiltin = \"errors\"\njudge = \"threshold\"\nmax = 0.1\nmin_trials = 50\n";
@@ -23,49 +19,6 @@ fn operator_records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|r| r["kind"] == "operator")
         .collect()
-}
-
-/// A decision log, a store, a provider and healthy metrics for one rollout.
-struct Rig {
-    _dir: tempfile::TempDir,
-    log: std::path::PathBuf,
-    store: Deposable,
-    traffic: MockTrafficProvider,
-    src: MockSource,
-}
-
-impl Rig {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Rig {
-            log: dir.path().join("d.jsonl"),
-            _dir: dir,
-            store: Deposable::default(),
-            traffic: MockTrafficProvider::new(),
-            src: healthy_source(),
-        }
-    }
-
-    async fn start<'a>(
-        &'a self,
-        policy: &'a Policy,
-        q: &'a mut Quiet,
-    ) -> Reconciler<'a, MockTrafficProvider, MockSource, Deposable> {
-        let opts = RunOptions {
-            decisions: Some(self.log.clone()),
-            ..RunOptions::default()
-        };
-        Reconciler::start(
-            policy,
-            &self.traffic,
-            &self.src,
-            Some(durable(&self.store)),
-            opts,
-            q,
-        )
-        .await
-        .unwrap()
-    }
 }
 
 fn promote_full(step: usize) -> Wake {
@@ -87,9 +40,10 @@ async fn a_promote_while_a_gate_holds_the_rollout_is_recorded_as_refused() {
         ),
         ERRORS,
     );
-    let rig = Rig::new();
-    let mut q = Quiet;
-    let mut r = rig.start(&policy, &mut q).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.jsonl");
+    let rig = Fixture::new(policy, healthy_source()).logged(&log);
+    let mut r = rig.start(None).await;
     for _ in 0..3 {
         if matches!(r.phase(), Phase::Confirming { .. }) {
             break;
@@ -104,7 +58,7 @@ async fn a_promote_while_a_gate_holds_the_rollout_is_recorded_as_refused() {
     let before = r.phase().clone();
     r.reconcile(promote_full(1)).await;
     assert_eq!(r.phase(), &before, "nothing was done");
-    let ops = operator_records(&rig.log);
+    let ops = operator_records(&log);
     let detail = ops.last().expect("the lever is recorded")["detail"]
         .as_str()
         .unwrap()
@@ -129,9 +83,10 @@ fn blue_green() -> Policy {
 #[tokio::test(start_paused = true)]
 async fn promote_full_ends_the_post_promotion_window_then_keep_blue() {
     let policy = blue_green();
-    let rig = Rig::new();
-    let mut q = Quiet;
-    let mut r = rig.start(&policy, &mut q).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.jsonl");
+    let rig = Fixture::new(policy, healthy_source()).logged(&log);
+    let mut r = rig.start(None).await;
     ticks(&mut r, 50, |r| matches!(r.phase(), Phase::Watching(_))).await;
     ticks(&mut r, 2, |_| false).await;
     assert!(matches!(r.phase(), Phase::Watching(_)), "{:?}", r.phase());
@@ -155,7 +110,7 @@ async fn promote_full_ends_the_post_promotion_window_then_keep_blue() {
         vec![Weight::FULL],
         "one switch, never back"
     );
-    let ops = operator_records(&rig.log);
+    let ops = operator_records(&log);
     let details: Vec<&str> = ops.iter().map(|r| r["detail"].as_str().unwrap()).collect();
     assert_eq!(details.len(), 2, "{details:?}");
     assert!(
