@@ -184,6 +184,55 @@ fn a_restored_window_keeps_its_start_and_a_weight_changed_meanwhile_is_not_overr
     );
 }
 
+/// Someone sets another weight during the window: paused (not overridden); resumed, 100 % is
+/// put back and the window starts over from the moment it is in force again: the canary is
+/// watched for a whole window at 100 % after a human touched traffic (the safe side), and
+/// the time at the outside weight is never counted as time watched.
+#[test]
+fn a_resume_after_an_outside_change_in_the_window_watches_a_whole_window_again() {
+    let r = plan(300);
+    let w = Phase::Watching(Watch {
+        since: s(100),
+        no_data_since: None,
+        error_ticks: 0,
+        paused_for: s(0),
+    });
+    let mut changed = tick(350, Vec::new());
+    if let Event::Tick { facts, .. } = &mut changed {
+        facts.in_force = Some(Weight::try_from_percent(50.0).unwrap());
+    }
+    let (paused, cmds) = step(w, changed, &r);
+    assert!(matches!(paused, Phase::Paused(_)), "{paused:?}");
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Apply { .. })),
+        "{cmds:?}"
+    );
+    let (phase, cmds) = step(paused, Event::Resume { now: s(500) }, &r);
+    assert_eq!(phase, Phase::Promoting { attempt: 0 });
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Apply { weight, .. } if *weight == Weight::FULL)),
+        "{cmds:?}"
+    );
+    let (phase, _) = step(
+        phase,
+        Event::Applied {
+            weight: Weight::FULL,
+            now: s(510),
+        },
+        &r,
+    );
+    let Phase::Watching(again) = &phase else {
+        panic!("{phase:?}")
+    };
+    assert_eq!(again.since, s(510));
+    // The first window would have ended at 400; this one ends 300 s after 510.
+    let (phase, _) = step(phase, tick(809, Vec::new()), &r);
+    assert!(matches!(phase, Phase::Watching(_)), "{phase:?}");
+    let (phase, _) = step(phase, tick(810, Vec::new()), &r);
+    assert_eq!(phase, Phase::Promoted);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_canary_that_breaks_after_the_promotion_is_rolled_back_inside_the_window() {
     let dir = tempfile::tempdir().unwrap();

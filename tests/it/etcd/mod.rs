@@ -256,10 +256,9 @@ async fn a_second_owner_is_refused_with_the_holders_name() {
     let Some(etcd) = Etcd::start(1).await else {
         return;
     };
-    let (a, store_a) = replica(&etcd, "a", Duration::from_secs(5));
-    let (b, store_b) = replica(&etcd, "b", Duration::from_secs(5));
-    until_role(&a, "leader", Duration::from_secs(10)).await;
-    until_role(&b, "follower", Duration::from_secs(10)).await;
+    // One after the other: started together, either may win the election.
+    let (_a, store_a) = joined(&etcd, "a", Duration::from_secs(5), "leader").await;
+    let (_b, store_b) = joined(&etcd, "b", Duration::from_secs(5), "follower").await;
 
     let guard = store_a.acquire("web").await.unwrap();
     for store in [&store_a, &store_b] {
