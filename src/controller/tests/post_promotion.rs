@@ -66,6 +66,18 @@ fn tick(now: u64, metrics: Vec<MetricStatus>) -> Event {
     }
 }
 
+/// 100 % read back in force at `now` (from `Promoting`, or whatever `phase` is).
+fn full_at(phase: Phase, now: u64, r: &Rollout) -> (Phase, Vec<Command>) {
+    step(
+        phase,
+        Event::Applied {
+            weight: Weight::FULL,
+            now: s(now),
+        },
+        r,
+    )
+}
+
 fn plan(pp: u64) -> Rollout {
     let mut r = super::plan();
     r.post_promotion = s(pp);
@@ -75,28 +87,14 @@ fn plan(pp: u64) -> Rollout {
 #[test]
 fn the_machine_watches_after_100_percent_rolls_back_on_a_guard_and_promotes_at_the_end() {
     let r = plan(300);
-    let (phase, cmds) = step(
-        Phase::Promoting { attempt: 0 },
-        Event::Applied {
-            weight: Weight::FULL,
-            now: s(100),
-        },
-        &r,
-    );
+    let (phase, cmds) = full_at(Phase::Promoting { attempt: 0 }, 100, &r);
     let Phase::Watching(w) = &phase else {
         panic!("{phase:?}")
     };
     assert_eq!(w.since, s(100));
     assert!(cmds.is_empty(), "{cmds:?}");
     // Without post_promotion, promoted at once (as before).
-    let (done, _) = step(
-        Phase::Promoting { attempt: 0 },
-        Event::Applied {
-            weight: Weight::FULL,
-            now: s(100),
-        },
-        &plan(0),
-    );
+    let (done, _) = full_at(Phase::Promoting { attempt: 0 }, 100, &plan(0));
     assert_eq!(done, Phase::Promoted);
     // A comparison's Fail is not acted on (no concurrent baseline); a guard's Fail is.
     let (phase, cmds) = step(
@@ -214,14 +212,7 @@ fn a_resume_after_an_outside_change_in_the_window_watches_a_whole_window_again()
             .any(|c| matches!(c, Command::Apply { weight, .. } if *weight == Weight::FULL)),
         "{cmds:?}"
     );
-    let (phase, _) = step(
-        phase,
-        Event::Applied {
-            weight: Weight::FULL,
-            now: s(510),
-        },
-        &r,
-    );
+    let (phase, _) = full_at(phase, 510, &r);
     let Phase::Watching(again) = &phase else {
         panic!("{phase:?}")
     };
