@@ -152,6 +152,10 @@ fn chromium(chrome: &Path, profile: &Path, proxy: u16, args: &[&str]) -> (String
         "--no-first-run",
         "--disable-extensions",
         "--disable-default-apps",
+        // Chromium 148 connects to www.google.com at startup whatever the page: the AI-mode
+        // eligibility check and the search engine's preconnect. Off, so that any request
+        // to it is the page's.
+        "--disable-features=AimEnabled,PreconnectToSearch",
         "--hide-scrollbars",
         "--enable-logging=stderr",
         "--v=0",
