@@ -10,7 +10,7 @@
 //! | `GET /health/ready` | 200 while the rollout is in progress, 503 once it has ended |
 //! | `GET /status` | the phase, weight, step, last decision and every metric's state (JSON) |
 //! | `GET /metrics` | the same as Prometheus text: weight, step, phase, e-values, outcomes |
-//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (its approval gate, the rest of its time and requests; it moves on at the next tick unless a metric fails or evidence is missing); 409 when the rollout is not at step N; `full` promotes to 100 % now; after the switch to 100 % (phase `watching` or `keeping-blue`) `{"full": true}` with no step ends the post-promotion window or keep_blue; a lever the rollout cannot take where it is (a promote while a gate holds it) is recorded as refused |
+//! | `POST /promote` | `{"step": N, "full": false}`: releases step N (its approval gate, the rest of its time and requests; it moves on at the next tick unless a metric fails or evidence is missing); 409 when the rollout is not at step N; `full` promotes to 100 % now; after the switch to 100 % (phase `watching` or `keeping-blue`) `{"full": true}` with no step ends the post-promotion window or keep_blue; a lever the rollout cannot take where it is (a promote while a gate holds it, any lever answered 409) is recorded in the decision log as refused, with who asked |
 //! | `POST /approve` | the same as `/promote` |
 //! | `POST /pause` | pauses a progressing rollout: no traffic change until resumed |
 //! | `POST /resume` | resumes a paused rollout (puts the step's weight back if another is in force) |
@@ -329,11 +329,17 @@ impl StatusBoard {
             let s = self.lock();
             (s.phase, s.step)
         };
-        let conflict = |what: &str| {
+        let reason = body.reason;
+        // A refusal is an operator's action too: the decision log records it.
+        let conflict = |action, what: &str| {
+            let _ = self.levers.send(Lever::Refused {
+                action,
+                actor: actor.to_string(),
+                why: what.to_string(),
+            });
             let body = serde_json::json!({ "error": what, "phase": phase, "step": step });
             reply(StatusCode::CONFLICT, json, body.to_string())
         };
-        let reason = body.reason;
         let send = |action, answer: &str| {
             let _ = self.levers.send(Lever::Operator {
                 action,
@@ -361,9 +367,15 @@ impl StatusBoard {
                     return reply(StatusCode::BAD_REQUEST, json, body.to_string());
                 };
                 if step != Some(named) {
-                    return conflict(&format!(
-                        "the rollout is not at step {named}: an approval releases only the step it names"
-                    ));
+                    return conflict(
+                        OperatorAction::Promote {
+                            step: named,
+                            full: body.full,
+                        },
+                        &format!(
+                            "the rollout is not at step {named}: an approval releases only the step it names"
+                        ),
+                    );
                 }
                 send(
                     OperatorAction::Promote {
@@ -376,9 +388,9 @@ impl StatusBoard {
             "/pause" if phase == "progressing" => {
                 send(OperatorAction::Pause, r#"{"pausing":true}"#)
             }
-            "/pause" => conflict("not progressing"),
+            "/pause" => conflict(OperatorAction::Pause, "not progressing"),
             "/resume" if phase == "paused" => send(OperatorAction::Resume, r#"{"resuming":true}"#),
-            "/resume" => conflict("not paused"),
+            "/resume" => conflict(OperatorAction::Resume, "not paused"),
             "/abort" => {
                 if self.levers.is_closed() {
                     // No controller loop listens any more: the signal path still does.

@@ -72,6 +72,17 @@ pub enum Lever {
         /// Why, as given.
         reason: String,
     },
+    /// An operator's action the control API refused (409) where the rollout was: recorded
+    /// in the decision log as refused, nothing else is done (so a phase that changed since
+    /// the refusal can never make it act on a lever its caller was told was refused).
+    Refused {
+        /// What was asked.
+        action: OperatorAction,
+        /// Who: the token's name, or `local`.
+        actor: String,
+        /// Why it was refused, as the caller was told.
+        why: String,
+    },
 }
 
 /// What an operator asked for through the control API.
@@ -1832,6 +1843,18 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     Lever::Approve => (Event::Approve { now }, "approved"),
                     Lever::Pause { why } => (Event::Pause { why, now }, "pause-requested"),
                     Lever::Resume => (Event::Resume { now }, "resume-requested"),
+                    Lever::Refused { action, actor, why } => {
+                        shell.operator_actions += 1;
+                        shell.note(
+                            RecordKind::Operator,
+                            phase,
+                            phase,
+                            action.name(),
+                            Some(format!("refused: {why}; nothing was done")),
+                            Some(actor),
+                        );
+                        return;
+                    }
                     Lever::Operator {
                         action,
                         actor,

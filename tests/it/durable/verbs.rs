@@ -229,8 +229,21 @@ fn an_approval_naming_another_step_is_refused_with_409_and_releases_nothing() {
     ready(&rig, "waiting for an operator to approve the promotion");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(rig.calls(), ["10", "50"]);
+    // The three refused approvals are in the decision log too (who, what, why), before
+    // the one that released step 1.
     let ops = rig.records_of("operator");
-    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    for (op, step) in ops.iter().zip(["2", "3", "0"]) {
+        assert_eq!(op["event"], "promote", "{op}");
+        assert_eq!(op["actor"], "local", "{op}");
+        let detail = op["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(&format!("refused: the rollout is not at step {step}"))
+                && detail.ends_with("nothing was done"),
+            "{op}"
+        );
+    }
+    let ops = &ops[3..];
     assert_eq!(ops[0]["event"], "promote");
     assert_eq!(ops[0]["actor"], "local");
     assert!(
