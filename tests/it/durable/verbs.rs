@@ -401,6 +401,8 @@ fn pause_resume_and_abort_are_recorded_with_their_actor_and_reason() {
         seen,
         [
             ("pause", "alice", "pause: looking at a graph"),
+            // The 409 is in the decision log too.
+            ("pause", "alice", "refused: not progressing; nothing was done"),
             ("resume", "alice", "resume: the graph is fine"),
             ("abort", "alice", "abort: manual stop"),
         ],
@@ -411,7 +413,7 @@ fn pause_resume_and_abort_are_recorded_with_their_actor_and_reason() {
         assert!(r["policy_sha256"].is_string(), "{r}");
     }
     let v = rig.stored(NAME).unwrap();
-    assert_eq!(v["operator_actions"], 3, "{v}");
+    assert_eq!(v["operator_actions"], 4, "{v}");
     // The store keeps the outcome with its reason.
     let (_, text, _) = out(&rig.verb(&["status", NAME]));
     assert!(
