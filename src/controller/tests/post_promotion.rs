@@ -78,6 +78,16 @@ fn full_at(phase: Phase, now: u64, r: &Rollout) -> (Phase, Vec<Command>) {
     )
 }
 
+/// The post-promotion window, begun at `since`.
+fn watching_since(since: u64) -> Phase {
+    Phase::Watching(Watch {
+        since: s(since),
+        no_data_since: None,
+        error_ticks: 0,
+        paused_for: s(0),
+    })
+}
+
 fn plan(pp: u64) -> Rollout {
     let mut r = super::plan();
     r.post_promotion = s(pp);
@@ -144,12 +154,7 @@ fn the_machine_watches_after_100_percent_rolls_back_on_a_guard_and_promotes_at_t
 #[test]
 fn a_restored_window_keeps_its_start_and_a_weight_changed_meanwhile_is_not_overridden() {
     let r = plan(300);
-    let w = Phase::Watching(Watch {
-        since: s(100),
-        no_data_since: None,
-        error_ticks: 0,
-        paused_for: s(0),
-    });
+    let w = watching_since(100);
     // The record round-trips (the store keeps it), and old records without the new fields load.
     let text = serde_json::to_string(&w).unwrap();
     assert_eq!(serde_json::from_str::<Phase>(&text).unwrap(), w);
@@ -189,12 +194,7 @@ fn a_restored_window_keeps_its_start_and_a_weight_changed_meanwhile_is_not_overr
 #[test]
 fn a_resume_after_an_outside_change_in_the_window_watches_a_whole_window_again() {
     let r = plan(300);
-    let w = Phase::Watching(Watch {
-        since: s(100),
-        no_data_since: None,
-        error_ticks: 0,
-        paused_for: s(0),
-    });
+    let w = watching_since(100);
     let mut changed = tick(350, Vec::new());
     if let Event::Tick { facts, .. } = &mut changed {
         facts.in_force = Some(Weight::try_from_percent(50.0).unwrap());

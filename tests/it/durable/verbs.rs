@@ -402,7 +402,11 @@ fn pause_resume_and_abort_are_recorded_with_their_actor_and_reason() {
         [
             ("pause", "alice", "pause: looking at a graph"),
             // The 409 is in the decision log too.
-            ("pause", "alice", "refused: not progressing; nothing was done"),
+            (
+                "pause",
+                "alice",
+                "refused: not progressing; nothing was done"
+            ),
             ("resume", "alice", "resume: the graph is fine"),
             ("abort", "alice", "abort: manual stop"),
         ],
