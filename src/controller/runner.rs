@@ -803,23 +803,15 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                     format!("blue retired now, keep_blue ended{why}")
                 },
             ),
-            OperatorAction::Promote { step, full } if current != Some(*step) => {
-                let detail = format!(
-                    "refused: promote names step {step}, the rollout is {}",
+            OperatorAction::Promote { step, .. } if current != Some(*step) => {
+                let why = format!(
+                    "promote names step {step}, the rollout is {}",
                     current.map_or_else(
                         || format!("in phase {}", phase.name()),
                         |c| format!("at step {c}")
                     )
                 );
-                self.note(
-                    RecordKind::Operator,
-                    phase,
-                    phase,
-                    action.name(),
-                    Some(detail),
-                    Some(actor),
-                );
-                let _ = full;
+                self.refuse(phase, action, actor, &why);
                 return None;
             }
             OperatorAction::Promote { step, full: true } => (
@@ -856,15 +848,15 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             let (next, cmds) = step(phase.clone(), event.clone(), &self.policy.rollout);
             next == *phase && cmds.is_empty()
         };
-        let detail = if ignored {
-            format!(
-                "refused: {} has no effect while the rollout is {}; nothing was done",
+        if ignored {
+            let why = format!(
+                "{} has no effect while the rollout is {}; nothing was done",
                 action.name(),
                 phase.name()
-            )
-        } else {
-            detail
-        };
+            );
+            self.refuse(phase, action, actor, &why);
+            return None;
+        }
         self.note(
             RecordKind::Operator,
             phase,
@@ -873,7 +865,19 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             Some(detail),
             Some(actor),
         );
-        (!ignored).then_some(event)
+        Some(event)
+    }
+
+    /// Records an operator's action that was refused (`refused: WHY`); nothing is done.
+    fn refuse(&mut self, phase: &Phase, action: &OperatorAction, actor: String, why: &str) {
+        self.note(
+            RecordKind::Operator,
+            phase,
+            phase,
+            action.name(),
+            Some(format!("refused: {why}")),
+            Some(actor),
+        );
     }
 
     /// Feeds an abort to the machine, records it, and returns the commands.
@@ -1845,14 +1849,7 @@ impl<'a, T: TrafficProvider, M: MetricsSource, S: Store> Reconciler<'a, T, M, S>
                     Lever::Resume => (Event::Resume { now }, "resume-requested"),
                     Lever::Refused { action, actor, why } => {
                         shell.operator_actions += 1;
-                        shell.note(
-                            RecordKind::Operator,
-                            phase,
-                            phase,
-                            action.name(),
-                            Some(format!("refused: {why}; nothing was done")),
-                            Some(actor),
-                        );
+                        shell.refuse(phase, &action, actor, &format!("{why}; nothing was done"));
                         return;
                     }
                     Lever::Operator {
