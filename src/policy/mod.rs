@@ -60,6 +60,11 @@ pub struct Policy {
     pub notify: Option<hooks::Notify>,
 }
 
+/// `[rollout] baseline_history` when not set: five minutes of the baseline before the
+/// first traffic change (tens of thousands of requests at 100 req/s, enough to place the
+/// tail bets; recent enough to share the rollout's load).
+pub const DEFAULT_BASELINE_HISTORY: Duration = Duration::from_secs(300);
+
 /// Steps and timing of a rollout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rollout {
@@ -90,6 +95,9 @@ pub struct Rollout {
     /// Data from the first this-long after the canary first gets traffic is discarded
     /// (warm-up artefacts: cold caches, JIT); the rollout holds meanwhile.
     pub warmup: Duration,
+    /// How far back the baseline's latency is read before the first traffic change, for
+    /// the all-buckets latency test's first bets (zero: not read).
+    pub baseline_history: Duration,
     /// The baseline counts as unhealthy (no comparison is trusted, nothing promotes) when its
     /// own error rate is shown to exceed this (in 0..=1; 1 turns the check off).
     pub baseline_max_error_rate: f64,
@@ -228,6 +236,7 @@ impl Rollout {
             apply_timeout: Duration::from_secs(10),
             approval: Approval::None,
             warmup: Duration::ZERO,
+            baseline_history: DEFAULT_BASELINE_HISTORY,
             baseline_max_error_rate: 0.1,
             on_external_change: OnExternalChange::Pause,
             early_pass: false,

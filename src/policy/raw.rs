@@ -209,6 +209,11 @@ pub(crate) struct RawRollout {
     /// (cold caches, JIT); the rollout holds meanwhile. Shorter than the deadline.
     #[schemars(with = "Option<Dur>", extend("default" = "0s"))]
     pub warmup: Option<Spanned<Dur>>,
+    /// Before the first traffic change, the baseline's latency over this long is read (from
+    /// sources that can look back: Prometheus) and the all-buckets latency test bets with
+    /// it from the first window on; it is never evidence (0s: not read). At most 1h.
+    #[schemars(with = "Option<Dur>", extend("default" = "5m"))]
+    pub baseline_history: Option<Spanned<Dur>>,
     /// The baseline counts as unhealthy when its own error rate is shown to exceed this, in
     /// (0, 1]: nothing advances or promotes and comparisons are not acted on (1 turns the
     /// check off).

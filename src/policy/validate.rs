@@ -751,6 +751,17 @@ fn parse_rollout(ctx: &mut Ctx, v: Option<&Spanned<DeValue<'_>>>) -> Option<Roll
         );
     }
     r.warmup = wu;
+    (r.baseline_history, _) = bounded(
+        ctx,
+        raw.baseline_history.as_ref(),
+        super::DEFAULT_BASELINE_HISTORY,
+        &Bound {
+            min: Duration::ZERO,
+            max: Duration::from_secs(3600),
+            why_max: "an hour-old baseline says little about the next minutes' latency",
+            ..Bound::positive("baseline_history")
+        },
+    );
     let (pp, _) = bounded(
         ctx,
         raw.post_promotion.as_ref(),
