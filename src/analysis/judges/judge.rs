@@ -91,6 +91,20 @@ impl MetricJudge {
         }
     }
 
+    /// Whether [`Self::learn_history`] is used (the all-buckets latency test's bets).
+    #[must_use]
+    pub fn learns_history(&self) -> bool {
+        matches!(self, MetricJudge::Latency(j) if j.learns_history())
+    }
+
+    /// Learns from the baseline's requests before the rollout, for the judges that bet with
+    /// them (the all-buckets latency test); the others ignore it. Never evidence.
+    pub fn learn_history(&mut self, seg: &Segment) {
+        if let MetricJudge::Latency(j) = self {
+            j.learn_history(seg);
+        }
+    }
+
     /// For `mann-whitney` metrics: the classification for the scorecard (`Some(None)` while
     /// the series is too short); `None` for other judges.
     #[must_use]

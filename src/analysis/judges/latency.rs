@@ -286,6 +286,26 @@ impl LatencyJudge {
             .filter(|x| x.is_finite())
     }
 
+    /// Whether [`Self::learn_history`] is used: by the all-buckets test only.
+    #[must_use]
+    pub fn learns_history(&self) -> bool {
+        matches!(self.test, Test::Buckets(_))
+    }
+
+    /// Learns from the baseline's requests before the rollout (`seg`'s baseline histogram;
+    /// its canary side is ignored): the all-buckets test bets with that distribution from
+    /// the first window on. It is no evidence and appears in no count or quantile reported;
+    /// the slow-threshold test does not use it.
+    pub fn learn_history(&mut self, seg: &Segment) {
+        if !seg.share.is_finite() || seg.share > 0.0 {
+            // Only requests served while the canary had none are history.
+            return;
+        }
+        if let (Test::Buckets(t), Observation::Histogram(b)) = (&mut self.test, &seg.baseline) {
+            t.learn_history(b);
+        }
+    }
+
     /// Adds one window and returns the verdict so far.
     pub fn observe(&mut self, metric: &str, seg: &Segment) -> MetricVerdict {
         let verdict = |outcome, reason: String, stats| MetricVerdict {

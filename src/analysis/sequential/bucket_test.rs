@@ -306,18 +306,35 @@ impl BucketTest {
         }
     }
 
+    /// Learns the baseline's distribution from requests served before the canary had any
+    /// traffic (statistics.md §2.5, "History"): they choose the bets of the windows after,
+    /// from the first one on, and are no evidence (the wealth is unchanged).
+    pub fn learn_history(&mut self, b: &Histogram) {
+        if !(b.total() > 0.0) {
+            return;
+        }
+        self.use_layout(b);
+        for (acc, n) in self.base.iter_mut().zip(b.counts()) {
+            *acc += n;
+        }
+    }
+
+    /// Makes `b`'s bounds the layout. New buckets: what was learned about the old ones does
+    /// not apply; the wealth (evidence so far) carries over.
+    fn use_layout(&mut self, b: &Histogram) {
+        if self.layout.as_ref().is_none_or(|l| l.bounds != b.bounds()) {
+            self.layout = Some(Layout::new(b.bounds(), self.allowed));
+            self.base = vec![0.0; b.bounds().len()];
+            self.canary = vec![0.0; b.bounds().len()];
+        }
+    }
+
     /// Adds one window at canary share `w` (both histograms over the same bounds).
     pub fn update(&mut self, b: &Histogram, c: &Histogram, w: f64) {
         if !(w > 0.0 && w < 1.0) {
             return;
         }
-        if self.layout.as_ref().is_none_or(|l| l.bounds != b.bounds()) {
-            // New buckets: what was learned about the old ones does not apply; the wealth
-            // (evidence so far) carries over.
-            self.layout = Some(Layout::new(b.bounds(), self.allowed));
-            self.base = vec![0.0; b.bounds().len()];
-            self.canary = vec![0.0; b.bounds().len()];
-        }
+        self.use_layout(b);
         let Some(layout) = self.layout.take() else {
             return;
         };
@@ -638,12 +655,13 @@ mod tests {
         }
     }
 
-    /// Window 1 bets with the data-free prior (it bet nothing before), and that bet is a
-    /// fair one: over a window holding one request, the expected factor is exactly 1 when
-    /// the canary is the baseline, at most 1 when it is faster or at the allowed slowdown,
-    /// and above 1 when it is slower than allowed.
+    /// Window 1 bets with the data-free prior (it bet nothing before), or with the
+    /// baseline's history when it was read, and either bet is a fair one: over a window
+    /// holding one request, the expected factor is exactly 1 when the canary is the
+    /// baseline, at most 1 when it is faster or at the allowed slowdown, and above 1 when it
+    /// is slower than allowed.
     #[test]
-    fn window_one_bets_with_a_fair_fixed_prior() {
+    fn window_one_bets_fairly_with_the_prior_or_the_history() {
         let mut bounds: Vec<f64> = (0..14).map(|i| 0.005 * 2f64.powi(i)).collect();
         bounds.push(f64::INFINITY);
         let k = bounds.len();
@@ -653,8 +671,17 @@ mod tests {
             Histogram::try_new(bounds.clone(), c).expect("histogram")
         };
         let empty = Histogram::try_new(bounds.clone(), vec![0.0; k]).expect("histogram");
+        // Nothing in the last finite bucket or above: a ×2 slowdown stays representable
+        // (above the last finite bound the test judges at ×1, so a canary ×2 slower there
+        // is slower than allowed, and a bet from history rightly wins on it).
         let base: Vec<f64> = (0..k)
-            .map(|i| (1.0 + (i as f64 - 5.0).abs()).recip())
+            .map(|i| {
+                if i + 2 < k {
+                    (1.0 + (i as f64 - 5.0).abs()).recip()
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let shifted = |p: &[f64], by: isize| {
             let mut q = vec![0.0; k];
@@ -665,30 +692,45 @@ mod tests {
             q.iter().map(|x| x / t).collect::<Vec<_>>()
         };
         let base = shifted(&base, 0);
-        let expected = |allowed: f64, canary: &[f64], w: f64| -> f64 {
+        // The history: 10 000 baseline requests, not evidence.
+        let history = Histogram::try_new(
+            bounds.clone(),
+            base.iter().map(|p| (p * 1e4).round()).collect(),
+        )
+        .expect("histogram");
+        let start = |allowed: f64, learned: bool| {
+            let mut t = BucketTest::new(allowed);
+            if learned {
+                t.learn_history(&history);
+                assert_eq!(t.log_e(), 0.0, "history is no evidence");
+                assert_eq!(t.requests, (0.0, 0.0));
+            }
+            t
+        };
+        let expected = |allowed: f64, canary: &[f64], w: f64, learned: bool| -> f64 {
             (0..k)
                 .map(|i| {
-                    let mut as_base = BucketTest::new(allowed);
+                    let mut as_base = start(allowed, learned);
                     as_base.update(&one(i), &empty, w);
-                    let mut as_canary = BucketTest::new(allowed);
+                    let mut as_canary = start(allowed, learned);
                     as_canary.update(&empty, &one(i), w);
                     (1.0 - w) * base[i] * as_base.log_e().exp()
                         + w * canary[i] * as_canary.log_e().exp()
                 })
                 .sum()
         };
-        for w in [0.05, 0.25] {
-            let same = expected(1.0, &base, w);
+        for (w, learned) in [(0.05, false), (0.25, false), (0.05, true), (0.25, true)] {
+            let same = expected(1.0, &base, w, learned);
             assert!((same - 1.0).abs() < 1e-9, "A/A at {w}: {same}");
-            let faster = expected(1.0, &shifted(&base, -1), w);
+            let faster = expected(1.0, &shifted(&base, -1), w, learned);
             assert!(faster <= 1.0 + 1e-12, "faster at {w}: {faster}");
             // ×2 buckets: one bucket up is exactly ×2, allowed at 2, a regression at 1.
-            let at_allowed = expected(2.0, &shifted(&base, 1), w);
+            let at_allowed = expected(2.0, &shifted(&base, 1), w, learned);
             assert!(
                 at_allowed <= 1.0 + 1e-12,
                 "at ×2 allowed at {w}: {at_allowed}"
             );
-            let slower = expected(1.0, &shifted(&base, 1), w);
+            let slower = expected(1.0, &shifted(&base, 1), w, learned);
             assert!(slower > 1.0 + 1e-6, "slower at {w}: {slower}");
         }
         // A ×1.5 body shift in one window of 25 canary requests is already evidence.
@@ -696,6 +738,17 @@ mod tests {
         let mut t = BucketTest::new(1.0);
         t.update(&window(&bounds, 0, 25.0), &window(&bounds, 5, 1.25), 0.05);
         assert!(t.log_e() > 0.1, "{}", t.log_e());
+        // With the baseline's history the same window is more evidence: the bets are
+        // placed where the baseline's requests are, not where a prior guessed them.
+        let mut h = BucketTest::new(1.0);
+        h.learn_history(&window(&bounds, 0, 500.0));
+        h.update(&window(&bounds, 0, 25.0), &window(&bounds, 5, 1.25), 0.05);
+        assert!(
+            h.log_e() > t.log_e() + 0.5,
+            "{} vs {}",
+            h.log_e(),
+            t.log_e()
+        );
     }
 
     fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
