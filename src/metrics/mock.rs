@@ -33,6 +33,7 @@ pub enum Answer {
 #[derive(Debug, Default)]
 struct Inner {
     scripts: HashMap<String, Vec<Answer>>,
+    history: HashMap<String, Answer>,
     fetches: HashMap<String, usize>,
     windows: Vec<Window>,
 }
@@ -61,6 +62,12 @@ impl MockSource {
         self.lock().scripts.insert(metric.to_string(), answers);
     }
 
+    /// The answer to a history read of `metric` (none by default: the source cannot look
+    /// back). Served at share 0 whatever the window says.
+    pub fn script_history(&self, metric: &str, answer: Answer) {
+        self.lock().history.insert(metric.to_string(), answer);
+    }
+
     /// Windows fetched so far (one entry per fetch).
     #[must_use]
     pub fn windows(&self) -> Vec<Window> {
@@ -85,42 +92,61 @@ impl MetricsSource for MockSource {
                 .cloned()
                 .unwrap_or(Answer::Missing)
         };
-        let share = window.weight.fraction();
-        let seg = |baseline, canary| Segment {
-            share,
-            baseline,
-            canary,
-        };
-        let segment = match answer {
-            Answer::Data(b, c) => seg(b, c),
-            Answer::Rates {
-                baseline,
-                canary,
-                requests,
-            } => {
-                let (nb, nc) = (requests * (1.0 - share), requests * share);
-                seg(
-                    Observation::Counts(Counts {
-                        events: (nb * baseline).round(),
-                        trials: nb.round(),
-                    }),
-                    Observation::Counts(Counts {
-                        events: (nc * canary).round(),
-                        trials: nc.round(),
-                    }),
-                )
-            }
-            Answer::Missing => seg(Observation::Missing, Observation::Missing),
-            Answer::Unreachable => {
-                return Err(MetricsError::Unreachable {
-                    source_name: "mock",
-                    message: "scripted outage".to_string(),
-                });
-            }
-        };
+        let segment = segment(answer, window.weight.fraction())?;
         Ok(Fetched {
             segments: vec![segment],
             queries: Vec::new(),
         })
     }
+
+    async fn history(
+        &self,
+        metric: &MetricConfig,
+        window: &Window,
+    ) -> Result<Option<Fetched>, MetricsError> {
+        let _ = window;
+        let Some(answer) = self.lock().history.get(&metric.name).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(Fetched {
+            segments: vec![segment(answer, 0.0)?],
+            queries: Vec::new(),
+        }))
+    }
+}
+
+/// A scripted answer as the segment it stands for at canary share `share`.
+fn segment(answer: Answer, share: f64) -> Result<Segment, MetricsError> {
+    let seg = |baseline, canary| Segment {
+        share,
+        baseline,
+        canary,
+    };
+    Ok(match answer {
+        Answer::Data(b, c) => seg(b, c),
+        Answer::Rates {
+            baseline,
+            canary,
+            requests,
+        } => {
+            let (nb, nc) = (requests * (1.0 - share), requests * share);
+            seg(
+                Observation::Counts(Counts {
+                    events: (nb * baseline).round(),
+                    trials: nb.round(),
+                }),
+                Observation::Counts(Counts {
+                    events: (nc * canary).round(),
+                    trials: nc.round(),
+                }),
+            )
+        }
+        Answer::Missing => seg(Observation::Missing, Observation::Missing),
+        Answer::Unreachable => {
+            return Err(MetricsError::Unreachable {
+                source_name: "mock",
+                message: "scripted outage".to_string(),
+            });
+        }
+    })
 }

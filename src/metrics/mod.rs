@@ -177,6 +177,18 @@ pub trait MetricsSource: Send + Sync {
     fn preflight(&self) -> impl Future<Output = Result<(), MetricsError>> + Send {
         async { Ok(()) }
     }
+
+    /// The arms' observations of `metric` over `window`, a time *before* the rollout (the
+    /// canary at weight 0), from a source that can look back in time; `Ok(None)` from one
+    /// that only counts from when it is asked (the default).
+    fn history(
+        &self,
+        metric: &MetricConfig,
+        window: &Window,
+    ) -> impl Future<Output = Result<Option<Fetched>, MetricsError>> + Send {
+        let _ = (metric, window);
+        async { Ok(None) }
+    }
 }
 
 /// The built-in sources, chosen by `[metrics] type`.
@@ -212,6 +224,19 @@ impl MetricsSource for AnySource {
             AnySource::Builtin(s) => s.preflight().await,
             AnySource::Haproxy(s) => s.preflight().await,
             AnySource::Prometheus(s) => s.preflight().await,
+        }
+    }
+
+    async fn history(
+        &self,
+        metric: &MetricConfig,
+        window: &Window,
+    ) -> Result<Option<Fetched>, MetricsError> {
+        match self {
+            // Their counters start with the proxy or are read at the window's bounds only.
+            AnySource::Builtin(_) | AnySource::Haproxy(_) => Ok(None),
+            // A query over any past range: the same one as a window's.
+            AnySource::Prometheus(s) => s.fetch(metric, window).await.map(Some),
         }
     }
 }

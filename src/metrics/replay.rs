@@ -28,13 +28,32 @@ pub struct ReplayWindow {
 #[derive(Clone, Debug, Default)]
 pub struct ReplaySource {
     windows: Vec<ReplayWindow>,
+    /// Each metric's baseline history read before the first traffic change.
+    history: BTreeMap<String, Vec<Segment>>,
 }
 
 impl ReplaySource {
     /// A source over `windows`; window `seq` of the replay is `windows[seq]`.
     #[must_use]
     pub fn new(windows: Vec<ReplayWindow>) -> Self {
-        ReplaySource { windows }
+        ReplaySource {
+            windows,
+            history: BTreeMap::new(),
+        }
+    }
+
+    /// The same, with each metric's recorded baseline history (`[rollout]
+    /// baseline_history`: what the controller read before the first traffic change).
+    #[must_use]
+    pub fn with_history(mut self, history: BTreeMap<String, Vec<Segment>>) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// The recorded baseline history of `metric`, if any.
+    #[must_use]
+    pub fn history_of(&self, metric: &str) -> Option<&[Segment]> {
+        self.history.get(metric).map(Vec::as_slice)
     }
 
     /// Number of windows.
@@ -106,5 +125,16 @@ impl MetricsSource for ReplaySource {
 
     async fn fetch(&self, metric: &MetricConfig, window: &Window) -> Result<Fetched, MetricsError> {
         self.get(&metric.name, window.seq)
+    }
+
+    async fn history(
+        &self,
+        metric: &MetricConfig,
+        _window: &Window,
+    ) -> Result<Option<Fetched>, MetricsError> {
+        Ok(self.history_of(&metric.name).map(|s| Fetched {
+            segments: s.to_vec(),
+            queries: Vec::new(),
+        }))
     }
 }
