@@ -634,8 +634,22 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
         detail: Option<String>,
         actor: Option<String>,
     ) {
+        let r = self.record_of(kind, before, after, event, detail, actor);
+        self.record(&r);
+    }
+
+    /// The record [`Self::note`] writes, for a caller that adds to it.
+    fn record_of(
+        &self,
+        kind: RecordKind,
+        before: &Phase,
+        after: &Phase,
+        event: &str,
+        detail: Option<String>,
+        actor: Option<String>,
+    ) -> Record {
         let now = self.now();
-        let r = Record {
+        Record {
             kind,
             rollout: self.policy.name.clone(),
             rollout_id: self.rollout_id.clone(),
@@ -657,8 +671,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
             decision: None,
             event: Some(event.to_string()),
             detail,
-        };
-        self.record(&r);
+        }
     }
 
     /// Runs the hooks for `when` in order, recording each; returns the first failure.
@@ -749,7 +762,103 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                 return Some(failed);
             }
         }
-        self.run_hooks(HookWhen::PreRollout, phase, "pending").await
+        let failed = self.run_hooks(HookWhen::PreRollout, phase, "pending").await;
+        if failed.is_none() {
+            self.read_history(phase).await;
+        }
+        failed
+    }
+
+    /// Reads the baseline's latency over `[rollout] baseline_history` before the first
+    /// traffic change, for the judges that bet with it (statistics.md §2.5, "History"), and
+    /// records what was read, segments included (a backtest replays them). Never stops the
+    /// rollout: without it the first window bets with the data-free prior.
+    async fn read_history(&mut self, phase: &Phase) {
+        let span = self.policy.rollout.baseline_history;
+        if span.is_zero() {
+            return;
+        }
+        let end = self.wall(self.now());
+        let window = Window {
+            seq: 0,
+            start: end.checked_sub(span).unwrap_or(end),
+            end,
+            weight: Weight::ZERO,
+        };
+        let shown = humantime::format_duration(span);
+        // The source's own timeouts apply; this is a backstop.
+        let limit = Duration::from_secs(30);
+        for (i, m) in self.policy.metrics.iter().enumerate() {
+            if !self.judges[i].learns_history() {
+                continue;
+            }
+            let read = tokio::time::timeout(limit, self.source.history(m, &window)).await;
+            let (detail, fetched) = match read {
+                Ok(Ok(Some(f))) => {
+                    let requests: f64 = f
+                        .segments
+                        .iter()
+                        .filter_map(|s| match &s.baseline {
+                            Observation::Histogram(h) if s.share == 0.0 => Some(h.total()),
+                            _ => None,
+                        })
+                        .sum();
+                    for seg in &f.segments {
+                        self.judges[i].learn_history(seg);
+                    }
+                    let detail = format!(
+                        "`{}`: {requests:.0} baseline requests in the {shown} before the first traffic change; the latency bets use them from the first window on (never as evidence)",
+                        m.name
+                    );
+                    (detail, Some(f))
+                }
+                Ok(Ok(None)) => (
+                    format!(
+                        "`{}`: source `{}` cannot look back; the first window bets with the data-free prior",
+                        m.name,
+                        self.source.name()
+                    ),
+                    None,
+                ),
+                Ok(Err(e)) => (
+                    format!(
+                        "`{}`: not read ({e}); the first window bets with the data-free prior",
+                        m.name
+                    ),
+                    None,
+                ),
+                Err(_) => (
+                    format!(
+                        "`{}`: no answer within {}; the first window bets with the data-free prior",
+                        m.name,
+                        humantime::format_duration(limit)
+                    ),
+                    None,
+                ),
+            };
+            let mut r = self.record_of(
+                RecordKind::Transition,
+                phase,
+                phase,
+                "baseline-history",
+                Some(detail),
+                None,
+            );
+            if let Some(f) = fetched {
+                r.metrics.push(MetricRecord {
+                    metric: m.name.clone(),
+                    judge: m.judge.name(),
+                    outcome: None,
+                    reason: "baseline history".to_string(),
+                    stats: Stats::None,
+                    dry_run: m.dry_run,
+                    error: None,
+                    observed: SegmentRecord::all(&f.segments),
+                    queries: f.queries,
+                });
+            }
+            self.record(&r);
+        }
     }
 
     fn check_recorded(

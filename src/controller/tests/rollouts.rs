@@ -411,3 +411,129 @@ async fn one_loop_drives_two_rollouts_through_reconcile_steps_as_run_does() {
     assert_eq!(together_good.ticks, alone_good.ticks);
     assert_eq!(together_bad.ticks, alone_bad.ticks);
 }
+
+// ---- the baseline's history before the first traffic change ----
+
+const LATENCY: &str =
+    "[[metric]]\nname = \"latency\"\nbuiltin = \"latency\"\njudge = \"sequential\"\n";
+
+/// `n` requests spread evenly over 20 built-in buckets from bucket `from` (5 buckets up is
+/// about ×1.5 slower).
+fn latency(n: f64, from: usize) -> Observation {
+    let bounds = crate::analysis::histogram::log_bounds();
+    let counts = (0..bounds.len())
+        .map(|i| {
+            if (from..from + 20).contains(&i) {
+                n / 20.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Observation::Histogram(crate::analysis::Histogram::try_new(bounds, counts).unwrap())
+}
+
+/// Windows of 190 baseline and 10 canary requests, the canary `shift` buckets slower; the
+/// history read answers `history` (none: the source cannot look back).
+fn latency_source(shift: usize, history: Option<Answer>) -> MockSource {
+    let s = MockSource::new();
+    s.script(
+        "latency",
+        vec![Answer::Data(latency(190.0, 60), latency(10.0, 60 + shift))],
+    );
+    if let Some(h) = history {
+        s.script_history("latency", h);
+    }
+    s
+}
+
+fn history_record(records: &[serde_json::Value]) -> (usize, &serde_json::Value) {
+    records
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r["event"] == "baseline-history")
+        .expect("a baseline-history record")
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_baseline_history_is_recorded_before_any_traffic_and_speeds_the_first_bets() {
+    // A ×1.3 slower canary (3 buckets up), 10 of its requests per window.
+    let policy = policy_with(TIMING, LATENCY);
+    let history = Answer::Data(latency(20_000.0, 60), Observation::Missing);
+    let (with, recs) = run_logged(
+        &policy,
+        &MockTrafficProvider::new(),
+        &latency_source(3, Some(history)),
+        None,
+    )
+    .await;
+    let (without, recs_without) = run_logged(
+        &policy,
+        &MockTrafficProvider::new(),
+        &latency_source(3, None),
+        None,
+    )
+    .await;
+    for r in [&with, &without] {
+        assert!(
+            matches!(&r.outcome, FinalOutcome::RolledBack { reason: Reason::MetricFailed { metric, .. } } if metric == "latency"),
+            "{:?}",
+            r.outcome
+        );
+    }
+    assert!(
+        with.ticks < without.ticks,
+        "with the history {} ticks, without {}",
+        with.ticks,
+        without.ticks
+    );
+    // Recorded before the first traffic change, with what was read (a backtest replays it).
+    let (at, h) = history_record(&recs);
+    let first_traffic = recs
+        .iter()
+        .position(|r| r["weight"].as_f64().is_some_and(|w| w > 0.0))
+        .expect("traffic was shifted");
+    assert!(at < first_traffic, "{h}");
+    let detail = h["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("20000 baseline requests in the 5m"),
+        "{detail}"
+    );
+    assert_eq!(h["metrics"][0]["metric"], "latency");
+    assert!(!h["metrics"][0]["observed"].as_array().unwrap().is_empty());
+    let (_, h) = history_record(&recs_without);
+    let detail = h["detail"].as_str().unwrap();
+    assert!(detail.contains("cannot look back"), "{detail}");
+    assert!(h["metrics"].as_array().is_none_or(Vec::is_empty), "{h}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_history_read_is_recorded_and_the_rollout_goes_on() {
+    let policy = policy_with(TIMING, LATENCY);
+    let (report, recs) = run_logged(
+        &policy,
+        &MockTrafficProvider::new(),
+        &latency_source(0, Some(Answer::Unreachable)),
+        None,
+    )
+    .await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    let (_, h) = history_record(&recs);
+    let detail = h["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not read") && detail.contains("data-free prior"),
+        "{detail}"
+    );
+    // Not read at all when the policy says so.
+    let policy = policy_with(&format!("{TIMING}\nbaseline_history = \"0s\""), LATENCY);
+    let history = Answer::Data(latency(20_000.0, 60), Observation::Missing);
+    let (report, recs) = run_logged(
+        &policy,
+        &MockTrafficProvider::new(),
+        &latency_source(0, Some(history)),
+        None,
+    )
+    .await;
+    assert_eq!(report.outcome, FinalOutcome::Promoted);
+    assert!(recs.iter().all(|r| r["event"] != "baseline-history"));
+}
