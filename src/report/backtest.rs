@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::log::{LogRecord, Rollout};
+use super::log::{LogMetric, LogRecord, Rollout};
 use crate::analysis::{MetricJudge, Segment, Stats};
 use crate::controller::machine::judging;
 use crate::controller::record::{MetricRecord, SegmentRecord, rfc3339};
@@ -322,18 +322,7 @@ pub fn recording(r: &Rollout) -> Result<(ReplaySource, Vec<RecordedTick>), Backt
                 // A judged metric without its observations: not a recording.
                 return Err(not_recording());
             } else {
-                let segs = m
-                    .observed
-                    .iter()
-                    .map(Segment::try_from)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| BacktestError::BadObservation {
-                        path: path.clone(),
-                        line: t.line,
-                        metric: m.metric.clone(),
-                        message: e.to_string(),
-                    })?;
-                Ok(segs)
+                Ok(observed(m, &path, t.line)?)
             };
             rw.metrics.insert(m.metric.clone(), v);
         }
@@ -354,7 +343,32 @@ pub fn recording(r: &Rollout) -> Result<(ReplaySource, Vec<RecordedTick>), Backt
     if ticks.is_empty() {
         return Err(BacktestError::NoTicks { path });
     }
-    Ok((ReplaySource::new(windows), ticks))
+    // What the controller read before the first traffic change (a log without it: none).
+    let mut history = BTreeMap::new();
+    for h in r
+        .records
+        .iter()
+        .filter(|h| h.event.as_deref() == Some("baseline-history"))
+    {
+        for m in &h.metrics {
+            history.insert(m.metric.clone(), observed(m, &path, h.line)?);
+        }
+    }
+    Ok((ReplaySource::new(windows).with_history(history), ticks))
+}
+
+/// A recorded metric's observations, as the segments the judges were given.
+fn observed(m: &LogMetric, path: &str, line: usize) -> Result<Vec<Segment>, BacktestError> {
+    m.observed
+        .iter()
+        .map(Segment::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BacktestError::BadObservation {
+            path: path.to_string(),
+            line,
+            metric: m.metric.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// Checks that every metric of `policy` is in the recording.
@@ -588,6 +602,14 @@ pub fn simulate(
         first_traffic: None,
         window_start: Duration::ZERO,
     };
+    // The baseline history, as the runner learns it before the first traffic change.
+    if !policy.rollout.baseline_history.is_zero() {
+        for (m, j) in policy.metrics.iter().zip(&mut sim.judges) {
+            for seg in source.history_of(&m.name).unwrap_or_default() {
+                j.learn_history(seg);
+            }
+        }
+    }
     let (p, c) = step(
         Phase::Pending,
         Event::Start {

@@ -14,13 +14,14 @@
 //! the window's own (statistics.md §2.1); windows with requests before enough of them are
 //! discarded, windows without requests before then hold no data.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 
 use super::{Backtest, RecordedTick, simulate};
-use crate::analysis::Shape;
 use crate::analysis::share::MIN_OBSERVED_REQUESTS;
+use crate::analysis::{MetricJudge, Segment, Shape};
 use crate::controller::record::rfc3339;
 use crate::metrics::prometheus::PrometheusSource;
 use crate::metrics::replay::{ReplaySource, ReplayWindow};
@@ -227,6 +228,42 @@ async fn fetch_window(
     Ok(w)
 }
 
+/// What the controller would have read before the first traffic change at `from`: each
+/// latency metric's `[rollout] baseline_history` before it, at weight 0 (statistics.md §2.5,
+/// "History"). A metric whose read fails has none, as in a live rollout.
+async fn baseline_history(
+    source: &PrometheusSource,
+    policy: &Policy,
+    from: SystemTime,
+) -> Result<BTreeMap<String, Vec<Segment>>, HistoryError> {
+    let span = policy.rollout.baseline_history;
+    let mut out = BTreeMap::new();
+    if span.is_zero() {
+        return Ok(out);
+    }
+    let window = Window {
+        seq: 0,
+        start: from.checked_sub(span).unwrap_or(from),
+        end: from,
+        weight: Weight::ZERO,
+    };
+    for m in &policy.metrics {
+        if !MetricJudge::new(&m.judge).learns_history() {
+            continue;
+        }
+        match source.history(m, &window).await {
+            Ok(Some(f)) => {
+                out.insert(m.name.clone(), f.segments);
+            }
+            Err(e) if fatal(&e) => return Err(HistoryError::Source(e)),
+            // No history or a failed read: the backtest bets with the data-free prior, as a
+            // rollout would.
+            Ok(None) | Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Requests `[baseline, canary]` of a window, from the first counts or histogram metric (as
 /// the runner counts them).
 fn requests(policy: &Policy, w: &ReplayWindow) -> Option<[f64; 2]> {
@@ -386,7 +423,8 @@ pub async fn windows(
     if h.share == Share::Observed {
         observe_share(policy, &mut fetched, &mut ticks)?;
     }
-    Ok((ReplaySource::new(fetched), ticks))
+    let history = baseline_history(&source, policy, h.from).await?;
+    Ok((ReplaySource::new(fetched).with_history(history), ticks))
 }
 
 /// Backtests `policy` on Prometheus's history; `now` bounds `--to`.
