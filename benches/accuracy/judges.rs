@@ -91,6 +91,9 @@ pub struct Ctx {
 /// Turns windows into metric statuses.
 pub trait Analyzer {
     fn tick(&mut self, win: &Window, ctx: &Ctx) -> Vec<MetricStatus>;
+    /// The baseline's latency before the rollout (the controller's history read); only
+    /// coalmine's judges use it.
+    fn history(&mut self, _baseline: &Histogram) {}
 }
 
 fn status(metric: &str, outcome: Outcome) -> MetricStatus {
@@ -153,6 +156,17 @@ impl Sequential {
 }
 
 impl Analyzer for Sequential {
+    fn history(&mut self, baseline: &Histogram) {
+        let seg = Segment {
+            share: 0.0,
+            baseline: Observation::Histogram(baseline.clone()),
+            canary: Observation::Missing,
+        };
+        for (_, j) in &mut self.judges {
+            j.learn_history(&seg);
+        }
+    }
+
     fn tick(&mut self, win: &Window, ctx: &Ctx) -> Vec<MetricStatus> {
         let (eb, ec, lb, lc) = observations(win);
         self.judges

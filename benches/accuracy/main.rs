@@ -40,6 +40,10 @@ struct Setup {
     /// The α the policy's split gives the latency metric and the error-rate metric.
     latency_alpha: f64,
     error_alpha: f64,
+    /// Seconds of baseline-only traffic read before the rollout: the policy's
+    /// `baseline_history`, or `COALMINE_BENCH_HISTORY` (0: none, the first window bets with
+    /// the data-free prior).
+    history: f64,
 }
 
 fn setup(share: f64) -> Setup {
@@ -101,6 +105,10 @@ fn setup(share: f64) -> Setup {
         observed,
         slow_thresholds,
         alpha: p.alpha,
+        history: std::env::var("COALMINE_BENCH_HISTORY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(p.rollout.baseline_history.as_secs_f64()),
     }
 }
 
@@ -169,6 +177,9 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
         }
     };
     let _ = share;
+    if s.history > 0.0 {
+        analyzer.history(&world.history(seed, s.history));
+    }
     let mut warm_plan;
     let plan = if kind == Kind::SequentialWarmup {
         warm_plan = s.plan.clone();

@@ -268,7 +268,11 @@ pub fn write(
         if quick { "COALMINE_BENCH=quick " } else { "" }
     );
     print!("{md}");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/coalmine-bench");
+    // COALMINE_BENCH_OUT: another directory (exploratory runs beside a published one).
+    let dir = std::env::var_os("COALMINE_BENCH_OUT").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/coalmine-bench"),
+        PathBuf::from,
+    );
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join("accuracy.md"), &md);
     let json = serde_json::json!({

@@ -504,6 +504,18 @@ impl World {
         }
     }
 
+    /// The baseline's latency over the `secs` seconds before the rollout, serving all of
+    /// the traffic at the scenario's rate: the history the controller reads before the
+    /// first weight change. Drawn from its own stream (`seed`), so every later window is the
+    /// same whether or not a judge reads it.
+    pub fn history(&self, seed: u64, secs: f64) -> Histogram {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x6869_7374_6f72_7921);
+        let expected = self.sc.rate * secs;
+        let total = Poisson::new(expected.max(1e-9)).map_or(0.0, |d| d.sample(&mut rng)) as u64;
+        let counts = multinomial(&mut rng, total, &self.base_probs);
+        Histogram::try_new(self.bounds.clone(), counts).expect("valid histogram")
+    }
+
     /// Bucket probabilities of the baseline and of the (steady-state) canary, for the oracle.
     pub fn latency_truth(&self) -> (&[f64], &[f64]) {
         (&self.base_probs, &self.canary_probs)
