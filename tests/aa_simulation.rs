@@ -271,7 +271,7 @@ fn latency_run_with(
         // (`baseline_history`), and from a quieter time than the rollout's (median 30 %
         // lower): the bets it sets are off, and the test must stay valid all the same.
         let history = latency_segment_with(&mut rng, buckets, 10_000, 0.0, 0.021, &|x| x);
-        judge.learn_history(&history);
+        judge.learn_history(std::slice::from_ref(&history));
     }
     (0..WINDOWS).any(|i| {
         let w = if i < WINDOWS / 2 { 0.05 } else { 0.25 };

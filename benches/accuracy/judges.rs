@@ -163,7 +163,7 @@ impl Analyzer for Sequential {
             canary: Observation::Missing,
         };
         for (_, j) in &mut self.judges {
-            j.learn_history(&seg);
+            j.learn_history(std::slice::from_ref(&seg));
         }
     }
 

@@ -803,9 +803,7 @@ impl<T: TrafficProvider, M: MetricsSource, S: Store> Shell<'_, T, M, S> {
                             _ => None,
                         })
                         .sum();
-                    for seg in &f.segments {
-                        self.judges[i].learn_history(seg);
-                    }
+                    self.judges[i].learn_history(&f.segments);
                     let detail = format!(
                         "`{}`: {requests:.0} baseline requests in the {shown} before the first traffic change; the latency bets use them from the first window on (never as evidence)",
                         m.name

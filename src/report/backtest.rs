@@ -605,9 +605,7 @@ pub fn simulate(
     // The baseline history, as the runner learns it before the first traffic change.
     if !policy.rollout.baseline_history.is_zero() {
         for (m, j) in policy.metrics.iter().zip(&mut sim.judges) {
-            for seg in source.history_of(&m.name).unwrap_or_default() {
-                j.learn_history(seg);
-            }
+            j.learn_history(source.history_of(&m.name).unwrap_or_default());
         }
     }
     let (p, c) = step(

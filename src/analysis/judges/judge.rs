@@ -98,10 +98,11 @@ impl MetricJudge {
     }
 
     /// Learns from the baseline's requests before the rollout, for the judges that bet with
-    /// them (the all-buckets latency test); the others ignore it. Never evidence.
-    pub fn learn_history(&mut self, seg: &Segment) {
+    /// them (the all-buckets latency test); the others ignore it. Never evidence; a read
+    /// again before the first window replaces the earlier one.
+    pub fn learn_history(&mut self, segs: &[Segment]) {
         if let MetricJudge::Latency(j) = self {
-            j.learn_history(seg);
+            j.learn_history(segs);
         }
     }
 

@@ -292,17 +292,22 @@ impl LatencyJudge {
         matches!(self.test, Test::Buckets(_))
     }
 
-    /// Learns from the baseline's requests before the rollout (`seg`'s baseline histogram;
-    /// its canary side is ignored): the all-buckets test bets with that distribution from
-    /// the first window on. It is no evidence and appears in no count or quantile reported;
-    /// the slow-threshold test does not use it.
-    pub fn learn_history(&mut self, seg: &Segment) {
-        if !seg.share.is_finite() || seg.share > 0.0 {
-            // Only requests served while the canary had none are history.
+    /// Learns from the baseline's requests before the rollout (the segments' baseline
+    /// histograms; their canary side is ignored): the all-buckets test bets with that
+    /// distribution from the first window on. It is no evidence and appears in no count or
+    /// quantile reported; the slow-threshold test does not use it. Before the first window
+    /// a second call replaces the first (a controller that takes over a rollout still in
+    /// its pre-checks reads the history again).
+    pub fn learn_history(&mut self, segs: &[Segment]) {
+        let Test::Buckets(t) = &mut self.test else {
             return;
-        }
-        if let (Test::Buckets(t), Observation::Histogram(b)) = (&mut self.test, &seg.baseline) {
-            t.learn_history(b);
+        };
+        t.forget_history();
+        for seg in segs {
+            // Only requests served while the canary had none are history.
+            if let (true, Observation::Histogram(b)) = (seg.share == 0.0, &seg.baseline) {
+                t.learn_history(b);
+            }
         }
     }
 

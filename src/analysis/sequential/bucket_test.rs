@@ -319,6 +319,17 @@ impl BucketTest {
         }
     }
 
+    /// Forgets what [`Self::learn_history`] learned, as long as no window was added (the
+    /// bets of later windows depend on it, so it is fixed once traffic moves): a history
+    /// read again replaces the earlier read instead of counting its requests twice.
+    pub fn forget_history(&mut self) {
+        if self.requests == (0.0, 0.0) && self.wealth.iter().flatten().all(|w| *w == 0.0) {
+            self.layout = None;
+            self.base.clear();
+            self.canary.clear();
+        }
+    }
+
     /// Makes `b`'s bounds the layout. New buckets: what was learned about the old ones does
     /// not apply; the wealth (evidence so far) carries over.
     fn use_layout(&mut self, b: &Histogram) {

@@ -537,3 +537,34 @@ async fn a_failed_history_read_is_recorded_and_the_rollout_goes_on() {
     assert_eq!(report.outcome, FinalOutcome::Promoted);
     assert!(recs.iter().all(|r| r["event"] != "baseline-history"));
 }
+
+/// A controller that takes over a rollout still in its pre-checks runs them again, history
+/// read included; the judges then hold that read once, not twice (the record can have been
+/// written after the first read: a SIGTERM's checkpoint during the second metric's read).
+#[tokio::test(start_paused = true)]
+async fn a_takeover_in_the_pre_checks_learns_the_history_once_not_twice() {
+    use crate::controller::machine::Phase;
+    let policy = policy_with(TIMING, LATENCY);
+    let history = Answer::Data(latency(20_000.0, 60), Observation::Missing);
+    let f = super::Fixture::new(policy, latency_source(3, Some(history)));
+    drop(f.start(None).await);
+    let once = f.stored().await;
+    assert!(
+        !matches!(once.phase, Phase::Pending | Phase::PreChecks),
+        "{:?}",
+        once.phase
+    );
+    let judges =
+        |s: &crate::controller::store::RolloutState| serde_json::to_string(&s.judges.0).unwrap();
+    // The same record as if written in the pre-checks, after the history was read.
+    let mut at_checks = once.clone();
+    at_checks.phase = Phase::PreChecks;
+    drop(f.start(Some(at_checks)).await);
+    let again = f.stored().await;
+    assert!(
+        !matches!(again.phase, Phase::PreChecks),
+        "{:?}",
+        again.phase
+    );
+    assert_eq!(judges(&again), judges(&once));
+}
