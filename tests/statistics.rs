@@ -262,6 +262,55 @@ fn isotonic_regression_matches_scipy() {
     }
 }
 
+/// The benchmark's one-sided limit (`oracle-monotone-metric-alpha`, statistics.md §2.5):
+/// the non-decreasing e-value with E_F[e] = 1 that grows fastest under G is the isotonic fit
+/// of the likelihood ratio g/f weighted by f. Checked on random pairs against random
+/// non-decreasing competitors (mixing towards one keeps both constraints, and the growth is
+/// concave, so no gain along any such direction means the fit is the maximum).
+#[test]
+fn best_non_decreasing_e_value_is_the_weighted_isotonic_fit_of_the_ratio() {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for case in 0..200 {
+        let k = 3 + case % 15;
+        let normalise = |v: Vec<f64>| {
+            let s: f64 = v.iter().sum();
+            v.into_iter().map(|x| x / s).collect::<Vec<f64>>()
+        };
+        let f = normalise((0..k).map(|_| 0.01 + uniform()).collect());
+        let g = normalise((0..k).map(|_| 0.01 + uniform()).collect());
+        let points: Vec<(f64, f64)> = f.iter().zip(&g).map(|(f, g)| (g / f, *f)).collect();
+        let e = isotonic_increasing(&points);
+        let mean: f64 = f.iter().zip(&e).map(|(f, e)| f * e).sum();
+        assert!((mean - 1.0).abs() < 1e-12, "E_F[e] = {mean}");
+        assert!(e.windows(2).all(|p| p[0] <= p[1]), "{e:?}");
+        let growth = |e: &[f64]| -> f64 { g.iter().zip(e).map(|(g, e)| g * e.ln()).sum() };
+        let best = growth(&e);
+        for _ in 0..20 {
+            // A random non-decreasing competitor with E_F = 1.
+            let mut v: Vec<f64> = (0..k).map(|_| uniform()).collect();
+            v.sort_by(f64::total_cmp);
+            let m: f64 = f.iter().zip(&v).map(|(f, v)| f * v).sum();
+            for t in [1.0, 0.1, 1e-3] {
+                let other: Vec<f64> = e
+                    .iter()
+                    .zip(&v)
+                    .map(|(e, v)| (1.0 - t) * e + t * v / m)
+                    .collect();
+                assert!(
+                    growth(&other) <= best + 1e-12,
+                    "case {case}: {other:?} beats {e:?}"
+                );
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ end to end
 
 fn coalmine(args: &[&str]) -> (i32, String, String) {

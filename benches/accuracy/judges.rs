@@ -1,6 +1,7 @@
 //! The judges compared, each turning a window into metric statuses for the real controller
 //! state machine (`coalmine::controller::step`).
 
+use coalmine::analysis::bucket_test::isotonic_increasing;
 use coalmine::analysis::fisher::{ErrorTable, fisher_exact};
 use coalmine::analysis::histogram::Histogram;
 use coalmine::analysis::kayenta::{
@@ -36,11 +37,17 @@ pub enum Kind {
     /// The same SPRT at the α the policy gives the metric the scenario changes (latency
     /// 0.01, error rate 0.04): the limit for a test run at that level.
     OracleMetricAlpha,
+    /// The oracle restricted to what a one-sided latency test may use (latency scenarios
+    /// only): the product of the best non-decreasing e-value of the true distributions,
+    /// rejected at 1/α of the metric's α and never accepted, the limit for any test valid for
+    /// every canary at most as slow as the baseline (statistics.md §2.5, "The one-sided
+    /// limit").
+    OracleMonotone,
 }
 
 impl Kind {
     /// All judges, in table order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Sequential,
         Kind::SequentialObserved,
         Kind::SequentialWarmup,
@@ -50,6 +57,7 @@ impl Kind {
         Kind::Fixed,
         Kind::Oracle,
         Kind::OracleMetricAlpha,
+        Kind::OracleMonotone,
     ];
 
     /// Name in the report.
@@ -64,6 +72,7 @@ impl Kind {
             Kind::Fixed => "fixed-horizon",
             Kind::Oracle => "oracle-sprt",
             Kind::OracleMetricAlpha => "oracle-sprt-metric-alpha",
+            Kind::OracleMonotone => "oracle-monotone-metric-alpha",
         }
     }
 }
@@ -480,8 +489,27 @@ pub struct Oracle {
 pub enum OracleMode {
     /// Error events with this rate ratio.
     Errors(f64),
-    /// Canary latency: ln(q1/q0) per bucket.
+    /// Canary latency: the log e-value per bucket (ln(q1/q0), or the log of its best
+    /// non-decreasing version).
     Latency(Vec<f64>),
+}
+
+/// ln e_b of the best non-decreasing e-value for baseline bucket probabilities `q0` against
+/// the canary's `q1`: e maximises Σ q1·ln e subject to Σ q0·e = 1 and e non-decreasing, which
+/// is the isotonic regression of q1/q0 weighted by q0 (Robertson, Wright and Dykstra 1988,
+/// Thm 1.5.1; the block means keep Σ q0·e = Σ q1 = 1). Any canary at most as slow as the
+/// baseline has E[e] ≤ 1, so it is a valid one-sided bet; buckets the baseline never reaches
+/// take the value of the bucket below them (the fit's fill), which keeps e non-decreasing.
+pub fn monotone_log_e(q0: &[f64], q1: &[f64]) -> Vec<f64> {
+    let points: Vec<(f64, f64)> = q0
+        .iter()
+        .zip(q1)
+        .map(|(b, c)| if *b > 0.0 { (c / b, *b) } else { (0.0, 0.0) })
+        .collect();
+    isotonic_increasing(&points)
+        .iter()
+        .map(|e| if *e > 0.0 { e.ln() } else { -20.0 })
+        .collect()
 }
 
 impl Oracle {
@@ -491,6 +519,7 @@ impl Oracle {
         base_probs: &[f64],
         canary_probs: &[f64],
         alpha: f64,
+        monotone: bool,
     ) -> Option<Self> {
         let beta: f64 = 0.2;
         let mode = match (sc.errors, sc.latency) {
@@ -498,6 +527,12 @@ impl Oracle {
             (Some(ErrorMode::Additive), _) if sc.effect > 0.0 => {
                 OracleMode::Errors(1.0 + sc.effect)
             }
+            (_, Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal))
+                if monotone =>
+            {
+                OracleMode::Latency(monotone_log_e(base_probs, canary_probs))
+            }
+            _ if monotone => return None,
             (_, Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal)) => {
                 OracleMode::Latency(
                     base_probs
@@ -517,10 +552,18 @@ impl Oracle {
             }
             _ => return None,
         };
+        // The one-sided limit is an e-process like coalmine's tests: rejected at Ville's
+        // 1/α and never accepted (a test of power one, so its median counts every run, not
+        // only those an early acceptance left).
+        let (upper, lower) = if monotone {
+            ((1.0 / alpha).ln(), f64::NEG_INFINITY)
+        } else {
+            (((1.0 - beta) / alpha).ln(), (beta / (1.0 - alpha)).ln())
+        };
         Some(Oracle {
             llr: 0.0,
-            upper: ((1.0 - beta) / alpha).ln(),
-            lower: (beta / (1.0 - alpha)).ln(),
+            upper,
+            lower,
             mode,
             decided: None,
         })

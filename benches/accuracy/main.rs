@@ -164,16 +164,16 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
         Kind::Fixed => Box::new(Fixed::new(s.alpha)),
         Kind::Oracle => {
             let (b, c) = world.latency_truth();
-            Box::new(Oracle::new(sc, b, c, s.alpha)?)
+            Box::new(Oracle::new(sc, b, c, s.alpha, false)?)
         }
-        Kind::OracleMetricAlpha => {
+        Kind::OracleMetricAlpha | Kind::OracleMonotone => {
             let (b, c) = world.latency_truth();
             let alpha = if sc.latency.is_some() {
                 s.latency_alpha
             } else {
                 s.error_alpha
             };
-            Box::new(Oracle::new(sc, b, c, alpha)?)
+            Box::new(Oracle::new(sc, b, c, alpha, kind == Kind::OracleMonotone)?)
         }
     };
     let _ = share;
