@@ -596,6 +596,35 @@ fn scenarios(quick: bool) -> Vec<(Scenario, f64)> {
             0.05,
         ));
     }
+    // The client libraries' default buckets, the coarsest a service is likely to export:
+    // A/A, the improvement, a ×1.5 slowdown and the tail-only one.
+    let default_buckets = Scenario {
+        variant: "default buckets",
+        buckets: Buckets::PrometheusDefault,
+        ..base.clone()
+    };
+    v.push((default_buckets.clone(), 0.05));
+    for (name, variant, effect, mode) in [
+        (
+            "improvement",
+            "latency, default buckets",
+            0.9,
+            LatencyMode::Shift,
+        ),
+        ("latency", "default buckets", 1.5, LatencyMode::Shift),
+        ("latency-tail", "default buckets", 1.5, LatencyMode::Tail),
+    ] {
+        v.push((
+            Scenario {
+                name,
+                variant,
+                effect,
+                latency: Some(mode),
+                ..default_buckets.clone()
+            },
+            0.05,
+        ));
+    }
     // The same buckets with the latency metric's `allowed_ratio = 1.1`, which they cannot
     // place: judged at ×1.0, never looser than the policy (issue 10). A/A and ×1.5 slower.
     let coarse_11 = Scenario {

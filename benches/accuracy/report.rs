@@ -437,6 +437,7 @@ fn targets(cells: &[Cell], quick: bool) -> String {
                         c.kind == kind
                             && pred(c)
                             && !c.variant.contains("allowed")
+                            && !c.variant.contains("default buckets")
                             && c.variant.contains("×2 buckets") == coarse
                     })
                     .filter_map(|c| {

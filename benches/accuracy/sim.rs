@@ -70,6 +70,9 @@ pub enum Buckets {
     Fine,
     /// Classic Prometheus buckets doubling at each bound: 5 ms … 40.96 s, then `+∞`.
     Doubling,
+    /// The Prometheus client libraries' default buckets (5 ms, 10, 25, 50, 100, 250 ms, …,
+    /// 10 s, then `+∞`): ×2 and ×2.5 apart, the baseline's median on a bound.
+    PrometheusDefault,
 }
 
 impl Buckets {
@@ -82,6 +85,20 @@ impl Buckets {
                 b.push(f64::INFINITY);
                 b
             }
+            Buckets::PrometheusDefault => vec![
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+                10.0,
+                f64::INFINITY,
+            ],
         }
     }
 }
