@@ -498,18 +498,30 @@ pub enum OracleMode {
 /// the canary's `q1`: e maximises Σ q1·ln e subject to Σ q0·e = 1 and e non-decreasing, which
 /// is the isotonic regression of q1/q0 weighted by q0 (Robertson, Wright and Dykstra 1988,
 /// Thm 1.5.1; the block means keep Σ q0·e = Σ q1 = 1). Any canary at most as slow as the
-/// baseline has E[e] ≤ 1, so it is a valid one-sided bet; buckets the baseline never reaches
-/// take the value of the bucket below them (the fit's fill), which keeps e non-decreasing.
+/// baseline has E[e] ≤ 1, so it is a valid one-sided bet. A bucket the baseline never reaches
+/// costs nothing under it: it takes the value of the next bucket up that the baseline reaches
+/// (the most it can have without raising that one), or, above them all, the SPRT oracle's
+/// cap of e^20.
 pub fn monotone_log_e(q0: &[f64], q1: &[f64]) -> Vec<f64> {
     let points: Vec<(f64, f64)> = q0
         .iter()
         .zip(q1)
         .map(|(b, c)| if *b > 0.0 { (c / b, *b) } else { (0.0, 0.0) })
         .collect();
-    isotonic_increasing(&points)
-        .iter()
-        .map(|e| if *e > 0.0 { e.ln() } else { -20.0 })
-        .collect()
+    let fitted = isotonic_increasing(&points);
+    let mut up = 20.0;
+    let mut out = vec![0.0; q0.len()];
+    for i in (0..q0.len()).rev() {
+        if q0[i] > 0.0 {
+            up = if fitted[i] > 0.0 {
+                fitted[i].ln()
+            } else {
+                -20.0
+            };
+        }
+        out[i] = up;
+    }
+    out
 }
 
 impl Oracle {
