@@ -534,6 +534,15 @@ impl Oracle {
         monotone: bool,
     ) -> Option<Self> {
         let beta: f64 = 0.2;
+        // The one-sided limit is for latency scenarios only.
+        let latency_only = sc.errors.is_none()
+            && matches!(
+                sc.latency,
+                Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal)
+            );
+        if monotone && !latency_only {
+            return None;
+        }
         let mode = match (sc.errors, sc.latency) {
             (Some(ErrorMode::Ratio), _) if sc.effect != 1.0 => OracleMode::Errors(sc.effect),
             (Some(ErrorMode::Additive), _) if sc.effect > 0.0 => {
