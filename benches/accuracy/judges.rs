@@ -553,7 +553,6 @@ impl Oracle {
             {
                 OracleMode::Latency(monotone_log_e(base_probs, canary_probs))
             }
-            _ if monotone => return None,
             (_, Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal)) => {
                 OracleMode::Latency(
                     base_probs

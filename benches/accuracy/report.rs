@@ -456,12 +456,16 @@ fn targets(cells: &[Cell], quick: bool) -> String {
                         let whole = whole.map_or(String::new(), |w| format!("; {w:.2}× at α 0.05"));
                         // The limit of a one-sided test on the same cell (the best
                         // non-decreasing bet, told the true distributions).
-                        let limit = cells
+                        let one_sided = cells
                             .iter()
                             .find(|o| o.kind == Kind::OracleMonotone && o.same_scenario(c))
                             .and_then(|o| oracle_ratio(cells, o, Kind::OracleMetricAlpha))
                             .map_or(String::new(), |m| format!("; one-sided limit {m:.2}×"));
-                        format!("{} {}: {r:.2}×{ok}{whole}{limit}", c.scenario, effect(c))
+                        format!(
+                            "{} {}: {r:.2}×{ok}{whole}{one_sided}",
+                            c.scenario,
+                            effect(c)
+                        )
                     })
                     .collect();
                 let _ = writeln!(
