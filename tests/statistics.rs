@@ -269,13 +269,10 @@ fn isotonic_regression_matches_scipy() {
 /// concave, so no gain along any such direction means the fit is the maximum).
 #[test]
 fn best_non_decreasing_e_value_is_the_weighted_isotonic_fit_of_the_ratio() {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = SmallRng::seed_from_u64(15);
+    let mut uniform = || rng.random::<f64>();
     for case in 0..200 {
         let k = 3 + case % 15;
         let normalise = |v: Vec<f64>| {
