@@ -544,14 +544,10 @@ impl Oracle {
             return None;
         }
         let mode = match (sc.errors, sc.latency) {
+            _ if monotone => OracleMode::Latency(monotone_log_e(base_probs, canary_probs)),
             (Some(ErrorMode::Ratio), _) if sc.effect != 1.0 => OracleMode::Errors(sc.effect),
             (Some(ErrorMode::Additive), _) if sc.effect > 0.0 => {
                 OracleMode::Errors(1.0 + sc.effect)
-            }
-            (_, Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal))
-                if monotone =>
-            {
-                OracleMode::Latency(monotone_log_e(base_probs, canary_probs))
             }
             (_, Some(LatencyMode::Shift | LatencyMode::Tail | LatencyMode::Bimodal)) => {
                 OracleMode::Latency(
