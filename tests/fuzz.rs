@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use coalmine::analysis::fisher::{ErrorTable, MAX_TOTAL, fisher_exact};
 use coalmine::analysis::kayenta::{self, KayentaConfig};
+use coalmine::analysis::latency::{LatencyJudgeSpec, LatencyTest};
 use coalmine::analysis::mann_whitney::{
     Alternative, MannWhitneyConfig, SortedSample, mann_whitney_sorted,
 };
 use coalmine::analysis::{Counts, Histogram, MetricJudge, Observation, Segment};
+use coalmine::cli::judge::latency;
 use coalmine::policy::{self, Policy, bounds, diag::PRINT_LIMIT};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -394,5 +396,91 @@ fn fuzz_offline_judges() {
                 let _ = fisher_exact(t, Alternative::Greater);
             }
         },
+    );
+}
+
+/// A `judge latency` windows file as JSON text: well formed (sorted positive bounds, one
+/// count per bucket, shares in [0, 1)), then half the time one value broken.
+fn windows_file() -> impl Strategy<Value = String> {
+    (1usize..6)
+        .prop_flat_map(|n| {
+            let counts = proptest::option::weighted(
+                0.9,
+                proptest::collection::vec(prop_oneof![3 => Just(0.0), 4 => 0.0f64..500.0], n + 1),
+            );
+            let share = prop_oneof![1 => Just(0.0), 4 => 0.001f64..0.5];
+            (
+                proptest::collection::vec(0.001f64..20.0, n),
+                any::<bool>(),
+                proptest::collection::vec((share, counts.clone(), counts), 1..12),
+                0u8..12,
+                any::<prop::sample::Index>(),
+            )
+        })
+        .prop_map(|(mut bounds, cumulative, windows, breakage, at)| {
+            bounds.sort_by(f64::total_cmp);
+            let mut windows: Vec<_> = windows
+                .into_iter()
+                .map(
+                    |(share, b, c)| serde_json::json!({"share": share, "baseline": b, "canary": c}),
+                )
+                .collect();
+            let k = at.index(windows.len());
+            let w = &mut windows[k];
+            match breakage {
+                0 => w["share"] = serde_json::json!(1.5),
+                1 => w["share"] = serde_json::json!(-0.1),
+                2 => w["baseline"] = serde_json::json!([1.0]),
+                3 => w["canary"] = serde_json::json!(vec![-1.0; bounds.len() + 1]),
+                4 => w["baseline"] = serde_json::json!(vec![1e300; bounds.len() + 1]),
+                5 => bounds.reverse(),
+                _ => {}
+            }
+            serde_json::json!({"bounds": bounds, "cumulative": cumulative, "windows": windows})
+                .to_string()
+        })
+}
+
+#[test]
+fn fuzz_latency_replay_files() {
+    static REPLAYED: AtomicU64 = AtomicU64::new(0);
+    // Any windows file, whole or cut and spliced, replayed through both latency tests at
+    // any allowed ratio: an error or a JSON answer, never a panic.
+    let strategy = (
+        windows_file(),
+        any::<prop::sample::Index>(),
+        0usize..12,
+        "[\\[\\]{}:,\"0-9.e -]{0,6}",
+        1.0f64..4.0,
+        any::<bool>(),
+    );
+    fuzz(
+        "latency replay files",
+        64,
+        strategy,
+        |(text, at, len, insert, allowed, slow)| {
+            let cut = at.index(text.len() + 1);
+            let spliced = splice(&text, cut, len, insert.as_bytes());
+            for bytes in [text.as_bytes(), &spliced[..]] {
+                let Ok(segs) = latency::parse_windows("w.json", bytes) else {
+                    continue;
+                };
+                let mut spec = LatencyJudgeSpec::new(0.05);
+                spec.allowed_ratio = allowed;
+                spec.pass_ratio = allowed * 1.25;
+                if slow {
+                    spec.test = LatencyTest::SlowThresholds;
+                }
+                let v = latency::replay(spec, &segs);
+                assert_eq!(v["windows"].as_u64(), Some(segs.len() as u64));
+                REPLAYED.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    );
+    // Most files reach the judge (the property is about the judge, not only the parser).
+    let replayed = REPLAYED.load(Ordering::Relaxed);
+    assert!(
+        replayed >= u64::from(cases(64)) / 4,
+        "only {replayed} files replayed"
     );
 }

@@ -122,7 +122,8 @@ pub enum Command {
     /// (e.g. a deadline too short to ever promote). Only warnings: exit 0. Files over 1 MiB
     /// and files that are not UTF-8 are refused.
     Validate(validate::ValidateArgs),
-    /// Offline judging of two sample files or of event counts; prints JSON.
+    /// Offline judging of two sample files, of event counts or of latency histogram windows;
+    /// prints JSON.
     #[command(subcommand)]
     Judge(judge::JudgeCommand),
     /// Render a decision log as one self-contained HTML page with plots (no network, no

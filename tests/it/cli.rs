@@ -182,3 +182,205 @@ fn bash_loads_the_completion_script_and_completes_a_subcommand() {
     assert!(said.contains("-F _coalmine coalmine"), "{said}");
     assert!(said.contains("reply: validate"), "{said}");
 }
+
+/// Default Prometheus client buckets, in seconds (a `+Inf` bucket follows).
+const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A `judge latency` windows file: 3 history windows, then 40 windows of 500 requests at
+/// a 5 % canary share; log-normal latencies (median 50 ms, σ 0.5), the canary's ×
+/// `slowdown`. Counts per bucket, or cumulative as Prometheus keeps them.
+fn latency_windows(slowdown: f64, seed: u64, cumulative: bool) -> String {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, LogNormal};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let body = LogNormal::new(0.05f64.ln(), 0.5).unwrap();
+    let mut hist = |n: usize, m: f64| {
+        let mut c = vec![0.0; DEFAULT_BUCKETS.len() + 1];
+        for _ in 0..n {
+            let x = body.sample(&mut rng) * m;
+            c[DEFAULT_BUCKETS.partition_point(|b| *b < x)] += 1.0;
+        }
+        if cumulative {
+            for i in 1..c.len() {
+                c[i] += c[i - 1];
+            }
+        }
+        c
+    };
+    let mut windows: Vec<_> = (0..3)
+        .map(|_| serde_json::json!({"share": 0.0, "baseline": hist(500, 1.0)}))
+        .collect();
+    let mut split = rand::rngs::SmallRng::seed_from_u64(seed ^ 0xc0a1);
+    for _ in 0..40 {
+        let nc = (0..500).filter(|_| split.random_bool(0.05)).count();
+        windows.push(serde_json::json!({
+            "share": 0.05,
+            "baseline": hist(500 - nc, 1.0),
+            "canary": hist(nc, slowdown),
+        }));
+    }
+    serde_json::json!({"bounds": DEFAULT_BUCKETS, "cumulative": cumulative, "windows": windows})
+        .to_string()
+}
+
+fn judge_latency(
+    dir: &std::path::Path,
+    name: &str,
+    file: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, file).unwrap();
+    let mut args = vec!["judge", "latency", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let (stdout, stderr) = text(&out);
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[test]
+fn judge_latency_replays_windows_and_fails_a_slower_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = judge_latency(
+        dir.path(),
+        "slow.json",
+        &latency_windows(1.5, 1, false),
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["test"], "buckets");
+    assert_eq!(
+        (v["windows"].as_u64(), v["history_windows"].as_u64()),
+        (Some(43), Some(3))
+    );
+    assert_eq!(v["outcome"], "fail", "{stdout}");
+    let first = v["first_fail"].as_u64().unwrap();
+    assert!(
+        (4..=13).contains(&first),
+        "a ×1.5 canary within 10 windows: {first}"
+    );
+    let trace = v["trace"].as_array().unwrap();
+    assert_eq!(trace.len(), 40);
+    // The verdict is the one at the first fail, with its numbers.
+    let at = &trace[usize::try_from(first).unwrap() - 4];
+    assert_eq!(at["outcome"], "fail");
+    assert_eq!(v["verdict"]["stats"]["log_e"], at["log_e"]);
+    let log_e = at["log_e"].as_f64().unwrap();
+    assert!(log_e >= 0.05f64.recip().ln(), "{log_e}");
+    assert!(
+        v["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("all buckets compared")
+    );
+    // The same windows as Prometheus's cumulative counts: the same answer.
+    let (_, cumulative, _) =
+        judge_latency(dir.path(), "cum.json", &latency_windows(1.5, 1, true), &[]);
+    assert_eq!(cumulative, stdout);
+    // The slow-threshold test by name; stdin as `-`.
+    let (code, slow, _) = judge_latency(
+        dir.path(),
+        "slow2.json",
+        &latency_windows(1.5, 1, false),
+        &["--test", "slow-thresholds"],
+    );
+    assert_eq!(code, 0);
+    let slow: serde_json::Value = serde_json::from_str(&slow).unwrap();
+    assert_eq!(
+        (&slow["test"], &slow["outcome"]),
+        (&"slow-thresholds".into(), &"fail".into())
+    );
+    let mut child = crate::support::coalmine()
+        .args(["judge", "latency", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        latency_windows(1.5, 1, false).as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
+}
+
+#[test]
+fn judge_latency_rarely_fails_an_equal_canary() {
+    // 20 A/A replays at α 0.05 (fixed seeds). For a test exactly at level, 5 or more false
+    // fails in 20 has probability 0.3 % (binomial); this one is below level (the
+    // benchmark's A/A on these buckets: 2.1 %).
+    let dir = tempfile::tempdir().unwrap();
+    let fails = (0..20)
+        .filter(|seed| {
+            let (code, stdout, stderr) = judge_latency(
+                dir.path(),
+                "aa.json",
+                &latency_windows(1.0, *seed, false),
+                &[],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            v["outcome"] == "fail"
+        })
+        .count();
+    assert!(fails <= 4, "{fails} of 20 equal canaries failed");
+}
+
+#[test]
+fn judge_latency_bad_input_exits_2_with_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = judge_latency(
+        dir.path(),
+        "w.json",
+        "{\"bounds\": [0.1],\n  \"windows\": [}",
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("w.json:2:"), "{stderr}");
+    let (code, _, stderr) = judge_latency(
+        dir.path(),
+        "w.json",
+        r#"{"bounds": [0.1], "windows": [{"share": 0.05, "baseline": [1, 2, 3], "canary": [1, 1]}]}"#,
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("window 1: baseline has 3 counts"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = judge_latency(
+        dir.path(),
+        "ok.json",
+        &latency_windows(1.0, 1, false),
+        &["--allowed-ratio", "0.5"],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("at least 1"), "{stderr}");
+}
+
+#[test]
+fn judge_latency_reads_the_readme_example() {
+    let readme = std::fs::read_to_string(crate::support::root().join("README.md")).unwrap();
+    let after = &readme[readme.find("`judge latency` replays").expect("the section")..];
+    let block = after
+        .split("```json\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = judge_latency(dir.path(), "readme.json", block, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["windows"].as_u64(), v["history_windows"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(v["trace"][0]["canary_requests"], 24.0);
+}

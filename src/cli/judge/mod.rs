@@ -1,4 +1,5 @@
-//! `coalmine judge`: offline judging of two sample files or of event counts, printing JSON.
+//! `coalmine judge`: offline judging of two sample files, of event counts or of a sequence
+//! of latency histograms, printing JSON.
 //!
 //! Sample files hold numbers separated by whitespace, commas or newlines (`NaN` allowed).
 //! Bad input (an unreadable file, a token that is not a number, a bad option) is reported
@@ -19,6 +20,8 @@ use crate::analysis::mann_whitney::{
 };
 use crate::analysis::sequential::beta_mixture;
 
+pub mod latency;
+
 /// Offline judges.
 #[derive(Debug, Subcommand)]
 pub enum JudgeCommand {
@@ -33,6 +36,10 @@ pub enum JudgeCommand {
     /// Fisher's exact test on canary and baseline error counts.
     #[command(after_help = FISHER_NOTES, after_long_help = FISHER_NOTES)]
     Fisher(FisherArgs),
+    /// Replay histogram windows through the sequential latency judge a policy's latency
+    /// metric runs (statistics.md §2.5): the verdict per window, the first fail and pass.
+    #[command(after_help = latency::NOTES, after_long_help = latency::NOTES)]
+    Latency(latency::LatencyArgs),
 }
 
 /// Help text shared by the sample-file subcommands.
@@ -275,6 +282,7 @@ pub fn run(cmd: &JudgeCommand) -> u8 {
         JudgeCommand::MannWhitney(a) => report(mann_whitney_cmd(a)),
         JudgeCommand::Kayenta(a) => report(kayenta_cmd(a)),
         JudgeCommand::Fisher(a) => report(fisher_cmd(a)),
+        JudgeCommand::Latency(a) => report(latency::run(a)),
     }
 }
 
