@@ -471,7 +471,7 @@ fn fuzz_latency_replay_files() {
                 if slow {
                     spec.test = LatencyTest::SlowThresholds;
                 }
-                let v = latency::replay(spec, &segs);
+                let v = latency::replay(spec, &segs, |_| {});
                 assert_eq!(v["windows"].as_u64(), Some(segs.len() as u64));
                 REPLAYED.fetch_add(1, Ordering::Relaxed);
             }

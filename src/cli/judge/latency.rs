@@ -1,7 +1,7 @@
 //! `coalmine judge latency`: a sequence of histogram windows replayed through the latency
 //! judge a policy's latency metric runs (statistics.md §2.5, §2.2), printing JSON.
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -15,6 +15,9 @@ use crate::analysis::verdict::{Outcome, Stats};
 
 /// Windows files larger than this are refused (about a million windows of 30 buckets).
 pub const MAX_WINDOWS_BYTES: u64 = 256 << 20;
+
+/// Progress is shown every this many windows.
+const PROGRESS_EVERY: usize = 5000;
 
 /// The latency test on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,7 +60,8 @@ Each window holds one count per bucket, +Inf included (bounds + 1 numbers), for 
 requests of that window only, and the canary's traffic share in force in it. A missing or
 null arm is a window without data (never a pass). Leading windows with share 0 are the
 baseline's history before the canary had traffic: the buckets test chooses its first bets
-from it, and it is no evidence.
+from it, and it is no evidence. Replays of 10 000 windows or more show their progress on
+stderr when it is a terminal.
 Prints {\"test\", \"windows\", \"outcome\", \"first_fail\", \"first_pass\", \"verdict\",
 \"trace\"}: outcome is the outcome at the first fail (the e-process is anytime-valid, so
 stopping there keeps the guarantee), else the last window's; first_fail / first_pass are
@@ -220,9 +224,9 @@ fn spec(a: &LatencyArgs) -> Result<LatencyJudgeSpec, String> {
     Ok(s)
 }
 
-/// Replays `segs` through a judge of `spec`: the JSON `judge latency` prints.
-#[must_use]
-pub fn replay(spec: LatencyJudgeSpec, segs: &[Segment]) -> Value {
+/// Replays `segs` through a judge of `spec`: the JSON `judge latency` prints. `on_window`
+/// is told the 1-based number of each window judged (for progress).
+pub fn replay(spec: LatencyJudgeSpec, segs: &[Segment], mut on_window: impl FnMut(usize)) -> Value {
     let test = spec.test.as_str();
     let mut judge = LatencyJudge::new(spec);
     let history = segs.iter().take_while(|s| s.share == 0.0).count();
@@ -233,6 +237,7 @@ pub fn replay(spec: LatencyJudgeSpec, segs: &[Segment]) -> Value {
     for (i, seg) in segs.iter().enumerate().skip(history) {
         let v = judge.observe("latency", seg);
         let window = i + 1;
+        on_window(window);
         let (log_e, nb, nc) = match &v.stats {
             Stats::SlowEvents(s) => (s.log_e, s.baseline_requests, s.canary_requests),
             _ => (f64::NAN, f64::NAN, f64::NAN),
@@ -271,7 +276,19 @@ pub fn run(a: &LatencyArgs) -> Result<Value, String> {
     let spec = spec(a)?;
     let (name, bytes) = read_input(&a.windows)?;
     let segs = parse_windows(&name, &bytes)?;
-    Ok(replay(spec, &segs))
+    drop(bytes);
+    // Long replays (about 10 000 windows a second) show how far they are on a terminal.
+    let total = segs.len();
+    let show = total >= 2 * PROGRESS_EVERY && std::io::stderr().is_terminal();
+    let v = replay(spec, &segs, |n| {
+        if show && n % PROGRESS_EVERY == 0 {
+            err!("\rjudge latency: {n} of {total} windows");
+        }
+    });
+    if show {
+        err!("\r{:width$}\r", "", width = 60);
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
