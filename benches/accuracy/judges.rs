@@ -121,7 +121,7 @@ fn canary_only(mut s: MetricStatus) -> MetricStatus {
     s
 }
 
-fn observations(win: &Window) -> (Observation, Observation, Observation, Observation) {
+pub fn observations(win: &Window) -> (Observation, Observation, Observation, Observation) {
     let counts = |arm: usize| {
         Observation::Counts(Counts {
             events: win.errors[arm] as f64,

@@ -8,6 +8,7 @@
 //! Output: a Markdown table on stdout and in `target/coalmine-bench/accuracy.md`, and
 //! `target/coalmine-bench/accuracy.json`.
 
+mod export;
 mod judges;
 mod report;
 mod sim;
@@ -16,9 +17,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use coalmine::analysis::JudgeSpec;
 use coalmine::analysis::latency::LatencyTest;
 use coalmine::analysis::share::ShareMode;
+use coalmine::analysis::{JudgeSpec, Segment};
 use coalmine::controller::health::ErrorCounts;
 use coalmine::controller::machine::{Command, Event, Phase, WindowFacts, judging, step};
 use coalmine::model::Weight;
@@ -126,8 +127,16 @@ fn allowed_ratio(specs: &[(String, JudgeSpec)], m: f64) -> Vec<(String, JudgeSpe
         .collect()
 }
 
-/// One rollout of `sc` judged by `kind`; `None` if the judge does not apply.
-fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Option<RunResult> {
+/// One rollout of `sc` judged by `kind`; `None` if the judge does not apply. With `record`,
+/// the latency metric's windows are kept in it ([`export`]).
+fn run_once(
+    kind: Kind,
+    sc: &Scenario,
+    share: f64,
+    seed: u64,
+    s: &Setup,
+    mut record: Option<&mut export::Recording>,
+) -> Option<RunResult> {
     let interval = s.plan.analysis_interval.as_secs_f64();
     let mut world = World::new(sc, seed, interval);
     let (with_ratio, slow_with_ratio);
@@ -178,7 +187,11 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
     };
     let _ = share;
     if s.history > 0.0 {
-        analyzer.history(&world.history(seed, s.history));
+        let history = world.history(seed, s.history);
+        if let Some(r) = record.as_deref_mut() {
+            r.history(&history);
+        }
+        analyzer.history(&history);
     }
     let mut warm_plan;
     let plan = if kind == Kind::SequentialWarmup {
@@ -278,6 +291,25 @@ fn run_once(kind: Kind, sc: &Scenario, share: f64, seed: u64, s: &Setup) -> Opti
             comparable: judging(&phase, &facts, plan).comparative,
         };
         let metrics = analyzer.tick(&win, &ctx);
+        if let (Some(r), true) = (record.as_deref_mut(), ctx.comparable) {
+            let (_, _, baseline, canary) = judges::observations(&win);
+            let latency = specs
+                .iter()
+                .find(|(_, j)| matches!(j, JudgeSpec::Latency(_)))
+                .map(|(n, _)| n.as_str());
+            let failed = metrics.iter().any(|m| {
+                Some(m.metric.as_str()) == latency
+                    && m.outcome == Some(coalmine::analysis::Outcome::Fail)
+            });
+            r.window(
+                Segment {
+                    share: w,
+                    baseline,
+                    canary,
+                },
+                failed,
+            );
+        }
         let (n, c) = step(
             phase.clone(),
             Event::Tick {
@@ -701,6 +733,11 @@ fn main() {
             judge_ok && scenario_ok
         })
         .collect();
+    let export_dir = std::env::var_os("COALMINE_BENCH_WINDOWS").map(std::path::PathBuf::from);
+    if let Some(dir) = &export_dir {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+    let mismatches = AtomicUsize::new(0);
     let started = report::now();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Cell>> = Mutex::new(Vec::new());
@@ -724,9 +761,23 @@ fn main() {
                     for r in 0..runs {
                         // The same seeds for every judge: identical scenarios.
                         let seed = report::seed(sc, *share, r as u64);
-                        match run_once(*kind, sc, *share, seed, &setup) {
+                        let mut rec = (export_dir.is_some()
+                            && *kind == Kind::Sequential
+                            && sc.latency.is_some()
+                            && (r as u64) < export::RUNS)
+                            .then(export::Recording::default);
+                        match run_once(*kind, sc, *share, seed, &setup, rec.as_mut()) {
                             Some(x) => rr.push(x),
                             None => break,
+                        }
+                        if let (Some(rec), Some(dir)) = (rec, export_dir.as_deref()) {
+                            let name =
+                                export::name(sc.name, sc.variant, sc.effect, *share, r as u64);
+                            let spec = latency_spec(&setup, sc);
+                            if let Err(e) = rec.finish(dir, &name, &spec) {
+                                eprintln!("\n{e}");
+                                mismatches.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     if !rr.is_empty() {
@@ -743,4 +794,24 @@ fn main() {
     let mut cells = results.into_inner().unwrap();
     cells.sort_by_key(report::Cell::order_key);
     report::write(&cells, quick, aa_runs, power_runs, started);
+    let mismatches = mismatches.into_inner();
+    if mismatches > 0 {
+        eprintln!("{mismatches} exported runs replayed differently from the live judge");
+        std::process::exit(1);
+    }
+}
+
+/// The latency judge's settings in `sc`'s runs of `sequential`.
+fn latency_spec(s: &Setup, sc: &Scenario) -> coalmine::analysis::latency::LatencyJudgeSpec {
+    let specs = match sc.allowed_ratio {
+        Some(m) => allowed_ratio(&s.specs, m),
+        None => s.specs.clone(),
+    };
+    specs
+        .into_iter()
+        .find_map(|(_, j)| match j {
+            JudgeSpec::Latency(l) => Some(l),
+            _ => None,
+        })
+        .expect("the default policy has a latency metric")
 }
