@@ -524,6 +524,15 @@ fn coarse_buckets_a_canary_1_5x_slower_under_allowed_ratio_1_1_rolls_back() {
 }
 
 #[test]
+fn coarse_buckets_a_canary_slower_in_its_tail_only_rolls_back() {
+    // The slowest 5 % twice as slow, the median unchanged, on ×2 buckets: the all-buckets
+    // test finds it where the body's quantiles say nothing.
+    if let Some(f) = rollout_on("coarse-tail", "latency-tail", COARSE, &LIMITS, Outage::None) {
+        assert_rolled_back_by(&f, "latency");
+    }
+}
+
+#[test]
 fn coarse_buckets_a_healthy_canary_promotes() {
     if let Some(f) = rollout_on("coarse-healthy", "healthy", COARSE, &LIMITS, Outage::None) {
         assert_eq!(f.code, 0, "expected a promotion\n{}", f.run.diagnostics());

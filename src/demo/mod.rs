@@ -22,6 +22,9 @@ pub enum Scenario {
     Errors,
     /// The canary's median latency is about 50 % higher: expect a rollback.
     Latency,
+    /// Only the canary's slowest 5 % of requests are slower, twice as slow (its p99 ×2, its
+    /// median unchanged): expect a rollback.
+    LatencyTail,
     /// The canary sends 200 headers, then resets every connection half-way through the
     /// body: expect a rollback (every canary response is broken).
     BrokenBodies,
@@ -35,6 +38,7 @@ pub fn behaviours(scenario: Scenario, seed: u64) -> (service::Behaviour, service
         error_rate: 0.005,
         median: Duration::from_millis(20),
         sigma: 0.35,
+        slow_tail: 1.0,
         seed: seed.wrapping_mul(2).wrapping_add(1),
         body: service::BodyMode::Complete,
     };
@@ -47,6 +51,7 @@ pub fn behaviours(scenario: Scenario, seed: u64) -> (service::Behaviour, service
         Scenario::Healthy => {}
         Scenario::Errors => canary.error_rate = 0.05,
         Scenario::Latency => canary.median = Duration::from_millis(30),
+        Scenario::LatencyTail => canary.slow_tail = 2.0,
         Scenario::BrokenBodies => canary.body = service::BodyMode::ResetMidBody,
     }
     (base, canary)

@@ -59,6 +59,9 @@ pub struct Behaviour {
     pub median: Duration,
     /// Log-normal shape σ of the latency.
     pub sigma: f64,
+    /// Requests slower than the log-normal's p95 take this many times as long (1: none): a
+    /// tail-only slowdown, the median unchanged.
+    pub slow_tail: f64,
     /// Seed of its random draws.
     pub seed: u64,
     /// What happens to every response's body after the headers.
@@ -114,7 +117,11 @@ impl Shared {
         let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
         let u2: f64 = rng.random();
         let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-        let secs = self.behaviour.median.as_secs_f64() * (self.behaviour.sigma * z).exp();
+        let mut secs = self.behaviour.median.as_secs_f64() * (self.behaviour.sigma * z).exp();
+        // z above Φ⁻¹(0.95).
+        if z > 1.644_853_6 {
+            secs *= self.behaviour.slow_tail;
+        }
         (error, Duration::from_secs_f64(secs.min(30.0)))
     }
 

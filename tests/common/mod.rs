@@ -135,6 +135,7 @@ impl Backends {
             error_rate,
             median: Duration::from_micros(200),
             sigma: 0.1,
+            slow_tail: 1.0,
             seed,
             body: coalmine::demo::service::BodyMode::Complete,
         };

@@ -73,6 +73,23 @@ fn demo_latency_rolls_back_naming_latency() {
 }
 
 #[test]
+fn demo_latency_tail_rolls_back_on_the_tail_alone() {
+    // Only the canary's slowest 5 % are slower: its median is the baseline's, its p99 is not.
+    let (code, json, stderr, took) = demo("latency-tail");
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(json["reason"]["metric"], "latency");
+    let detail = json["reason"]["detail"].as_str().unwrap();
+    let ratio = |q: &str| -> f64 {
+        let at = detail.find(&format!("{q} canary")).expect(q);
+        let x = &detail[at..];
+        let x = &x[x.find("(×").expect("a ratio") + "(×".len()..];
+        x[..x.find(')').unwrap()].parse().unwrap()
+    };
+    assert!(ratio("p50") < 1.2 && ratio("p99") > 1.5, "{detail}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+#[test]
 fn demo_writes_one_decision_record_per_tick() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("d.jsonl");

@@ -29,6 +29,7 @@ pub(crate) fn behaviour(track: &str, seed: u64) -> Behaviour {
         error_rate: 0.0,
         median: Duration::from_micros(100),
         sigma: 0.1,
+        slow_tail: 1.0,
         seed,
         body: BodyMode::Complete,
     }

@@ -29,6 +29,7 @@ fn behaviour(track: &str, seed: u64, median: Duration) -> Behaviour {
     Behaviour {
         median,
         sigma: 0.0,
+        slow_tail: 1.0,
         ..crate::proxy::behaviour(track, seed)
     }
 }
