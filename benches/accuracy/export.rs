@@ -83,17 +83,18 @@ impl Recording {
 /// A file name for a cell's run: scenario, variant, effect, share and run
 /// (`latency-tail-x2-buckets-x1.5-w0.05-run0`).
 pub fn name(scenario: &str, variant: &str, effect: f64, share: f64, run: u64) -> String {
-    let mut variant: String = variant
+    let slug: String = variant
         .replace('×', "x")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' {
                 c
             } else {
-                '-'
+                ' '
             }
         })
         .collect();
+    let mut variant = slug.split_whitespace().collect::<Vec<_>>().join("-");
     if !variant.is_empty() {
         variant.push('-');
     }
