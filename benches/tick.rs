@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use coalmine::analysis::latency::{LatencyJudgeSpec, LatencyTest};
-use coalmine::analysis::{JudgeSpec, MetricJudge};
+use coalmine::analysis::{JudgeSpec, MetricJudge, Observation, Segment};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "common/ten_metrics.rs"]
@@ -62,6 +62,27 @@ fn tick(c: &mut Criterion) {
     }
     c.bench_function("one latency metric, test = slow-thresholds", |b| {
         b.iter(|| black_box(j.observe("m", black_box(seg))));
+    });
+    replay(c, seg);
+}
+
+/// `coalmine judge latency` on 1 000 windows like `seg` (163 buckets): parsing the file
+/// and replaying it, the speed the README quotes.
+fn replay(c: &mut Criterion, seg: &Segment) {
+    use coalmine::cli::judge::latency::{parse_windows, replay};
+    let (Observation::Histogram(b), Observation::Histogram(k)) = (&seg.baseline, &seg.canary)
+    else {
+        panic!("the ten-metric policy's latency window is a histogram pair");
+    };
+    let window =
+        serde_json::json!({"share": seg.share, "baseline": b.counts(), "canary": k.counts()});
+    let bounds = &b.bounds()[..b.bounds().len() - 1];
+    let text = serde_json::json!({"bounds": bounds, "windows": vec![window; 1000]}).to_string();
+    c.bench_function("judge latency, 1000 windows of 163 buckets", |bch| {
+        bch.iter(|| {
+            let segs = parse_windows("w.json", black_box(text.as_bytes())).expect("valid");
+            black_box(replay(LatencyJudgeSpec::new(0.05), &segs, |_| {}))
+        });
     });
 }
 

@@ -277,7 +277,8 @@ pub fn run(a: &LatencyArgs) -> Result<Value, String> {
     let (name, bytes) = read_input(&a.windows)?;
     let segs = parse_windows(&name, &bytes)?;
     drop(bytes);
-    // Long replays (about 10 000 windows a second) show how far they are on a terminal.
+    // Long replays (about 9 000 windows a second, benches/tick.rs) show how far they are on a
+    // terminal.
     let total = segs.len();
     let show = total >= 2 * PROGRESS_EVERY && std::io::stderr().is_terminal();
     let v = replay(spec, &segs, |n| {
