@@ -2,7 +2,7 @@
 //! judge a policy's latency metric runs (statistics.md §2.5, §2.2), printing JSON.
 
 use std::io::{IsTerminal as _, Read as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
@@ -92,7 +92,7 @@ struct WindowIn {
 }
 
 /// Reads the windows file (or stdin for `-`), at most [`MAX_WINDOWS_BYTES`].
-fn read_input(path: &PathBuf) -> Result<(String, Vec<u8>), String> {
+fn read_input(path: &Path) -> Result<(String, Vec<u8>), String> {
     let name = path.display().to_string();
     let mut bytes = Vec::new();
     let result = if name == "-" {
