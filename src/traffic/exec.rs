@@ -19,7 +19,8 @@ const NAME: &str = "exec";
 
 /// Kills a command's whole process group when dropped armed: a cancelled or timed-out
 /// call must not leave a half-done change running (a shell script's children would
-/// otherwise survive the script being killed, and race with the next call).
+/// otherwise survive the script being killed, and race with the next call). The group is
+/// then listed in [`KILLED`] until it is gone.
 struct GroupGuard(Option<u32>);
 
 impl Drop for GroupGuard {
@@ -31,8 +32,95 @@ impl Drop for GroupGuard {
             .and_then(rustix::process::Pid::from_raw)
         {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            KILLED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(pid.as_raw_nonzero().get());
         }
     }
+}
+
+/// Process groups killed by a cancelled or timed-out call that may still have a running
+/// member. `SIGKILL` is delivered asynchronously: a process inside a system call (a
+/// `rename` waiting for the disk) finishes it first, so a killed script's `mv` could
+/// otherwise move the next call's file away. Every program waits for these to be gone
+/// before it starts ([`settle_killed`]).
+static KILLED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Longest wait for killed groups before a program starts anyway: a process stuck in the
+/// kernel (a hung network file system) cannot be waited out, and the next call must still
+/// be able to act.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits, at most `limit`, until no group in [`KILLED`] has a living member (zombies do not
+/// count: they run nothing); returns the groups still alive at the limit, which are
+/// forgotten and logged.
+async fn settle_killed(limit: Duration) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let alive: Vec<i32> = {
+            let mut killed = KILLED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            killed.retain(|&g| group_alive(g));
+            killed.clone()
+        };
+        if alive.is_empty() {
+            return alive;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            KILLED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|g| !alive.contains(g));
+            tracing::warn!(
+                groups = ?alive,
+                "killed process groups still running after {}; starting the next program anyway",
+                humantime::format_duration(limit)
+            );
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Whether process group `pgid` has a member that is not a zombie (from `/proc`).
+#[cfg(target_os = "linux")]
+fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .any(|e| {
+            // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        })
+}
+
+/// Whether process group `pgid` has a member (zombies included: no `/proc` to tell).
+#[cfg(all(unix, not(target_os = "linux")))]
+fn group_alive(pgid: i32) -> bool {
+    rustix::process::Pid::from_raw(pgid)
+        .is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok())
+}
+
+#[cfg(not(unix))]
+fn group_alive(_pgid: i32) -> bool {
+    false
 }
 
 /// What a finished program left.
@@ -150,6 +238,7 @@ pub async fn run_with_env(
             message: "empty command".to_string(),
         });
     };
+    settle_killed(SETTLE_LIMIT).await;
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -487,6 +576,41 @@ mod tests {
         assert!(e.is_transient());
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "the timed-out program was not killed");
+    }
+
+    #[tokio::test]
+    async fn the_next_program_waits_for_a_killed_group_to_be_gone() {
+        // A group listed as killed whose member still runs (as when SIGKILL has not landed
+        // yet): the next program starts only once it is gone. Its leader stays a zombie
+        // (never waited for here), which must not count as running.
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("done");
+        let mut leader = {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new("sh")
+                .args(["-c", &format!("sleep 0.3; touch {}", marker.display())])
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let pgid = i32::try_from(leader.id()).unwrap();
+        assert!(group_alive(pgid));
+        KILLED.lock().unwrap().push(pgid);
+        let argv: Vec<String> = ["test", "-e", &marker.display().to_string()]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let started = tokio::time::Instant::now();
+        run("exec", &argv, Duration::from_secs(10), &[])
+            .await
+            .expect("the next program started before the killed group was gone");
+        assert!(
+            started.elapsed() < SETTLE_LIMIT,
+            "a zombie leader was waited for"
+        );
+        assert!(!group_alive(pgid), "a zombie counts as running");
+        assert!(settle_killed(Duration::ZERO).await.is_empty());
+        leader.wait().unwrap();
     }
 
     #[test]
