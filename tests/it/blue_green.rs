@@ -3,14 +3,19 @@
 //! green is switched back to blue inside the window. The proxy lives inside the
 //! `coalmine run` process, so a hook (`sleep`) keeps the process, and its proxy, up after the
 //! outcome; a client sends requests all along and notes, per request, when it was sent and
-//! which service's body answered it. The requests sent after the outcome's record show the
-//! share in force right after.
+//! which service's body answered it and when the answer came. The requests sent after the
+//! outcome's record show the share in force right after; what "right after a switch" means is
+//! read from the answers themselves (a request sent after a green answer arrived was routed
+//! after the switch to green), not from the two processes' clocks, which may drift apart by
+//! milliseconds.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -22,9 +27,16 @@ use serde_json::Value;
 use crate::common::{Backends, applied, free_port};
 use crate::support::{coalmine, records};
 
-/// What one request through the proxy got: when it was sent, and whether green (the
-/// canary's body) answered it (`None`: no answer, e.g. before the proxy listened).
-type Answer = (SystemTime, Option<bool>);
+/// What one request through the proxy got: when it was sent (wall clock, to compare with
+/// records; and this process's monotonic clock), when its answer arrived, and whether green
+/// (the canary's body) answered it (`None`: no answer, e.g. before the proxy listened).
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    sent_wall: SystemTime,
+    sent: Instant,
+    answered: Instant,
+    green: Option<bool>,
+}
 
 /// Four clients sending requests to `target`, one after the other each, until `stop`.
 fn watch(target: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Answer>> {
@@ -37,7 +49,7 @@ fn watch(target: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<V
             async move {
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
-                    let sent = SystemTime::now();
+                    let (sent_wall, sent) = (SystemTime::now(), Instant::now());
                     let answer = tokio::time::timeout(Duration::from_secs(5), async {
                         let resp = client.get(uri.clone()).await.ok()?;
                         let body = resp.into_body().collect().await.ok()?.to_bytes();
@@ -50,7 +62,12 @@ fn watch(target: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<V
                         // Nothing listens yet (or any more): do not spin.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    seen.push((sent, answer));
+                    seen.push(Answer {
+                        sent_wall,
+                        sent,
+                        answered: Instant::now(),
+                        green: answer,
+                    });
                 }
                 seen
             }
@@ -126,11 +143,32 @@ fn at(recs: &[Value], event: &str) -> (Value, SystemTime) {
     (r, t + Duration::from_millis(2))
 }
 
-/// The answers to the requests sent after `t`: (green's, blue's, unanswered).
+/// The answers to the requests sent after `t` by the wall clock: (green's, blue's,
+/// unanswered).
 fn after(answers: &[Answer], t: SystemTime) -> (usize, usize, usize) {
+    tally(answers.iter().filter(|a| a.sent_wall > t))
+}
+
+/// The answers to the requests sent after `t` by this process's clock.
+fn sent_after(answers: &[Answer], t: Instant) -> (usize, usize, usize) {
+    tally(answers.iter().filter(|a| a.sent > t))
+}
+
+/// When the first answer from `green` (true: green, false: blue) arrived to a request sent
+/// after `t` (any request when `None`): a switch to that side had happened by then.
+fn first_answer(answers: &[Answer], green: bool, t: Option<Instant>) -> Option<Instant> {
+    answers
+        .iter()
+        .filter(|a| t.is_none_or(|t| a.sent > t) && a.green == Some(green))
+        .map(|a| a.answered)
+        .min()
+}
+
+/// (green's, blue's, unanswered) among `answers`.
+fn tally<'a>(answers: impl Iterator<Item = &'a Answer>) -> (usize, usize, usize) {
     let mut out = (0, 0, 0);
-    for (_, a) in answers.iter().filter(|(sent, _)| *sent > t) {
-        match a {
+    for a in answers {
+        match a.green {
             Some(true) => out.0 += 1,
             Some(false) => out.1 += 1,
             None => out.2 += 1,
@@ -186,15 +224,18 @@ async fn a_bad_green_is_switched_back_inside_the_window_through_the_proxy() {
     let (_, switch_at) = at(&recs, "post-promotion");
     let during: Vec<_> = answers
         .iter()
-        .filter(|(sent, _)| *sent > switch_at && *sent < back_at)
+        .filter(|a| a.sent_wall > switch_at && a.sent_wall < back_at)
         .collect();
     assert!(
-        during.iter().any(|(_, a)| *a == Some(true)),
+        during.iter().any(|a| a.green == Some(true)),
         "no request reached green at 100 %: {} answers",
         during.len()
     );
-    // ... and right after the switch back, blue answers every request.
-    let (green, blue, lost) = after(&answers, back_at);
+    // ... and right after the switch back, blue answers every request: the first blue
+    // answer to a request sent after green had answered shows the switch back was made.
+    let t_green = first_answer(&answers, true, None).expect("green answered");
+    let t_back = first_answer(&answers, false, Some(t_green)).expect("blue answered after green");
+    let (green, blue, lost) = sent_after(&answers, t_back);
     assert_eq!(
         green, 0,
         "green's share after the switch back ({blue} blue)"
@@ -232,7 +273,7 @@ async fn a_healthy_green_is_promoted_through_the_proxy() {
         "green was judged at 100 %: {recs:#?}"
     );
     // The window, then keep_blue, then the promotion: each at least as long as configured.
-    let (window, switch_at) = at(&recs, "post-promotion");
+    let (window, _) = at(&recs, "post-promotion");
     let (keep, _) = at(&recs, "keeping-blue");
     let (done, done_at) = at(&recs, "promoted");
     // (A phase's record is written a little after the phase began: 0.1 s of slack.)
@@ -241,7 +282,8 @@ async fn a_healthy_green_is_promoted_through_the_proxy() {
     assert!(secs(&done) - secs(&keep) >= 0.9, "{keep}\n{done}");
     assert!(hook_ran(&recs, "hold (promoted)"), "{recs:#?}");
     // From the switch on, and after the promotion, green answers every request.
-    let (green, blue, _) = after(&answers, switch_at);
+    let t_green = first_answer(&answers, true, None).expect("green answered");
+    let (green, blue, _) = sent_after(&answers, t_green);
     assert_eq!(blue, 0, "blue answered after the switch ({green} green)");
     let (green, blue, lost) = after(&answers, done_at);
     assert_eq!(blue, 0, "blue answered after the promotion");
