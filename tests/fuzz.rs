@@ -400,12 +400,13 @@ fn fuzz_offline_judges() {
 }
 
 /// A `judge latency` windows file as JSON text: well formed (sorted positive bounds, one
-/// count per bucket, shares in [0, 1)), then half the time one value broken.
+/// count per bucket, cumulative or not, shares in [0, 1)), then one time in 4 one value
+/// broken; a count list is missing (`null`: no data) one time in 100.
 fn windows_file() -> impl Strategy<Value = String> {
     (1usize..6)
         .prop_flat_map(|n| {
             let counts = proptest::option::weighted(
-                0.9,
+                0.99,
                 proptest::collection::vec(prop_oneof![3 => Just(0.0), 4 => 0.0f64..500.0], n + 1),
             );
             let share = prop_oneof![1 => Just(0.0), 4 => 0.001f64..0.5];
@@ -413,17 +414,28 @@ fn windows_file() -> impl Strategy<Value = String> {
                 proptest::collection::vec(0.001f64..20.0, n),
                 any::<bool>(),
                 proptest::collection::vec((share, counts.clone(), counts), 1..12),
-                0u8..12,
+                0u8..24,
                 any::<prop::sample::Index>(),
             )
         })
         .prop_map(|(mut bounds, cumulative, windows, breakage, at)| {
             bounds.sort_by(f64::total_cmp);
+            // Cumulative files count up to each bound (the form Prometheus keeps).
+            let form = |v: Option<Vec<f64>>| {
+                v.map(|mut v| {
+                    if cumulative {
+                        for i in 1..v.len() {
+                            v[i] += v[i - 1];
+                        }
+                    }
+                    v
+                })
+            };
             let mut windows: Vec<_> = windows
                 .into_iter()
-                .map(
-                    |(share, b, c)| serde_json::json!({"share": share, "baseline": b, "canary": c}),
-                )
+                .map(|(share, b, c)| {
+                    serde_json::json!({"share": share, "baseline": form(b), "canary": form(c)})
+                })
                 .collect();
             let k = at.index(windows.len());
             let w = &mut windows[k];
@@ -477,8 +489,11 @@ fn fuzz_latency_replay_files() {
             }
         },
     );
-    // Most files reach the judge (the property is about the judge, not only the parser).
+    // Many files reach the judge (the property is about the judge, not only the parser):
+    // most cases' whole files (about 55 of 64 in 40 runs, never below 47; fewer than 16 is
+    // ten standard deviations away, so this does not fail by chance).
     let replayed = REPLAYED.load(Ordering::Relaxed);
+    eprintln!("latency replay files: {replayed} replayed");
     assert!(
         replayed >= u64::from(cases(64)) / 4,
         "only {replayed} files replayed"
