@@ -834,3 +834,160 @@ mod tests {
         assert!(ciborium::from_reader::<Layout, _>(cbor(&neither).as_slice()).is_err());
     }
 }
+
+/// How close the fixed bet shapes come to the best a one-sided test can do, per request
+/// (statistics.md §2.5, "Rates"): exact expected log-growth from the bucket probabilities
+/// of the accuracy benchmark's latency model (`benches/accuracy/sim.rs`), no sampling.
+#[cfg(test)]
+mod rates {
+    use super::*;
+    use crate::analysis::histogram::log_bounds;
+    use crate::analysis::special::norm_cdf;
+
+    type Cdf = Box<dyn Fn(f64) -> f64>;
+
+    /// The benchmark's baseline CDF: log-normal body (median 50 ms, σ 0.5), a 2 % Pareto
+    /// tail (shape 1.5) from the body's p98, 0.05 % timeouts at 30 s.
+    fn baseline(x: f64) -> f64 {
+        if x <= 0.0 {
+            return 0.0;
+        }
+        let xm = 0.05 * (0.5f64 * 2.054).exp();
+        let body = norm_cdf((x / 0.05).ln() / 0.5);
+        let tail = if x < xm {
+            0.0
+        } else {
+            1.0 - (xm / x).powf(1.5)
+        };
+        let timeout = if x >= 30.0 { 1.0 } else { 0.0 };
+        0.9795 * body + 0.02 * tail + 0.0005 * timeout
+    }
+
+    fn probs(bounds: &[f64], cdf: &dyn Fn(f64) -> f64) -> Vec<f64> {
+        let mut prev = 0.0;
+        bounds
+            .iter()
+            .map(|b| {
+                let c = if b.is_finite() { cdf(*b) } else { 1.0 };
+                let p = (c - prev).max(0.0);
+                prev = c.max(prev);
+                p
+            })
+            .collect()
+    }
+
+    /// Expected ln-growth per request of the bet with log odds `eta` at share `w`.
+    fn rate(eta: &[f64], pb: &[f64], pc: &[f64], w: f64) -> f64 {
+        let logit_w = (w / (1.0 - w)).ln();
+        let mut r = 0.0;
+        for ((b, c), e) in pb.iter().zip(pc).zip(eta) {
+            let x = logit_w + e;
+            if *c > 0.0 {
+                r += w * c * (ln_sigmoid(x) - w.ln());
+            }
+            if *b > 0.0 {
+                r += (1.0 - w) * b * (ln_sigmoid(-x) - (1.0 - w).ln());
+            }
+        }
+        r
+    }
+
+    /// (the best non-decreasing bet's rate, the best fixed bet's rate), both over the
+    /// oracle's (the exact likelihood ratio).
+    fn best_rates(bounds: &[f64], canary: &dyn Fn(f64) -> f64) -> (f64, f64) {
+        let w = 0.05;
+        let (pb, pc) = (probs(bounds, &baseline), probs(bounds, canary));
+        let log_odds = |p: f64| {
+            let p = p.clamp(1e-12, 1.0 - 1e-12);
+            (p / (1.0 - p)).ln()
+        };
+        let oracle: Vec<f64> = pb
+            .iter()
+            .zip(&pc)
+            .map(|(b, c)| log_odds(c / (b + c)))
+            .collect();
+        let o = rate(&oracle, &pb, &pc, w);
+        // The isotonic fit of the shares at ½ pools the same buckets as at any share, so
+        // it is the best non-decreasing bet at w too.
+        let points: Vec<(f64, f64)> = pb
+            .iter()
+            .zip(&pc)
+            .map(|(b, c)| (c / (b + c), b + c))
+            .collect();
+        let monotone: Vec<f64> = isotonic_increasing(&points)
+            .into_iter()
+            .map(log_odds)
+            .collect();
+        let mut t = BucketTest::new(1.0);
+        let history = pb.iter().map(|p| p * 1e7).collect();
+        t.learn_history(&Histogram::try_new(bounds.to_vec(), history).unwrap());
+        let (scores, steps) = (t.scores().unwrap(), t.step_thresholds().unwrap());
+        let best = t
+            .bets
+            .iter()
+            .filter_map(|b| match *b {
+                Bet::Tilt(k) => Some(scores.iter().map(|s| k * s - k * k / 2.0).collect()),
+                Bet::Step(q, rho) => steps[q].map(|i| {
+                    (0..bounds.len())
+                        .map(|j| if j > i { rho.ln() } else { 0.0 })
+                        .collect::<Vec<f64>>()
+                }),
+                Bet::Iso(_) => None,
+            })
+            .map(|eta| rate(&eta, &pb, &pc, w))
+            .fold(f64::NEG_INFINITY, f64::max);
+        (rate(&monotone, &pb, &pc, w) / o, best / o)
+    }
+
+    #[test]
+    fn fixed_bets_are_near_the_best_one_sided_bet() {
+        let mut doubling: Vec<f64> = (0..14).map(|i| 0.005 * 2f64.powi(i)).collect();
+        doubling.push(f64::INFINITY);
+        let q95 = {
+            let (mut lo, mut hi) = (1e-6f64, 100.0f64);
+            for _ in 0..100 {
+                let mid = (lo * hi).sqrt();
+                if baseline(mid) < 0.95 {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            hi
+        };
+        let tail = move |x: f64| {
+            if x < q95 {
+                baseline(x)
+            } else if x < q95 * 1.5 {
+                baseline(q95)
+            } else {
+                baseline(x / 1.5)
+            }
+        };
+        let cases: [(&str, Cdf); 5] = [
+            ("×1.1", Box::new(|x| baseline(x / 1.1))),
+            ("×1.25", Box::new(|x| baseline(x / 1.25))),
+            ("×1.5", Box::new(|x| baseline(x / 1.5))),
+            ("tail ×1.5", Box::new(tail)),
+            (
+                "bimodal",
+                Box::new(|x| 0.95 * baseline(x) + 0.05 * baseline(x - 0.2)),
+            ),
+        ];
+        for (layout, bounds) in [("built-in", log_bounds()), ("×2", doubling)] {
+            for (name, canary) in &cases {
+                let (monotone, best) = best_rates(&bounds, canary.as_ref());
+                eprintln!(
+                    "{layout} buckets, {name}: per request, the best non-decreasing bet {monotone:.3} of the oracle's rate, the best fixed bet {best:.3} ({:.0} % of the first)",
+                    100.0 * best / monotone
+                );
+                assert!(monotone > 0.0 && monotone <= 1.0 + 1e-9, "{monotone}");
+                assert!(best <= monotone + 1e-9, "a fixed bet beat the best one");
+                assert!(
+                    best >= 0.84 * monotone,
+                    "{layout} {name}: {best} of {monotone}"
+                );
+            }
+        }
+    }
+}
