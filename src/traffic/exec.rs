@@ -600,16 +600,13 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let started = tokio::time::Instant::now();
         run("exec", &argv, Duration::from_secs(10), &[])
             .await
             .expect("the next program started before the killed group was gone");
-        assert!(
-            started.elapsed() < SETTLE_LIMIT,
-            "a zombie leader was waited for"
-        );
+        // The leader is a zombie now (not waited for yet): not running.
         assert!(!group_alive(pgid), "a zombie counts as running");
-        assert!(settle_killed(Duration::ZERO).await.is_empty());
+        // Gone, so no longer listed (other tests' groups may be, at any moment).
+        assert!(!KILLED.lock().unwrap().contains(&pgid));
         leader.wait().unwrap();
     }
 
