@@ -83,7 +83,7 @@ pub enum Lever {
 pub enum OperatorAction {
     /// Release the step named (1-based; the step the operator saw in `status`): its gate,
     /// its remaining time and its request count are waived (the machine's
-    /// [`Event::Release`]), the next step is not. An approval for any other step is
+    /// [`Event::Release`](crate::controller::machine::Event::Release)), the next step is not. An approval for any other step is
     /// refused, so an early approval cannot release a later step. `full` promotes to 100 %
     /// now, skipping the remaining steps and their analysis.
     Promote {

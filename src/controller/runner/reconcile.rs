@@ -30,7 +30,7 @@ use crate::traffic::TrafficProvider;
 /// One rollout in a controller's hands, as a resumable step over its state: load (a
 /// fresh start or the stored record) → decide ([`step`], the only place of decisions) →
 /// persist (the store, before acting) → act (the traffic change, the hooks, the checks).
-/// [`run`] and [`run_durable`] drive one rollout to its end; a daemon driving many rollouts
+/// [`run`](super::run) and [`run_durable`](super::run_durable) drive one rollout to its end; a daemon driving many rollouts
 /// wakes each one at [`Reconciler::wake_at`] (or on an abort or a lever) and calls
 /// [`Reconciler::reconcile`], until [`Reconciler::finished`].
 pub struct Reconciler<'a, T, M, S> {
