@@ -37,7 +37,7 @@ pub struct BacktestArgs {
     #[arg(long, value_name = "ID", requires = "records")]
     pub rollout: Option<String>,
     /// Instead of a log: run the policy's PromQL templates against this Prometheus's
-    /// history (instant queries at each window's end), with the policy's [metrics] headers,
+    /// history (instant queries at each window's end), with the policy's `[metrics]` headers,
     /// token and variables.
     #[arg(long, value_name = "URL", requires_all = ["from", "to", "share"])]
     pub prometheus: Option<String>,

@@ -8,7 +8,7 @@
 //! [`Segment`] whose share is the canary weight the controller had in force: the assignment
 //! probability of every request in the window when the router picks per request.
 //! In count templates, `increase(SELECTOR[{{window}}])` is evaluated as the counter's exact
-//! difference over the window, not Prometheus's extrapolation (see [`exact`]).
+//! difference over the window, not Prometheus's extrapolation (see `exact`).
 //!
 //! Outcomes are strict: an empty result or NaN is [`Observation::Missing`] (NoData, never a
 //! pass), several series where one was expected is [`MetricsError::Ambiguous`], buckets that

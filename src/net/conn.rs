@@ -25,7 +25,7 @@ const DEFAULT_CAP: usize = 4096;
 const MIN_CAP: usize = 16;
 
 /// How many accepted connections a process may hold: half of what is left of the soft
-/// `RLIMIT_NOFILE` after [`FD_RESERVE`], so that every accepted connection can still open
+/// `RLIMIT_NOFILE` after `FD_RESERVE`, so that every accepted connection can still open
 /// its upstream connection (`(1024 - 128) / 2 = 448` under the common limit of 1,024).
 #[must_use]
 pub fn cap_for_fd_limit(soft_limit: Option<u64>) -> usize {

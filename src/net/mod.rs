@@ -172,7 +172,7 @@ fn full_response() -> String {
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets requests in flight
 /// finish for up to `limits.drain`: connections still in the listen queue are taken in, and
-/// an idle connection waits [`SHUTDOWN_LINGER`] for a request its client may already have
+/// an idle connection waits `SHUTDOWN_LINGER` for a request its client may already have
 /// sent, so that what was sent before the stop is answered, not reset. `handler` answers
 /// each request; the extensions of a request with an `Upgrade` header carry its
 /// [`ConnActivity`]. Upgrades (101) are supported.

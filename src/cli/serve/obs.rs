@@ -1,6 +1,6 @@
 //! The daemon's own measurements for `/metrics`: rollouts finished by outcome, the time of
 //! each analysis tick, and the store's write latency (through
-//! [`crate::controller::store::Timed`], fed into [`Obs::writes`]).
+//! [`crate::controller::store::Timed`], fed into `Obs::writes`).
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
