@@ -570,6 +570,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_exact_bearer_token_is_admitted() {
+        let auth = Auth {
+            token: b"s3cret-token".to_vec(),
+            actor: "test".into(),
+        };
+        let with = |value: Option<&[u8]>| {
+            let mut b = Request::builder();
+            if let Some(v) = value {
+                b = b.header(hyper::header::AUTHORIZATION, v);
+            }
+            auth.admits(&b.body(()).unwrap())
+        };
+        assert!(with(Some(b"Bearer s3cret-token")));
+        assert!(with(Some(b"bearer s3cret-token")));
+        for refused in [
+            None,
+            Some(&b""[..]),
+            Some(b"s3cret-token"),
+            Some(b"Bearer "),
+            Some(b"Bearer s3cret"),
+            Some(b"Bearer s3cret-token-and-more"),
+            Some(b"Bearer S3CRET-TOKEN"),
+            Some(b"Basic s3cret-token"),
+            Some(b"Bearer  s3cret-token"),
+            Some(b"Bearer \xffs3cret-token"),
+        ] {
+            assert!(!with(refused), "{refused:?} admitted");
+        }
+    }
+
+    #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
