@@ -8,6 +8,9 @@ Reference implementations:
   latency test's plug-in), including zero weights, which scipy rejects: those cases drop
   the zero-weight points for scipy and expect each such point to take the previous fitted
   value (the next one at the start), as coalmine documents.
+- scipy.special (log_expit, logsumexp, betaln) and scipy.optimize.brentq: the sequential
+  error test's mixture e-value, its lower bound and confidence sequence, and the fixed-share
+  Beta mixture, each from its definition in docs/statistics.md §2.1.
 - numpy: the exact Hodges-Lehmann estimate and interval from all n1*n2 differences.
 - A direct transcription of R's wilcox.test asymptotic interval code (stats/R/wilcox.test.R,
   with R's zeroin2 from src/library/stats/src/zeroin.c) on scipy.stats.rankdata ranks, for
@@ -312,6 +315,126 @@ def isotonic_cases(rng):
     return cases
 
 
+# ---------------------------------------------------------------- sequential event tests
+
+def log_expit(x):
+    from scipy.special import log_expit as le
+    return float(le(x))
+
+
+def event_log_e(prior, ln_r0, windows, two_sided=False):
+    """ln of the mixture e-value of statistics.md §2.1 (b), from its definition: a grid of
+    log ratio offsets with equal weights; each event is canary with probability
+    expit(logit w + ln r), against the null boundary ln r0."""
+    from scipy.special import logsumexp
+    lo, hi, n = prior
+    a, b = math.log(lo), math.log(hi)
+    deltas = [a] if n == 1 else [a * (b / a) ** (i / (n - 1)) for i in range(n)]
+    weights = [-math.log(n)] * n
+    if two_sided:
+        deltas = [s * d for d in deltas for s in (1.0, -1.0)]
+        weights = [w - math.log(2.0) for w in weights for _ in (1, -1)]
+    terms = []
+    for d, lw in zip(deltas, weights):
+        t = lw
+        for w, c, bb in windows:
+            x0 = ln_r0 + math.log(w / (1.0 - w))
+            t += c * (log_expit(x0 + d) - log_expit(x0)) + bb * (log_expit(-x0 - d) - log_expit(-x0))
+        terms.append(t)
+    return float(logsumexp(terms))
+
+
+def event_test_cases():
+    """EventTest (the default error judge): the log e-value after every window, the lower
+    confidence bound implied by the test (the largest r' >= r0 the test rejects, running
+    maximum) and the two-sided confidence sequence (running intersection), each found here
+    with scipy's brentq on the definitions, not with coalmine's bisection."""
+    from scipy.optimize import brentq
+    rng = np.random.default_rng(20_261_204)
+    priors = [(1.2, 10.0, 7), (1.05, 5.0, 10), (1.5, 1.5, 1), (1.1, 3.0, 4)]
+    cases = []
+    for i in range(40):
+        prior = priors[i % len(priors)]
+        r0 = [1.0, 1.2, 2.0, 0.8][(i // 4) % 4]
+        alpha = [0.05, 0.01, 0.2][i % 3]
+        ratio = [1.0, 1.5, 3.0, 0.5, 8.0][i % 5]
+        windows = []
+        for _ in range(int(rng.integers(1, 12))):
+            w = float(rng.choice([0.01, 0.05, 0.25, 0.5, 0.9]))
+            n = float(rng.poisson(rng.choice([0.5, 5.0, 40.0])))
+            theta = w * ratio / (1.0 - w + w * ratio)
+            c = float(rng.binomial(int(n), theta))
+            bb = n - c
+            if i % 7 == 6:  # PromQL's increase() gives fractional counts
+                c, bb = c * 0.93, bb * 1.07
+            windows.append([w, c, bb])
+        ln_r0 = math.log(r0)
+        thr = -math.log(alpha)
+        log_e, lower, cs = [], [], []
+        low, cs_lo, cs_hi = 0.0, 0.0, math.inf
+        for k in range(len(windows)):
+            seen = windows[: k + 1]
+            e = event_log_e(prior, ln_r0, seen)
+            log_e.append(e)
+            if e >= thr:
+                f = lambda d: event_log_e(prior, ln_r0 + d, seen) - thr
+                r = r0 * math.exp(40.0) if f(40.0) >= 0 else r0 * math.exp(brentq(f, 0.0, 40.0, xtol=1e-13))
+                low = max(low, r)
+            lower.append(low)
+            nc = sum(x[1] for x in seen)
+            nb = sum(x[2] for x in seen)
+            if nc + nb > 0:
+                if nc == 0:
+                    centre = -15.0
+                elif nb == 0:
+                    centre = 15.0
+                else:
+                    score = lambda d: sum(x[1] - (x[1] + x[2]) / (1.0 + math.exp(-(d + math.log(x[0] / (1.0 - x[0]))))) for x in seen)
+                    centre = min(15.0, max(-15.0, brentq(score, -40.0, 40.0, xtol=1e-12)))
+                g = lambda d: event_log_e(prior, d, seen, two_sided=True) - thr
+                lo = 0.0 if g(-15.0) < 0 else math.exp(brentq(g, -15.0, centre, xtol=1e-12))
+                hi = math.inf if g(15.0) < 0 else math.exp(brentq(g, centre, 15.0, xtol=1e-12))
+                nlo, nhi = max(cs_lo, lo), min(cs_hi, hi)
+                cs_lo, cs_hi = (nlo, nhi) if nlo <= nhi else (lo, hi)
+            cs.append([enc(cs_lo), enc(cs_hi)])
+        cases.append({"prior": list(prior), "allowed_ratio": r0, "alpha": alpha,
+                      "windows": windows, "log_e": log_e, "lower": [enc(v) for v in lower],
+                      "cs": cs})
+    return cases
+
+
+def beta_mixture_cases():
+    """The fixed-share Beta(k w, k (1 - w)) mixture (statistics.md §2.1 (a)): its Bayes
+    factor from scipy's betaln and its confidence interval for r from brentq."""
+    from scipy.optimize import brentq
+    from scipy.special import betaln, xlogy
+    rng = np.random.default_rng(20_261_205)
+    cases = []
+    for i in range(40):
+        w = float(rng.choice([0.01, 0.05, 0.25, 0.5]))
+        k = float(rng.choice([1.0, 10.0, 100.0]))
+        alpha = [0.05, 0.01][i % 2]
+        n = int(rng.integers(0, 400))
+        ratio = [1.0, 2.0, 0.5, 5.0][i % 4]
+        theta = w * ratio / (1.0 - w + w * ratio)
+        nc = float(rng.binomial(n, theta))
+        nb = n - nc
+        a0, b0 = k * w, k * (1.0 - w)
+        marg = betaln(a0 + nc, b0 + nb) - betaln(a0, b0)
+        log_e = marg - xlogy(nc, w) - xlogy(nb, 1.0 - w)
+        target = math.log(alpha) + marg
+        ll = lambda t: xlogy(nc, t) + xlogy(nb, 1.0 - t) - target
+        th = nc / n if n > 0 else w
+        e = 1e-15
+        lo = 0.0 if nc == 0 else brentq(ll, e, min(max(th, e), 1 - e), xtol=1e-15)
+        hi = 1.0 if nb == 0 else brentq(ll, min(max(th, e), 1 - e), 1 - e, xtol=1e-15)
+        to_r = lambda t: math.inf if t >= 1.0 else t / (1.0 - t) * (1.0 - w) / w
+        cases.append({"nb": nb, "nc": nc, "w": w, "k": k, "alpha": alpha,
+                      "log_e": float(log_e), "p_value": float(min(1.0, math.exp(-log_e))),
+                      "ci_ratio": [enc(to_r(lo)), enc(to_r(hi))]})
+    return cases
+
+
 def main():
     if scipy.__version__ != "1.17.1":
         print(f"warning: fixtures were made with scipy 1.17.1, this is {scipy.__version__}",
@@ -324,7 +447,9 @@ def main():
                         ("hl_asymptotic", hl_asymptotic_cases(rng)),
                         ("fisher", fisher_cases(rng)),
                         ("welch", welch_cases(rng)),
-                        ("isotonic", isotonic_cases(rng))]:
+                        ("isotonic", isotonic_cases(rng)),
+                        ("event_test", event_test_cases()),
+                        ("beta_mixture", beta_mixture_cases())]:
         with open(os.path.join(OUT, f"{name}.json"), "w") as f:
             json.dump({"meta": meta, "cases": cases}, f, separators=(",", ":"))
             f.write("\n")
