@@ -140,6 +140,55 @@ fn a_fail_rolls_back_first_and_records_before_acting() {
     assert_eq!(c, vec![Command::Finish]);
 }
 
+/// A dry run (`coalmine run --dry-run`) watches a rollout someone else drives: whatever it
+/// concludes, it never calls the provider's `set_weight`, and says what it would have done.
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_never_sets_the_weight_and_says_what_it_would_do() {
+    use crate::traffic::TrafficProvider as _;
+    for (canary, would) in [(0.2, "would-rollback"), (0.01, "would-promote")] {
+        // What `coalmine run --dry-run` judges: the weight in force, then 100 %.
+        let policy = policy_with(&TIMING.replace("[5, 25, 100]", "[5, 100]"), ERRORS);
+        let traffic = MockTrafficProvider::new();
+        // The rollout being watched holds its first step.
+        traffic
+            .set_weight(policy.rollout.steps[0])
+            .await
+            .expect("mock set");
+        let before = traffic.calls().len();
+        let source = MockSource::new();
+        source.script(
+            "errors",
+            vec![Answer::Rates {
+                baseline: 0.01,
+                canary,
+                requests: 2000.0,
+            }],
+        );
+        let opts = RunOptions {
+            dry_run: Some(super::runner::DryRun::default()),
+            ..RunOptions::default()
+        };
+        let mut quiet = Quiet;
+        let run = run(&policy, &traffic, &source, opts, &mut quiet);
+        let report = tokio::time::timeout(Duration::from_secs(3600), run)
+            .await
+            .expect("the dry run ends")
+            .unwrap();
+        assert_eq!(
+            traffic.calls().len(),
+            before,
+            "a dry run set the weight: {:?}",
+            traffic.calls()
+        );
+        let said = report.would.clone().unwrap_or_default();
+        assert!(
+            said.starts_with(would),
+            "{canary}: {said:?} ({:?})",
+            report.outcome
+        );
+    }
+}
+
 #[test]
 fn a_dry_run_fail_is_ignored() {
     let mut ev = tick(10, &[INC, FAIL], [500.0, 30.0]);
