@@ -231,6 +231,31 @@ mod tests {
     }
 
     #[test]
+    fn a_latched_failure_stays_failed_in_thin_windows_and_bounds_are_exact() {
+        let mut j = ThresholdJudge::new(ThresholdSpec {
+            max: Some(0.05),
+            min_trials: 20.0,
+            ..ThresholdSpec::default()
+        });
+        assert_eq!(j.observe("e", &seg(10.0, 100.0)).outcome, Outcome::Fail);
+        // Too few requests to judge again: a guard that failed is still failed.
+        assert_eq!(j.observe("e", &seg(0.0, 5.0)).outcome, Outcome::Fail);
+        // Just above the bound fails, exactly at it passes; the same for a lower bound.
+        let mut j = ThresholdJudge::new(ThresholdSpec {
+            max: Some(0.05),
+            ..ThresholdSpec::default()
+        });
+        assert_eq!(j.observe("e", &seg(50.0, 1000.0)).outcome, Outcome::Pass);
+        assert_eq!(j.observe("e", &seg(501.0, 10000.0)).outcome, Outcome::Fail);
+        let mut j = ThresholdJudge::new(ThresholdSpec {
+            min: Some(0.5),
+            ..ThresholdSpec::default()
+        });
+        assert_eq!(j.observe("e", &seg(500.0, 1000.0)).outcome, Outcome::Pass);
+        assert_eq!(j.observe("e", &seg(4999.0, 10000.0)).outcome, Outcome::Fail);
+    }
+
+    #[test]
     fn total_count_never_resets() {
         let mut j = ThresholdJudge::new(ThresholdSpec {
             max: Some(0.05),
